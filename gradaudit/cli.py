@@ -1,0 +1,236 @@
+"""`gradaudit` command line: run, list, report, replay.
+
+Exit codes: 0 all pass (kinks and skips included), 1 any fail or error, 2 bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _choose(kind: str, given: tuple[str, ...], accepted) -> tuple[str, ...]:
+    bad = [g for g in given if g not in accepted]
+    if bad:
+        raise UsageError(f"unknown {kind} {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")
+    if not given:
+        raise UsageError(f"no {kind} given; accepted: {', '.join(accepted)}")
+    return given
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--oracles", type=_csv, default=None, help="comma-separated: torch,jax,numeric (default all)")
+    p.add_argument("--devices", type=_csv, default=("cpu",), help="comma-separated: cpu,cuda (default cpu)")
+    p.add_argument("--dtypes", type=_csv, default=("float64", "float32"), help="comma-separated: float64,float32")
+    p.add_argument("--examples", type=int, default=None, help="examples per cell (default: the profile's)")
+    p.add_argument("--seed", type=int, default=None, help="Hypothesis seed (same seed and versions, same verdicts)")
+    p.add_argument("--profile", choices=("ci", "dev", "thorough"), default=None,
+                   help="Hypothesis settings profile (default: ci when $CI is set, else dev)")
+    p.add_argument("--report", type=Path, default=Path("gradaudit-report"), help="report directory")
+    p.add_argument("--junit", type=Path, default=None, help="also write JUnit XML here")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead of the terminal one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradaudit", description="Differential testing of hand-derived gradients.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="check the catalogue's reference derivations")
+    run.add_argument("--ops", type=_csv, default=None, help="comma-separated op names (default: all; see `gradaudit list`)")
+    _common(run)
+    lst = sub.add_parser("list", help="list the catalogue")
+    lst.add_argument("--json", action="store_true")
+    rep = sub.add_parser("report", help="re-render (and merge) results.jsonl files into one report")
+    rep.add_argument("results", nargs="+", type=Path)
+    rep.add_argument("--report", type=Path, default=Path("gradaudit-report"))
+    rep.add_argument("--junit", type=Path, default=None)
+    rpl = sub.add_parser("replay", help="re-run a saved counterexample")
+    rpl.add_argument("id", help="cell id (as in the record's `replay`) or a path to a .npz")
+    rpl.add_argument("--report", type=Path, default=Path("gradaudit-report"))
+    return parser
+
+
+def _versions() -> dict:
+    import hypothesis
+    import numpy
+
+    v = {"python": platform.python_version(), "numpy": numpy.__version__, "hypothesis": hypothesis.__version__}
+    for mod in ("torch", "jax"):
+        if mod in sys.modules:
+            v[mod] = getattr(sys.modules[mod], "__version__", "?")
+    return v
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _prepare_report_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"report directory {str(path)!r} is not writable ({e.strerror or e})") from None
+
+
+def cmd_run(args) -> int:
+    import oracles
+    from properties import catalogue  # noqa: F401  (registers the ops)
+    from properties.runner import RecordSink, RunConfig, run_target_cells
+    from properties.spec import CATALOGUE
+    from properties.target import Target
+
+    ops = _choose("op", args.ops, list(CATALOGUE)) if args.ops is not None else tuple(CATALOGUE)
+    cfg = RunConfig(
+        oracles=_choose("oracle", args.oracles, oracles.ORACLES) if args.oracles is not None else oracles.ORACLES,
+        devices=_choose("device", args.devices, oracles.DEVICES),
+        dtypes=_choose("dtype", args.dtypes, ("float64", "float32")),
+        profile=args.profile or ("ci" if os.environ.get("CI") else "dev"),
+        examples=args.examples, seed=args.seed, report_dir=args.report,
+        database=str(Path(".hypothesis") / "gradaudit"))
+    if args.examples is not None and args.examples < 1:
+        raise UsageError(f"--examples must be at least 1, got {args.examples}")
+    _prepare_report_dir(args.report)
+    results = args.report / "results.jsonl"
+    if results.exists():
+        results.unlink()  # a new run; `--resume` keeps it (reliability issue)
+    meta = {"command": ["gradaudit", *sys.argv[1:]], "seed": args.seed, "profile": cfg.profile,
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "finished": None,
+            "duration_s": None, "oracles": list(cfg.oracles), "devices": list(cfg.devices),
+            "dtypes": list(cfg.dtypes), "ops": list(ops), "cpu": _cpu_name(), "gpus": []}
+    (args.report / "run.json").write_text(json.dumps(meta, indent=1))
+    sink = RecordSink(results)
+    t0 = time.perf_counter()
+    tty = sys.stderr.isatty() and not args.json
+    records = []
+    try:
+        for name in ops:
+            spec = CATALOGUE[name]
+            t_op = time.perf_counter()
+            recs = run_target_cells(spec, Target.reference(spec), spec.inputs, spec.regimes, cfg, sink)
+            records.extend(recs)
+            if tty:
+                n = sum(r["examples"] for r in recs)
+                bad = sum(r["status"] in ("fail", "error") for r in recs)
+                dt = time.perf_counter() - t_op
+                print(f"  {name:<24} {len(recs):>3} cells  {n / max(dt, 1e-9):7.0f} examples/s"
+                      f"{'  ' + str(bad) + ' FAILING' if bad else ''}", file=sys.stderr)
+    finally:
+        sink.close()
+        meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    duration_s=round(time.perf_counter() - t0, 2), versions=_versions(), flags=_all_flags(cfg))
+        meta["gpus"] = sorted({r["device_name"] for r in records if r["device"] == "cuda" and r["status"] != "skip"})
+        (args.report / "run.json").write_text(json.dumps(meta, indent=1))
+    return _finish(records, meta, args.report, args.junit, args.json)
+
+
+def _all_flags(cfg) -> dict:
+    import oracles
+
+    flags = {}
+    for o in cfg.oracles:
+        try:
+            flags.update(oracles.get(o).flags())
+        except Exception:
+            pass
+    return flags
+
+
+def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool) -> int:
+    import reports
+
+    html = reports.render_html(records, meta, report_dir)
+    if junit is not None:
+        reports.write_junit(records, junit)
+    counts = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    failing = counts.get("fail", 0) + counts.get("error", 0)
+    if as_json:
+        print(json.dumps({"counts": counts, "ok": failing == 0, "report": str(html),
+                          "results": str(report_dir / "results.jsonl"), "duration_s": meta.get("duration_s"),
+                          "failures": [{k: r[k] for k in ("id", "status", "kind", "blame", "pattern", "message",
+                                                          "replay")} for r in records
+                                       if r["status"] in ("fail", "error")]}))
+    else:
+        print(reports.terminal_summary(records, color=sys.stdout.isatty()))
+        print(f"report: {html}")
+    return EXIT_FAIL if failing else EXIT_OK
+
+
+def cmd_list(args) -> int:
+    from properties import catalogue  # noqa: F401
+    from properties.spec import CATALOGUE
+
+    if args.json:
+        print(json.dumps([s.describe() for s in CATALOGUE.values()], indent=1))
+    else:
+        width = max(len(n) for n in CATALOGUE)
+        for s in CATALOGUE.values():
+            print(f"{s.name:<{width}}  {s.family:<14} {','.join(s.regimes):<40} {s.source}")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    import reports
+
+    missing = [str(p) for p in args.results if not p.is_file()]
+    if missing:
+        raise UsageError(f"no such results file: {', '.join(missing)}")
+    try:
+        records = reports.load_records(args.results)
+    except reports.RecordError as e:
+        raise UsageError(str(e)) from None
+    _prepare_report_dir(args.report)
+    meta = reports.load_run_meta(args.results[-1].parent)
+    if len(args.results) > 1:
+        meta = dict(meta, merged_from=[str(p) for p in args.results])
+    return _finish(records, meta, args.report, args.junit, False)
+
+
+def cmd_replay(args) -> int:
+    from .replay import replay
+
+    return replay(args.id, args.report)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed the usage line
+        return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
+    try:
+        return {"run": cmd_run, "list": cmd_list, "report": cmd_report, "replay": cmd_replay}[args.command](args)
+    except UsageError as e:
+        print(f"gradaudit: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("gradaudit: interrupted; finished cells are in results.jsonl", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Oracles: independent computations of a forward and its VJP (torch, jax, float64 finite differences).
+
+Each oracle module has the same functions: `vjp(target, arrays, params, douts, *, dtype, device)`,
+`check_available(device)`, `device_name(device)`, `flags()`. Frameworks are imported lazily, on
+first use; one that cannot be imported raises `OracleUnavailable` with a one-line reason.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .base import OracleResult, OracleUnavailable, Projection
+
+ORACLES = ("torch", "jax", "numeric")
+DEVICES = ("cpu", "cuda")
+_MODULES = {"torch": "oracles.torch_oracle", "jax": "oracles.jax_oracle", "numeric": "oracles.numeric"}
+
+__all__ = ["ORACLES", "DEVICES", "OracleResult", "OracleUnavailable", "Projection", "get"]
+
+
+def get(name: str):
+    """The oracle module called `name`."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown oracle {name!r}; accepted: {', '.join(ORACLES)}")
+    return importlib.import_module(_MODULES[name])

@@ -1,0 +1,39 @@
+"""The one oracle interface.
+
+An oracle takes the thing under test (a `Target`: forward + backward, or a catalogue op name),
+one case (float64 master arrays + params), the upstream gradients and a dtype/device, and returns
+its forward output and its vector-Jacobian product. It never sees the reference's gradients.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class OracleUnavailable(Exception):
+    """The framework or device cannot be used here; the message is the one-line reason."""
+
+
+@dataclass
+class Projection:
+    """Directional derivatives <grad, u_k> for random directions `dirs[k]` (large inputs, numeric oracle)."""
+
+    dirs: np.ndarray  # (k, *shape)
+    values: np.ndarray  # (k,)
+
+    @property
+    def shape(self):
+        return self.dirs.shape[1:]
+
+
+@dataclass
+class OracleResult:
+    out: Any  # np.ndarray, or tuple of them for multi-output ops
+    grads: dict[str, np.ndarray | Projection]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def as_tuple(x):
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)

@@ -1,0 +1,69 @@
+"""PyTorch autograd as an oracle: forward with torch's built-in ops, VJP with the same upstream gradient."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .base import OracleResult, OracleUnavailable, as_tuple
+
+name = "torch"
+
+
+@functools.cache
+def _torch():
+    try:
+        import torch
+    except Exception as e:  # ImportError, or a broken install that fails on import
+        raise OracleUnavailable(f"torch cannot be imported ({type(e).__name__}: {e})") from None
+    # Comparisons run in full precision on GPU: TF32 changes float32 matmul/conv results at ~1e-3.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch
+
+
+def flags() -> dict:
+    torch = _torch()
+    return {"tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def set_tf32(enabled: bool) -> None:
+    torch = _torch()
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def check_available(device: str) -> None:
+    torch = _torch()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OracleUnavailable("torch: no CUDA device (torch.cuda.is_available() is False)")
+    if device not in ("cpu", "cuda"):
+        raise OracleUnavailable(f"torch: unknown device {device!r}")
+
+
+def device_name(device: str) -> str:
+    torch = _torch()
+    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+
+
+def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str) -> OracleResult:
+    op = target.op
+    torch = _torch()
+    check_available(device)
+    from . import torch_ops
+
+    fn = getattr(torch_ops, op)
+    tdtype = getattr(torch, dtype)
+    inputs = [torch.tensor(np.asarray(a, dtype=dtype), device=device, requires_grad=True)
+              for a in arrays.values()]
+    kw = {k: torch.as_tensor(v, device=device) if isinstance(v, np.ndarray) else v
+          for k, v in params.items()}
+    outs = as_tuple(fn(*inputs, **kw))
+    grad_outputs = [torch.as_tensor(np.asarray(d), dtype=tdtype, device=device) for d in douts]
+    grads = torch.autograd.grad(outs, inputs, grad_outputs=grad_outputs, allow_unused=True)
+    to_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    out_np = tuple(to_np(o) for o in outs)
+    grads_np = {n: (to_np(g) if g is not None else np.zeros(a.shape, dtype=dtype))
+                for (n, a), g in zip(arrays.items(), grads)}
+    return OracleResult(out=out_np if len(out_np) > 1 else out_np[0], grads=grads_np)

@@ -1,0 +1,36 @@
+"""Affine layers: the row layout of cs231n and the column layout of the notes."""
+import numpy as np
+from hypothesis import strategies as st
+
+from ..spec import Case, OpSpec, register
+from ..strategies import dim, float_arrays
+
+
+def _affine_cases(regime):
+    @st.composite
+    def cases(draw):
+        n = draw(dim(1, 2, 3))
+        # k = 1..3 trailing dims, so x is N x d1 x ... x dk; D != M is likely but not forced
+        dims = draw(st.lists(dim(2, 3), min_size=1, max_size=3))
+        d, m = int(np.prod(dims)), draw(dim(1, 4, 3))
+        x = draw(float_arrays((n, *dims), regime))
+        w = draw(float_arrays((d, m), "typical"))
+        b = draw(float_arrays((m,), "typical"))
+        return Case({"x": x, "w": w, "b": b})
+    return cases()
+
+
+def _column_cases(regime):
+    @st.composite
+    def cases(draw):
+        # Y (M, N) = W (M, D) X (D, N) + B (M, 1): three distinct sizes make a transpose ill-typed
+        m, d, n = draw(dim(1, 2, 4)), draw(dim(1, 3, 5)), draw(dim(1, 2, 3))
+        return Case({"w": draw(float_arrays((m, d), regime)), "x": draw(float_arrays((d, n), regime)),
+                     "b": draw(float_arrays((m, 1), regime))})
+    return cases()
+
+
+register(OpSpec(name="affine", family="layers", source="cs231n; seed 003 § 线性层（全连接层）; seed 000 § DNN",
+                inputs=_affine_cases, regimes=("typical", "large")))
+register(OpSpec(name="linear_column", family="layers", source="seed 002 § 8.3.举例",
+                inputs=_column_cases))

@@ -1,0 +1,65 @@
+"""The one tolerance policy. Every comparison in gradaudit takes its tolerance from here.
+
+An element passes when |ref - oracle| <= rtol * |oracle| + atol, with
+
+    rtol = C * eps(dtype) * sqrt(n)        C = 64, n = the largest input array's size
+    atol = rtol * scale + floor            scale = max |value| over both arrays
+    floor = 16 * eps(dtype) * max |dout|   (forwards: 16 * eps(dtype))
+
+Why:
+- Two correct implementations differ by rounding only. A length-n reduction (a matmul row, a
+  softmax normaliser, a batch sum) accumulates ~sqrt(n) * eps of relative error in the typical case
+  (n * eps in the worst); different algorithms (im2col vs a direct conv, two-pass vs fused
+  variance) add a small constant factor. C = 64 covers those with a wide margin at n <= 10^4 while
+  staying ~10^6 x tighter than the errors a wrong derivation makes (a missing 1/N, a sign, a
+  transpose: O(1) relative).
+- `atol` is scaled by the array's magnitude: an element computed as a difference of large terms
+  (softmax - onehot, the batchnorm backward) carries absolute error ~ eps * the large terms, so a
+  purely elementwise relative test would cry wolf on the small elements.
+- `floor` keeps exact-zero vs tiny comparisons sane (JAX can flush tiny float64 softmax gradient
+  components to 0, CONVENTIONS row 19; a saturated sigmoid's 1 - s rounds to 0).
+- The numeric oracle (float64 central differences, step eps^(1/3)) has truncation and rounding
+  error ~ eps^(2/3) ≈ 4e-11 relative for O(1) curvature; with the large value regimes (steps of
+  ~1e-3 absolute on inputs of ~100) curvature terms reach ~1e-7, so its rtol is 1e-5 — it judges
+  gross errors, not the last digits.
+- float32 is judged by the same formula with float32's eps; finite differences always run in
+  float64, so a float32 cell against `numeric` takes the larger of the two rtols.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+C = 64
+NUMERIC_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Policy:
+    rtol: float
+    floor: float
+    source: str
+
+    def atol(self, scale: float) -> float:
+        return self.rtol * scale + self.floor
+
+
+def eps(dtype: str) -> float:
+    return float(np.finfo(dtype).eps)
+
+
+def policy(dtype: str, *, size: int, oracle: str, dout_max: float = 1.0,
+           override=None, forward: bool = False, noise: float = 0.0) -> Policy:
+    """`noise`: the oracle's own absolute error estimate (finite differences: rounding / step)."""
+    e = eps(dtype)
+    rtol = C * e * np.sqrt(max(size, 1))
+    source = f"policy: {C}*eps({dtype})*sqrt({size})"
+    if oracle == "numeric" and not forward:
+        if NUMERIC_RTOL > rtol:
+            rtol, source = NUMERIC_RTOL, "policy: finite differences (float64, step eps^(1/3))"
+    if override is not None:
+        rtol *= override.rtol_factor
+        source += f"; op override x{override.rtol_factor:g}: {override.reason}"
+    floor = max(16 * e * (1.0 if forward else max(float(dout_max), 1e-30)), float(noise))
+    return Policy(rtol=float(rtol), floor=float(floor), source=source)

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from properties import patterns, tolerances
+from properties.compare import compare, compare_projection
+
+
+def pol(dtype="float64", size=10, oracle="torch"):
+    return tolerances.policy(dtype, size=size, oracle=oracle)
+
+
+def test_equal_arrays_pass_with_zero_error():
+    a = np.arange(6.0).reshape(2, 3)
+    c = compare(a, a.copy(), pol(), ulp_dtype="float64")
+    assert c.ok and c.max_abs == 0 and c.max_ulp == 0 and c.needed_atol == 0
+
+
+def test_worst_index_and_needed_tolerances():
+    b = np.ones((3, 4))
+    a = b.copy()
+    a[2, 1] += 1e-3
+    p = pol()
+    c = compare(a, b, p, ulp_dtype="float64")
+    assert not c.ok
+    assert c.worst_index == (2, 1)
+    assert c.max_abs == pytest.approx(1e-3)
+    assert c.max_rel == pytest.approx(1e-3)
+    # the reported smallest tolerances really are the boundary
+    assert c.needed_atol == pytest.approx(1e-3 - p.rtol * 1.0, rel=1e-6)
+    assert compare(a, b, tolerances.Policy(p.rtol, c.needed_atol * 1.001, "t"), ulp_dtype="float64").ok
+
+
+def test_ulp_distance_counts_float32_spacing():
+    b = np.array([1.0], dtype=np.float32)
+    a = np.nextafter(np.nextafter(b, np.float32(2)), np.float32(2))
+    c = compare(a, b, pol("float32"), ulp_dtype="float32")
+    assert c.max_ulp == pytest.approx(2.0)
+
+
+def test_nan_or_inf_on_one_side_only_is_a_nonfinite_mismatch():
+    b = np.array([1.0, 2.0, 3.0])
+    for bad in (np.nan, np.inf):
+        a = b.copy()
+        a[1] = bad
+        c = compare(a, b, pol(), ulp_dtype="float64")
+        assert c.nonfinite_mismatch and not c.ok and c.worst_index == (1,)
+
+
+def test_matching_nonfinite_values_agree():
+    a = np.array([np.inf, np.nan, 1.0])
+    assert compare(a, a.copy(), pol(), ulp_dtype="float64").ok
+    assert not compare(np.array([np.inf]), np.array([-np.inf]), pol(), ulp_dtype="float64").ok
+
+
+def test_tiny_elements_are_judged_against_the_array_scale():
+    # 1e-20 vs 0 next to an element of 1: rounding-level, must not fail
+    a, b = np.array([1.0, 1e-20]), np.array([1.0, 0.0])
+    assert compare(a, b, pol(), ulp_dtype="float64").ok
+
+
+def test_projection_comparison_detects_a_wrong_gradient():
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((20, 30))
+    dirs = rng.standard_normal((3, 20, 30))
+    values = dirs.reshape(3, -1) @ g.reshape(-1)
+    p = pol(oracle="numeric")
+    assert compare_projection(g, dirs, values, p, ulp_dtype="float64").ok
+    assert not compare_projection(g * 0.5, dirs, values, p, ulp_dtype="float64").ok
+
+
+def test_policy_is_tighter_for_float64_and_grows_with_size():
+    assert pol("float64").rtol < pol("float32").rtol
+    assert pol(size=10).rtol < pol(size=1000).rtol
+    assert pol(oracle="numeric").rtol == tolerances.NUMERIC_RTOL
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda b: -b, "sign_flip"),
+    (lambda b: b / 4, "constant_factor"),
+    (lambda b: b.T, "transpose"),
+    (lambda b: np.zeros_like(b), "zero_gradient"),
+])
+def test_patterns_are_recognised(make, expected):
+    b = np.random.default_rng(1).standard_normal((4, 4))
+    assert patterns.recognise(make(b), b)[0] == expected
+
+
+def test_missing_timestep_pattern():
+    b = np.random.default_rng(2).standard_normal((2, 5, 3))
+    a = b.copy()
+    a[:, 3] = 0
+    found = patterns.recognise(a, b, seq_axis=1)
+    assert found[0] == "missing_timestep" and "index 3" in found[1]
+
+
+def test_no_pattern_for_unstructured_error():
+    rng = np.random.default_rng(3)
+    b = rng.standard_normal((4, 5))
+    assert patterns.recognise(b + rng.standard_normal((4, 5)), b) is None
