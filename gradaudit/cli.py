@@ -44,6 +44,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, default=Path("gradaudit-report"), help="report directory")
     p.add_argument("--junit", type=Path, default=None, help="also write JUnit XML here")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of the terminal one")
+    p.add_argument("--resume", action="store_true", help="keep DIR/results.jsonl and run only the cells not in it")
+    p.add_argument("--workers", type=int, default=1, help="processes to run cells in (default 1)")
+    p.add_argument("--shard", default=None, help="i/n: run only the i-th of n deterministic slices (CI matrix jobs)")
+    p.add_argument("--allow-tf32", action="store_true",
+                   help="let float32 matmul/conv use TF32 on GPU (to see what it does; off by default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="check the catalogue's reference derivations")
     run.add_argument("--ops", type=_csv, default=None, help="comma-separated op names (default: all; see `gradaudit list`)")
     _common(run)
+    aud = sub.add_parser("audit", help="check a user's own derivations (a .py file)")
+    aud.add_argument("path", type=Path, help="a Python file with cs231n-style functions or @gradaudit.derivation")
+    aud.add_argument("--convention", choices=("cs231n",), default=None,
+                     help="check functions named as in the cs231n assignments against the catalogue")
+    aud.add_argument("--timeout", type=float, default=60.0, help="seconds per check before a hang is an error (default 60)")
+    aud.add_argument("--verbose", action="store_true", help="show tracebacks from the audited code")
+    _common(aud)
     lst = sub.add_parser("list", help="list the catalogue")
     lst.add_argument("--json", action="store_true")
     rep = sub.add_parser("report", help="re-render (and merge) results.jsonl files into one report")
@@ -95,55 +107,119 @@ def _prepare_report_dir(path: Path) -> None:
         raise UsageError(f"report directory {str(path)!r} is not writable ({e.strerror or e})") from None
 
 
-def cmd_run(args) -> int:
+def config_from_args(args):
+    """The RunConfig that `run` and `audit` share, validated: a bad value is a UsageError naming it."""
     import oracles
-    from properties import catalogue  # noqa: F401  (registers the ops)
-    from properties.runner import RecordSink, RunConfig, run_target_cells
-    from properties.spec import CATALOGUE
-    from properties.target import Target
+    from properties.runner import RunConfig
 
-    ops = _choose("op", args.ops, list(CATALOGUE)) if args.ops is not None else tuple(CATALOGUE)
-    cfg = RunConfig(
+    if args.examples is not None and args.examples < 1:
+        raise UsageError(f"--examples must be at least 1, got {args.examples}")
+    return RunConfig(
         oracles=_choose("oracle", args.oracles, oracles.ORACLES) if args.oracles is not None else oracles.ORACLES,
         devices=_choose("device", args.devices, oracles.DEVICES),
         dtypes=_choose("dtype", args.dtypes, ("float64", "float32")),
         profile=args.profile or ("ci" if os.environ.get("CI") else "dev"),
         examples=args.examples, seed=args.seed, report_dir=args.report,
-        database=str(Path(".hypothesis") / "gradaudit"))
-    if args.examples is not None and args.examples < 1:
-        raise UsageError(f"--examples must be at least 1, got {args.examples}")
+        database=str(Path(".hypothesis") / "gradaudit"), allow_tf32=getattr(args, "allow_tf32", False))
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must look like i/n (e.g. 2/4), got {text!r}") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise UsageError(f"--shard {text}: need 1 <= i <= n, got i={i}, n={n}")
+    return i, n
+
+
+def run_session(args, cfg, jobs, *, what: list[str], progress=True) -> int:
+    """Run `jobs` (label, fn(sink, cfg) -> records) into args.report, then report. Shared by run and audit.
+
+    `--resume` keeps the records already in results.jsonl and skips their cells; `--workers N` runs
+    the jobs in N processes appending to the same results.jsonl; `--shard i/n` keeps every n-th job.
+    """
+    import reports
+    from properties.runner import RecordSink
+
     _prepare_report_dir(args.report)
     results = args.report / "results.jsonl"
-    if results.exists():
-        results.unlink()  # a new run; `--resume` keeps it (reliability issue)
+    previous = []
+    if getattr(args, "resume", False) and results.exists():
+        try:
+            previous = reports.load_records([results])
+        except reports.RecordError as e:
+            raise UsageError(f"cannot resume: {e}") from None
+        for r in previous:
+            r.pop("_source", None)
+        cfg.done = {r["id"] for r in previous}
+    elif results.exists():
+        results.unlink()  # a new run
+    shard = parse_shard(getattr(args, "shard", None))
+    if shard is not None:
+        i, n = shard
+        jobs = [j for k, j in enumerate(jobs) if k % n == i - 1]
     meta = {"command": ["gradaudit", *sys.argv[1:]], "seed": args.seed, "profile": cfg.profile,
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "finished": None,
             "duration_s": None, "oracles": list(cfg.oracles), "devices": list(cfg.devices),
-            "dtypes": list(cfg.dtypes), "ops": list(ops), "cpu": _cpu_name(), "gpus": []}
+            "dtypes": list(cfg.dtypes), "ops": what, "cpu": _cpu_name(), "gpus": [],
+            "shard": getattr(args, "shard", None), "workers": getattr(args, "workers", 1)}
     (args.report / "run.json").write_text(json.dumps(meta, indent=1))
-    sink = RecordSink(results)
     t0 = time.perf_counter()
-    tty = sys.stderr.isatty() and not args.json
-    records = []
+    tty = progress and sys.stderr.isatty() and not args.json
+    records = list(previous)
+    workers = getattr(args, "workers", 1) or 1
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
     try:
-        for name in ops:
-            spec = CATALOGUE[name]
-            t_op = time.perf_counter()
-            recs = run_target_cells(spec, Target.reference(spec), spec.inputs, spec.regimes, cfg, sink)
-            records.extend(recs)
-            if tty:
-                n = sum(r["examples"] for r in recs)
-                bad = sum(r["status"] in ("fail", "error") for r in recs)
-                dt = time.perf_counter() - t_op
-                print(f"  {name:<24} {len(recs):>3} cells  {n / max(dt, 1e-9):7.0f} examples/s"
-                      f"{'  ' + str(bad) + ' FAILING' if bad else ''}", file=sys.stderr)
+        if workers == 1:
+            from properties.runner import apply_precision
+
+            apply_precision(cfg)
+            sink = RecordSink(results)
+            try:
+                for label, fn in jobs:
+                    t_job = time.perf_counter()
+                    recs = fn(sink, cfg)
+                    records.extend(recs)
+                    if tty:
+                        _progress(label, recs, time.perf_counter() - t_job)
+            finally:
+                sink.close()
+        else:
+            from properties.parallel import run_parallel
+
+            for label, recs, dt in run_parallel(jobs, cfg, results, workers):
+                records.extend(recs)
+                if tty:
+                    _progress(label, recs, dt)
     finally:
-        sink.close()
         meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     duration_s=round(time.perf_counter() - t0, 2), versions=_versions(), flags=_all_flags(cfg))
         meta["gpus"] = sorted({r["device_name"] for r in records if r["device"] == "cuda" and r["status"] != "skip"})
         (args.report / "run.json").write_text(json.dumps(meta, indent=1))
     return _finish(records, meta, args.report, args.junit, args.json)
+
+
+def _progress(label, recs, dt) -> None:
+    n = sum(r["examples"] for r in recs)
+    bad = sum(r["status"] in ("fail", "error") for r in recs)
+    print(f"  {label:<34} {len(recs):>3} cells  {n / max(dt, 1e-9):7.0f} examples/s"
+          f"{'  ' + str(bad) + ' FAILING' if bad else ''}", file=sys.stderr)
+
+
+def cmd_run(args) -> int:
+    from properties import catalogue  # noqa: F401  (registers the ops)
+    from properties.runner import catalogue_job
+    from properties.spec import CATALOGUE
+
+    ops = _choose("op", args.ops, list(CATALOGUE)) if args.ops is not None else tuple(CATALOGUE)
+    cfg = config_from_args(args)
+    # one job per (op, dtype): the unit a worker or a shard takes
+    jobs = [(f"{op} {dtype}", catalogue_job(op, dtype)) for op in ops for dtype in cfg.dtypes]
+    return run_session(args, cfg, jobs, what=list(ops))
 
 
 def _all_flags(cfg) -> dict:
@@ -210,6 +286,12 @@ def cmd_report(args) -> int:
     return _finish(records, meta, args.report, args.junit, False)
 
 
+def cmd_audit(args) -> int:
+    from .audit import cmd_audit as run_audit
+
+    return run_audit(args)
+
+
 def cmd_replay(args) -> int:
     from .replay import replay
 
@@ -223,7 +305,7 @@ def main(argv=None) -> int:
     except SystemExit as e:  # argparse already printed the usage line
         return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
     try:
-        return {"run": cmd_run, "list": cmd_list, "report": cmd_report, "replay": cmd_replay}[args.command](args)
+        return {"run": cmd_run, "audit": cmd_audit, "list": cmd_list, "report": cmd_report, "replay": cmd_replay}[args.command](args)
     except UsageError as e:
         print(f"gradaudit: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -4,6 +4,8 @@ cell (op x oracle x device x dtype x regime) is appended to results.jsonl as soo
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import time
@@ -63,26 +65,64 @@ class RunConfig:
     report_dir: Path = Path("gradaudit-report")
     database: str | None = None  # directory of the example database (None: the profile's default)
     done: set = field(default_factory=set)  # ids of cells already recorded (resume)
+    allow_tf32: bool = False
 
     def sides(self) -> list[Side]:
         return [(o, d) for o in self.oracles for d in self.devices if not (o == "numeric" and d != "cpu")]
 
 
 class RecordSink:
-    """Appends one JSON line per record and flushes it, so a killed run keeps every finished cell."""
+    """Appends one JSON line per record, each with a single write() on an O_APPEND descriptor: a killed
+    run keeps every finished cell, and several worker processes can share one results.jsonl."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._f = open(path, "a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, allow_nan=False, default=str) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        line = json.dumps(_json_safe(record), allow_nan=False, default=str) + "\n"
+        os.write(self._fd, line.encode("utf-8"))
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _json_safe(v):
+    """Infinity/NaN are not JSON (jq and JSON.parse reject them): write null."""
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def apply_precision(cfg: "RunConfig") -> None:
+    """TF32 off for comparisons unless asked for; the flags in force go into every record."""
+    for name in ("torch", "jax"):
+        if name in cfg.oracles:
+            try:
+                oracles.get(name).set_tf32(cfg.allow_tf32)
+            except oracles.OracleUnavailable:
+                pass
+
+
+def catalogue_job(op: str, dtype: str):
+    """A picklable job: the catalogue op's reference in one dtype (what a worker or shard runs)."""
+    return functools.partial(_run_catalogue_op, op, dtype)
+
+
+def _run_catalogue_op(op: str, dtype: str, sink, cfg: "RunConfig") -> list[dict]:
+    from . import catalogue  # noqa: F401
+    from .spec import CATALOGUE
+
+    spec = CATALOGUE[op]
+    return run_target_cells(spec, Target.reference(spec), spec.inputs, spec.regimes,
+                            dataclasses.replace(cfg, dtypes=(dtype,)), sink)
 
 
 def cell_id(target: Target, oracle: str, device: str, dtype: str, regime: str) -> str:
