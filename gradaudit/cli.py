@@ -47,6 +47,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="keep DIR/results.jsonl and run only the cells not in it")
     p.add_argument("--workers", type=int, default=1, help="processes to run cells in (default 1)")
     p.add_argument("--shard", default=None, help="i/n: run only the i-th of n deterministic slices (CI matrix jobs)")
+    p.add_argument("--example-db", default=None,
+                   help="Hypothesis example database: a directory (default .hypothesis/gradaudit) or redis://host:port/db")
     p.add_argument("--allow-tf32", action="store_true",
                    help="let float32 matmul/conv use TF32 on GPU (to see what it does; off by default)")
 
@@ -120,7 +122,8 @@ def config_from_args(args):
         dtypes=_choose("dtype", args.dtypes, ("float64", "float32")),
         profile=args.profile or ("ci" if os.environ.get("CI") else "dev"),
         examples=args.examples, seed=args.seed, report_dir=args.report,
-        database=str(Path(".hypothesis") / "gradaudit"), allow_tf32=getattr(args, "allow_tf32", False))
+        database=args.example_db or str(Path(".hypothesis") / "gradaudit"),
+        allow_tf32=getattr(args, "allow_tf32", False))
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -63,7 +63,7 @@ class RunConfig:
     examples: int | None = None
     seed: int | None = None
     report_dir: Path = Path("gradaudit-report")
-    database: str | None = None  # directory of the example database (None: the profile's default)
+    database: str | None = None  # example database: a directory, or redis://host:port/db (None: none)
     done: set = field(default_factory=set)  # ids of cells already recorded (resume)
     allow_tf32: bool = False
 
@@ -99,6 +99,18 @@ def _json_safe(v):
     if isinstance(v, (list, tuple)):
         return [_json_safe(x) for x in v]
     return v
+
+
+@functools.cache
+def example_database(where: str):
+    """Hypothesis's own example database: a directory, or Redis (shared by CI shards, so a failure
+    found on one shard replays first on every shard)."""
+    if where.startswith(("redis://", "rediss://", "unix://")):
+        import redis
+        from hypothesis.extra.redis import RedisExampleDatabase
+
+        return RedisExampleDatabase(redis.Redis.from_url(where))
+    return DirectoryBasedExampleDatabase(where)
 
 
 def apply_precision(cfg: "RunConfig") -> None:
@@ -175,7 +187,7 @@ def run_group(spec: OpSpec | None, target: Target, cases, dtype: str, regime: st
         if cfg.examples is not None:
             kw["max_examples"] = cfg.examples
         if cfg.database is not None and cfg.profile != "ci":
-            kw["database"] = DirectoryBasedExampleDatabase(cfg.database)
+            kw["database"] = example_database(cfg.database)
         test = settings(settings.get_profile(f"gradaudit-{cfg.profile}"), **kw)(
             given(case=cases, dout_seed=st.integers(0, 2**16))(check))
         if cfg.seed is not None:
