@@ -24,6 +24,7 @@ import oracles
 from oracles.base import Projection, as_tuple
 
 from .evaluate import Evaluation, Side, SideVerdict, classify_kinks, evaluate, flag_mutation, judge_side, oracles_agree
+from .devices import device_figures
 from .spec import Case, OpSpec, to_jsonable
 from .target import Target
 
@@ -229,6 +230,10 @@ def run_group(spec: OpSpec | None, target: Target, cases, dtype: str, regime: st
                 rec.update(_figures(t.worst, t.worst_ev))
                 rec["worst_target"] = _finite(t.worst.cmp.ratio)
                 rec["message"] += f"; worst error {t.worst.cmp.ratio:.2g} of the tolerance ({t.worst.phase})"
+        if s[1] != "cpu":  # the CPU-vs-GPU differential and run-to-run spread, on the case shown
+            shown = final if v is not None and v.status in ("fail", "error") else t.worst_ev
+            if shown is not None:
+                rec.update(device_figures(target, shown, s))
         records.append(rec)
     elapsed = time.perf_counter() - t0
     for r in records:

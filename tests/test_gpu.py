@@ -1,0 +1,67 @@
+"""The device axis. Real GPU checks are marked `gpu` and skip cleanly without CUDA; the CPU-vs-GPU
+differential's plumbing is tested everywhere by standing the CPU in for the GPU."""
+import numpy as np
+import pytest
+
+import oracles
+from properties import catalogue  # noqa: F401
+from properties.devices import device_figures
+from properties.evaluate import evaluate
+from properties.runner import RecordSink, RunConfig, run_target_cells
+from properties.spec import CATALOGUE, Case
+from properties.target import Target
+
+
+def _cuda_available():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.fixture
+def cpu_as_cuda(monkeypatch):
+    """torch's 'cuda' side runs on the CPU: the differential must then find perfect agreement."""
+    torch_oracle = oracles.get("torch")
+    real_vjp, real_check = torch_oracle.vjp, torch_oracle.check_available
+    monkeypatch.setattr(torch_oracle, "vjp", lambda t, a, p, d, *, dtype, device: real_vjp(t, a, p, d, dtype=dtype, device="cpu"))
+    monkeypatch.setattr(torch_oracle, "check_available", lambda device: real_check("cpu"))
+
+
+def test_cpu_gpu_differential_and_spread_are_recorded(cpu_as_cuda):
+    pytest.importorskip("torch")
+    spec = CATALOGUE["affine"]
+    rng = np.random.default_rng(0)
+    case = Case({"x": rng.standard_normal((3, 2, 2)), "w": rng.standard_normal((4, 5)), "b": rng.standard_normal(5)})
+    ev = evaluate(spec, Target.reference(spec), case, "float32", [("torch", "cpu"), ("torch", "cuda")])
+    figs = device_figures(Target.reference(spec), ev, ("torch", "cuda"))
+    assert figs["run_to_run_spread"] == 0.0
+    assert figs["cpu_gpu"]["agree"] is True and figs["cpu_gpu"]["max_abs_err"] == 0.0
+    assert device_figures(Target.reference(spec), ev, ("torch", "cpu")) == {}
+
+
+def test_cuda_records_carry_the_differential(cpu_as_cuda, tmp_path):
+    pytest.importorskip("torch")
+    spec = CATALOGUE["relu"]
+    cfg = RunConfig(profile="ci", oracles=("torch",), devices=("cpu", "cuda"), dtypes=("float32",), report_dir=tmp_path)
+    sink = RecordSink(tmp_path / "results.jsonl")
+    recs = run_target_cells(spec, Target.reference(spec), spec.inputs, ("typical",), cfg, sink)
+    sink.close()
+    cuda = [r for r in recs if r["device"] == "cuda"]
+    assert cuda and cuda[0]["status"] == "pass" and cuda[0]["cpu_gpu"]["agree"] is True
+    assert "tf32_matmul" in cuda[0]["flags"] and cuda[0]["flags"]["tf32_matmul"] is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("op", ["affine", "conv2d", "softmax_cross_entropy", "lstm", "batchnorm", "max_pool2d"])
+def test_catalogue_passes_on_gpu_with_tf32_off(op, tmp_path):
+    spec = CATALOGUE[op]
+    cfg = RunConfig(profile="ci", oracles=("torch", "jax"), devices=("cpu", "cuda"), report_dir=tmp_path)
+    sink = RecordSink(tmp_path / "results.jsonl")
+    recs = run_target_cells(spec, Target.reference(spec), spec.inputs, spec.regimes, cfg, sink)
+    sink.close()
+    bad = [r for r in recs if r["status"] in ("fail", "error")]
+    assert not bad, [r["message"] for r in bad]
+    assert any(r["device"] == "cuda" and r["status"] in ("pass", "kink") for r in recs)
