@@ -343,7 +343,7 @@ def _triangulate(spec: OpSpec | None, target: Target, ev: Evaluation, cfg: RunCo
         else:
             with_me = [o for o in others if oracles_agree(usable[s].result, usable[o].result, names, ev, s[0], o[0])]
             with_ref = [o for o in others if usable[o].status in ("pass", "kink")]
-            tri["oracles_agree_with_each_other"] = bool(others) and len(with_me) == len(others)
+            tri["agree_with_each_other"] = bool(others) and len(with_me) == len(others)
             if others and len(with_me) == len(others) and not with_ref:
                 v.blame = "reference"
             elif with_ref and not with_me:
