@@ -65,6 +65,10 @@ def _dout_max(douts) -> float:
     return max((float(np.abs(d).max(initial=0.0)) for d in douts), default=1.0)
 
 
+def _input_max(arrays) -> float:
+    return max((float(np.abs(a).max(initial=0.0)) for a in arrays.values() if np.isfinite(a).all()), default=1.0)
+
+
 def _size(arrays) -> int:
     return max((a.size for a in arrays.values()), default=1)
 
@@ -142,7 +146,9 @@ def judge_side(spec: OpSpec | None, target: Target, ev: Evaluation, oracle: str,
     # forward first: when the forwards already disagree the gradients cannot be compared meaningfully
     if res.out is not None:
         mine, theirs = as_tuple(ev.out), as_tuple(res.out)
-        pol = tolerances.policy(ev.dtype, size=_size(ev.arrays), oracle=oracle, forward=True, override=override)
+        pol = tolerances.policy(ev.dtype, size=_size(ev.arrays), oracle=oracle, forward=True,
+                                input_max=_input_max(ev.arrays), override=override,
+                                case=ev.case)
         if len(mine) != len(theirs) or any(np.shape(m) != np.shape(t) for m, t in zip(mine, theirs)):
             return SideVerdict("fail", kind="forward", phase="forward", result=res, tolerance_source=pol.source,
                                message=f"{label}, forward: output {[_describe(m) for m in mine]}, "
@@ -154,7 +160,8 @@ def judge_side(spec: OpSpec | None, target: Target, ev: Evaluation, oracle: str,
                                    cmp=c, result=res, tolerance_source=pol.source,
                                    message=f"{label}, forward: {_difference(c)}")
     pol = tolerances.policy(ev.dtype, size=_size(ev.arrays), oracle=oracle, dout_max=_dout_max(ev.douts),
-                            override=override, noise=res.info.get("noise", 0.0))
+                            input_max=_input_max(ev.arrays),
+                            override=override, noise=res.info.get("noise", 0.0), case=ev.case)
     worst_name, worst = None, None
     for n, g in ev.grads.items():
         c = _compare_any(g, res.grads[n], pol, ev.dtype)
@@ -237,10 +244,13 @@ def evaluate(spec: OpSpec | None, target: Target, case: Case, dtype: str, sides:
     return ev
 
 
-def oracles_agree(a: OracleResult, b: OracleResult, names, ev: Evaluation, oracle_a: str, oracle_b: str) -> bool:
+def oracles_agree(a: OracleResult, b: OracleResult, names, ev: Evaluation, oracle_a: str, oracle_b: str,
+                  override=None) -> bool:
     """Do two oracles agree with each other on this case (gradients, and forwards where both have one)?"""
     looser = "numeric" if "numeric" in (oracle_a, oracle_b) else oracle_a
-    pol = tolerances.policy(ev.dtype, size=_size(ev.arrays), oracle=looser, dout_max=_dout_max(ev.douts))
+    pol = tolerances.policy(ev.dtype, size=_size(ev.arrays), oracle=looser, dout_max=_dout_max(ev.douts),
+                            input_max=_input_max(ev.arrays),
+                            override=override, case=ev.case)
     for n in names:
         ga, gb = a.grads[n], b.grads[n]
         if isinstance(ga, Projection) and isinstance(gb, Projection):

@@ -341,7 +341,8 @@ def _triangulate(spec: OpSpec | None, target: Target, ev: Evaluation, cfg: RunCo
             v.blame = "reference"
             v.message += " (the target's forward already disagrees with the frameworks; its finite differences inherit that)"
         else:
-            with_me = [o for o in others if oracles_agree(usable[s].result, usable[o].result, names, ev, s[0], o[0])]
+            with_me = [o for o in others if oracles_agree(usable[s].result, usable[o].result, names, ev, s[0], o[0],
+                                                spec.tolerance if spec else None)]
             with_ref = [o for o in others if usable[o].status in ("pass", "kink")]
             tri["agree_with_each_other"] = bool(others) and len(with_me) == len(others)
             if others and len(with_me) == len(others) and not with_ref:

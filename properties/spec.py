@@ -14,9 +14,10 @@ import reference_impl
 
 @dataclass(frozen=True)
 class Tolerance:
-    """An op's override of the policy: multiplies the policy's rtol. `reason` is mandatory."""
+    """An op's override of the policy: multiplies the policy's rtol (never below 1). `reason`, the
+    numerical reason, is mandatory. The factor may depend on the case: a condition number."""
 
-    rtol_factor: float
+    rtol_factor: float | Callable[["Case"], float]
     reason: str
 
 
@@ -80,7 +81,8 @@ class OpSpec:
         return {"name": self.name, "family": self.family, "source": self.source,
                 "regimes": list(self.regimes), "arrays": list(self.array_names),
                 "tolerance": None if self.tolerance is None else
-                {"rtol_factor": self.tolerance.rtol_factor, "reason": self.tolerance.reason}}
+                {"rtol_factor": self.tolerance.rtol_factor if not callable(self.tolerance.rtol_factor)
+                 else "per case", "reason": self.tolerance.reason}}
 
 
 CATALOGUE: dict[str, OpSpec] = {}
