@@ -1,19 +1,13 @@
-"""Shared pytest setup: the Hypothesis profile for the differential suite.
+"""Shared pytest setup.
 
-`--gradaudit-profile ci|dev|thorough` or $GRADAUDIT_PROFILE picks it; under CI ($CI set) the
-default is `ci` (derandomized, so a CI run is reproducible), elsewhere `dev`.
+`--gradaudit-profile`, `--gradaudit-report` and the `gradaudit_profile` / `gradaudit_report_dir`
+fixtures come from gradaudit's pytest plugin (gradaudit/pytest_plugin.py). An installed gradaudit
+registers it through its `pytest11` entry point; a bare checkout (or PYTEST_DISABLE_PLUGIN_AUTOLOAD)
+does not, so it is registered here then — once: the same plugin twice would add its options twice.
 """
-import os
-
-import pytest
+import gradaudit.pytest_plugin
 
 
-def pytest_addoption(parser):
-    parser.addoption("--gradaudit-profile", default=None, choices=("ci", "dev", "thorough"),
-                     help="Hypothesis profile of the differential suite (default: $GRADAUDIT_PROFILE, ci under CI, else dev)")
-
-
-@pytest.fixture(scope="session")
-def gradaudit_profile(request):
-    return (request.config.getoption("--gradaudit-profile") or os.environ.get("GRADAUDIT_PROFILE")
-            or ("ci" if os.environ.get("CI") else "dev"))
+def pytest_addoption(parser, pluginmanager):
+    if not pluginmanager.is_registered(gradaudit.pytest_plugin):
+        pluginmanager.register(gradaudit.pytest_plugin, "gradaudit")

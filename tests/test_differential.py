@@ -5,7 +5,6 @@ together), so the search runs once per group and each (op, oracle, dtype) test r
 `--dist loadgroup` keeps a group on one xdist worker.
 """
 import functools
-import os
 import tempfile
 from pathlib import Path
 
@@ -21,9 +20,9 @@ DTYPES = ("float64", "float32")
 
 
 @functools.cache
-def _group(op: str, dtype: str, profile: str) -> tuple:
+def _group(op: str, dtype: str, profile: str, report_dir: Path | None) -> tuple:
     spec = CATALOGUE[op]
-    report_dir = Path(os.environ.get("GRADAUDIT_SUITE_REPORT") or tempfile.mkdtemp(prefix="gradaudit-suite-"))
+    report_dir = report_dir or Path(tempfile.mkdtemp(prefix="gradaudit-suite-"))
     cfg = RunConfig(profile=profile, dtypes=(dtype,), report_dir=report_dir)
     sink = RecordSink(report_dir / "results.jsonl")
     try:
@@ -37,8 +36,8 @@ CELLS = [pytest.param(op, oracle, dtype, id=f"{op}-{oracle}-{dtype}", marks=pyte
 
 
 @pytest.mark.parametrize("op, oracle, dtype", CELLS)
-def test_reference_agrees(op, oracle, dtype, gradaudit_profile):
-    records = [r for r in _group(op, dtype, gradaudit_profile) if r["oracle"] == oracle]
+def test_reference_agrees(op, oracle, dtype, gradaudit_profile, gradaudit_report_dir):
+    records = [r for r in _group(op, dtype, gradaudit_profile, gradaudit_report_dir) if r["oracle"] == oracle]
     assert records, f"no cells ran for {op} x {oracle} x {dtype}"
     bad = [r for r in records if r["status"] in ("fail", "error")]
     assert not bad, "\n".join(f"{r['id']}: {r['status']} blame={r['blame']} {r['message']} [{r['replay']}]"

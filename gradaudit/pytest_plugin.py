@@ -1,0 +1,197 @@
+"""pytest plugin (entry point ``pytest11``): gradaudit's report from a pytest session.
+
+``pytest --gradaudit-report DIR`` sends the records of every check that runs in the session — the
+differential suite, and any test that writes through ``properties.runner.RecordSink`` into
+``gradaudit_report_dir`` (or :func:`report_dir`) — to ``DIR/results.jsonl``, and at the end renders
+``DIR/index.html`` and ``DIR/junit.xml`` with the ``reports`` package, as ``gradaudit run`` does.
+A fail or error record in the report fails the session even if the test that wrote it passed: a
+red report never comes with a green job.
+
+Under xdist (``-n auto``) every worker appends to the same ``results.jsonl`` (one ``write()`` per
+record on an O_APPEND descriptor); only the controller clears it at the start and renders at the
+end.
+
+pytest loads this module in every session of every project that installs gradaudit, so importing
+it imports nothing heavy: no torch, no jax, not even NumPy; ``reports`` is imported only by a
+session that asked for a report.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import pytest
+
+PROFILES = ("ci", "dev", "thorough")
+_REPORT_DIR = pytest.StashKey["Path | None"]()
+_STARTED = pytest.StashKey[tuple]()  # (iso timestamp, perf_counter) of the controller's session start
+_OUTCOME = pytest.StashKey[dict]()  # what the controller rendered, for the terminal summary
+_sessions: list = []  # configs of the pytest sessions running in this process (pytester nests them)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("gradaudit", "gradaudit: differential checks of hand-derived gradients")
+    group.addoption("--gradaudit-report", metavar="DIR", default=None,
+                    help="write the records of gradaudit's checks to DIR/results.jsonl and render "
+                         "DIR/index.html and DIR/junit.xml at the end of the session")
+    group.addoption("--gradaudit-profile", default=None, choices=PROFILES,
+                    help="Hypothesis profile of gradaudit's checks (default: $GRADAUDIT_PROFILE, "
+                         "ci under CI, else dev)")
+
+
+def profile(config) -> str:
+    """The Hypothesis profile: --gradaudit-profile, else $GRADAUDIT_PROFILE, else ci under CI, else dev."""
+    return (config.getoption("gradaudit_profile") or os.environ.get("GRADAUDIT_PROFILE")
+            or ("ci" if os.environ.get("CI") else "dev"))
+
+
+def report_dir() -> Path | None:
+    """The report directory of the pytest session running in this process (``--gradaudit-report``,
+    absolute), or None when the session asked for no report or no session is running."""
+    return _sessions[-1].stash.get(_REPORT_DIR, None) if _sessions else None
+
+
+def session_profile() -> str | None:
+    """The Hypothesis profile of the pytest session running in this process, or None outside pytest."""
+    return profile(_sessions[-1]) if _sessions else None
+
+
+def _is_controller(config) -> bool:
+    return not hasattr(config, "workerinput")  # xdist gives its workers `workerinput`
+
+
+def pytest_configure(config):
+    _sessions.append(config)
+    raw = config.getoption("gradaudit_report")
+    if not raw:
+        config.stash[_REPORT_DIR] = None
+        return
+    path = Path(config.invocation_params.dir, raw).resolve()
+    # xdist hands config.option to its workers when it starts them (after configure): they get
+    # the absolute path, whatever their working directory
+    config.option.gradaudit_report = str(path)
+    config.stash[_REPORT_DIR] = path
+
+
+def pytest_unconfigure(config):
+    if config in _sessions:
+        _sessions.remove(config)
+
+
+def pytest_report_header(config):
+    path = config.stash.get(_REPORT_DIR, None)
+    if path is not None:
+        return f"gradaudit: report in {path}, profile {profile(config)}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist starts its workers (its sessionstart is trylast)
+def pytest_sessionstart(session):
+    config = session.config
+    path = config.stash.get(_REPORT_DIR, None)
+    if path is None or not _is_controller(config):
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "results.jsonl").unlink(missing_ok=True)  # once per session, by the controller only
+    except OSError as e:
+        raise pytest.UsageError(f"--gradaudit-report {path}: not writable ({e.strerror or e})") from None
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    config.stash[_STARTED] = (started, time.perf_counter())
+    _write_meta(path, _meta(config, started, None, None, []))
+
+
+def _meta(config, started, finished, duration, records) -> dict:
+    from gradaudit.cli import _cpu_name
+
+    def seen(key):
+        return sorted({str(r.get(key)) for r in records})
+
+    flags = {}
+    for r in records:
+        flags.update(r.get("flags") or {})
+    return {"command": ["pytest", *config.invocation_params.args],
+            "seed": config.getoption("hypothesis_seed", None), "profile": profile(config),
+            "started": started, "finished": finished, "duration_s": duration,
+            "versions": _versions(), "cpu": _cpu_name(),
+            "gpus": sorted({r.get("device_name") or "cuda" for r in records
+                            if r.get("device") == "cuda" and r.get("status") != "skip"}),
+            "flags": flags, "oracles": seen("oracle"), "devices": seen("device"), "dtypes": seen("dtype"),
+            "ops": seen("op"), "workers": getattr(config.option, "numprocesses", None) or 1}
+
+
+def _versions() -> dict:
+    """From the installed distributions' metadata: the controller need not import torch or jax."""
+    from importlib import metadata
+
+    v = {"python": platform.python_version()}
+    for dist in ("numpy", "hypothesis", "torch", "jax", "pytest"):
+        try:
+            v[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return v
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    (path / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    path = config.stash.get(_REPORT_DIR, None)
+    if path is None or not _is_controller(config) or _STARTED not in config.stash:
+        return
+    import reports
+
+    started, t0 = config.stash[_STARTED]
+    results = path / "results.jsonl"
+    outcome = config.stash[_OUTCOME] = {}
+    try:
+        records = reports.load_records([results]) if results.exists() else []
+    except reports.RecordError as e:
+        outcome["error"] = f"cannot read {results}: {e}"
+        records = []
+    finished = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    meta = _meta(config, started, finished, round(time.perf_counter() - t0, 2), records)
+    _write_meta(path, meta)
+    outcome["html"] = reports.render_html(records, meta, path)
+    outcome["junit"] = reports.write_junit(records, path / "junit.xml")
+    outcome["summary"] = reports.terminal_summary(records)
+    outcome["bad"] = sum(r["status"] in ("fail", "error") for r in records)
+    if (outcome["bad"] or "error" in outcome) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        outcome["overruled"] = True
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    outcome = config.stash.get(_OUTCOME, None)
+    if outcome is None:
+        return
+    tr = terminalreporter
+    tr.section("gradaudit")
+    if "error" in outcome:
+        tr.write_line(f"gradaudit: {outcome['error']}", red=True)
+    for line in outcome["summary"].splitlines():
+        tr.write_line(line)
+    tr.write_line(f"report: {outcome['html']}")
+    tr.write_line(f"junit: {outcome['junit']}")
+    if outcome.get("overruled") and outcome["bad"]:
+        tr.write_line(f"gradaudit: {outcome['bad']} failing cell(s) in the report although every test passed: "
+                      "the session fails", red=True)
+
+
+@pytest.fixture(scope="session")
+def gradaudit_profile(request) -> str:
+    """The Hypothesis profile name for gradaudit's checks (``ci``, ``dev`` or ``thorough``)."""
+    return profile(request.config)
+
+
+@pytest.fixture(scope="session")
+def gradaudit_report_dir(request) -> Path | None:
+    """The absolute ``--gradaudit-report`` directory, or None when the session asked for no report.
+    Records written to ``<dir>/results.jsonl`` (``properties.runner.RecordSink``) are in the report."""
+    return request.config.stash.get(_REPORT_DIR, None)
