@@ -115,8 +115,8 @@ def shared_credit(grad, groups, *, name: str, what: str) -> tuple[bool, str]:
             return False, (f"credit at a tie in {what} sums to {sums[r]:.6g} with upstream gradient "
                            f"{want[r]:.6g}: not a convex combination (every tied element got the full gradient?)")
     if not tied:
-        return True, (f"no exact tie in {what} (a near one is straddled by the central differences) and "
-                      f"every maximum gets its whole upstream gradient")
+        return True, (f"no exact tie in {what}, only a near one (straddled by central differences, or made "
+                      f"a tie by XLA's float32 flush-to-zero), and every maximum gets its whole upstream gradient")
     return True, (f"credit at ties in {what} is a convex combination of the upstream gradient "
                   f"({len(tied)} tied group(s))")
 
@@ -147,7 +147,8 @@ def in_affine_box(grad, base, basis, *, what: str) -> tuple[bool, str]:
     if sv[-1] <= 1e-8 * sv[0]:
         return True, (f"the gradient is the chain rule through {what} for some derivative at the kinks "
                       f"(their contributions are dependent: [0, 1] not checked)")
-    slack = 10 * atol / sv[-1]
+    # rounding of up to atol in every element of grad moves λ_k by at most |row k of pinv(a)|_1 * atol
+    slack = 2 * atol * np.abs(np.linalg.pinv(a)).sum(axis=1)
     if np.all((lam >= -slack) & (lam <= 1 + slack)):
         return True, (f"the gradient is the chain rule through {what} with derivatives in [0, 1] at the "
                       f"kinks (a valid subgradient: {np.round(lam, 3).tolist()})")

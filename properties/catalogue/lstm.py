@@ -1,0 +1,32 @@
+"""LSTM, one step and a sequence (c0 = 0), gate blocks i, f, o, g in the cs231n order."""
+from hypothesis import strategies as st
+
+from ..spec import Case, OpSpec, register
+from ..strategies import float_arrays
+from ._common import geometry
+from .rnn import SEQ_GEOMETRIES, STEP_GEOMETRIES, W_SCALE, weights
+
+
+def _step_cases(regime):
+    @st.composite
+    def cases(draw):
+        n, d, h = draw(geometry(*STEP_GEOMETRIES))
+        return Case({"x": draw(float_arrays((n, d), regime)),
+                     "prev_h": draw(float_arrays((n, h), "typical", scale=W_SCALE)),
+                     "prev_c": draw(float_arrays((n, h), "typical")), **weights(draw, d, h, gates=4)})
+    return cases()
+
+
+def _seq_cases(regime):
+    @st.composite
+    def cases(draw):
+        n, t, d, h = draw(geometry(*SEQ_GEOMETRIES))
+        return Case({"x": draw(float_arrays((n, t, d), regime)),
+                     "h0": draw(float_arrays((n, h), "typical", scale=W_SCALE)), **weights(draw, d, h, gates=4)})
+    return cases()
+
+
+register(OpSpec(name="lstm_step", family="lstm", source="seed 000 § LSTM; cs231n (lstm_step_backward)",
+                inputs=_step_cases, regimes=("typical", "saturated")))
+register(OpSpec(name="lstm", family="lstm", source="seed 000 § LSTM; cs231n (lstm_backward)",
+                inputs=_seq_cases, regimes=("typical", "saturated")))

@@ -1,0 +1,20 @@
+"""Softmax and log-softmax over the class axis, as layers (their Jacobian-vector products)."""
+from hypothesis import strategies as st
+
+from ..spec import Case, OpSpec, register
+from ..strategies import dim, float_arrays
+
+
+def _scores(regime):
+    @st.composite
+    def cases(draw):
+        n, c = draw(dim(1, 3)), draw(dim(4, 1, 7))  # C = 1: a single class, softmax = 1, gradient 0
+        return Case({"x": draw(float_arrays((n, c), regime))})
+    return cases()
+
+
+REGIMES = ("typical", "large", "overflow")
+register(OpSpec(name="softmax", family="softmax", source="cs231n; seed 000 § Softmax",
+                inputs=_scores, regimes=REGIMES))
+register(OpSpec(name="log_softmax", family="softmax", source="seed 000 § 1、KNN, SVM, Softmax，Network (d log SoftMax)",
+                inputs=_scores, regimes=REGIMES))
