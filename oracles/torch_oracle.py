@@ -51,9 +51,16 @@ def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device:
     op = target.op
     torch = _torch()
     check_available(device)
-    from . import torch_ops
+    xp_forward = getattr(target, "xp_forward", None)
+    if xp_forward is not None:
+        # a derivation's own array-API forward (gradaudit.derivation), run with torch's namespace
+        import array_api_compat.torch as xp_torch
 
-    fn = getattr(torch_ops, op)
+        fn = functools.partial(xp_forward, xp_torch)
+    else:
+        from . import torch_ops
+
+        fn = getattr(torch_ops, op)
     tdtype = getattr(torch, dtype)
     inputs = [torch.tensor(np.asarray(a, dtype=dtype), device=device, requires_grad=True)
               for a in arrays.values()]

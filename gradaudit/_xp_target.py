@@ -1,0 +1,96 @@
+"""A Target whose oracles run the user's own array-API forward instead of a catalogue op's.
+
+`XpTarget.xp_forward(xp, *arrays, **params)` is what oracles/torch_oracle.py and jax_oracle.py call
+(with `array_api_compat.torch` / `jax.numpy`) when it is set; the numeric oracle and the NumPy side
+use `forward`, which runs the same function with `array_api_compat.numpy`.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from properties.target import Target
+
+
+@dataclass(frozen=True)
+class XpTarget(Target):
+    xp_forward: Callable | None = None  # (xp, *arrays, **params) -> out
+
+
+def _is_float_array(v) -> bool:
+    return isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating)
+
+
+def derivation_target(d, name: str, *, wrap=None) -> XpTarget:
+    """The Target of a Derivation: its forward under NumPy, its backward, and its xp forward.
+    `wrap(fn, fname)` (optional) guards every call into the user's two functions."""
+    import array_api_compat.numpy as xp_np
+
+    if d.backward_fn is None:
+        raise TypeError(f"{d.name}: no backward (decorate one with @{d.name}.backward)")
+    fn, bwd = d.fn, d.backward_fn
+    try:
+        bwd_params = inspect.signature(bwd).parameters
+    except (TypeError, ValueError):
+        bwd_params = {}
+    wants_out = "out" in bwd_params or any(p.kind == p.VAR_KEYWORD for p in bwd_params.values())
+    if wrap is not None:
+        fn, bwd = wrap(fn, d.name), wrap(bwd, bwd.__name__)
+    names = list(d.arrays)
+
+    def cast_params(params, dtype):
+        # float parameters follow the arrays' dtype, so float32 stays float32 on every side
+        return {k: v.astype(dtype) if _is_float_array(v) else v for k, v in params.items()}
+
+    def forward(*arrays, **params):
+        params = cast_params(params, arrays[0].dtype)
+        out = fn(xp_np, *arrays, **params)
+        if isinstance(out, list):
+            out = tuple(out)
+        return out, (arrays, params, out)
+
+    def backward(*args):
+        *douts, (arrays, params, out) = args
+        kw = dict(params)
+        if wants_out:
+            kw["out"] = out
+        grads = bwd(*douts, *arrays, **kw)
+        if isinstance(grads, dict):
+            grads = tuple(grads.get(n) for n in names)
+        if len(names) == 1 and not isinstance(grads, (tuple, list)):
+            grads = (grads,)
+        if isinstance(grads, (tuple, list)):
+            grads = tuple(_cast(g, a) for g, a in zip(grads, arrays)) + tuple(grads[len(arrays):])
+            return grads if len(grads) > 1 else grads[0]
+        return grads
+
+    def xp_forward(xp, *arrays, **params):
+        dtype = arrays[0].dtype
+        params = {k: xp.astype(v, dtype) if _framework_float(xp, v) else v for k, v in params.items()}
+        return fn(xp, *arrays, **params)
+
+    return XpTarget(name=name, op=d.name, forward=forward, backward=backward, xp_forward=xp_forward)
+
+
+def _cast(g, like: np.ndarray):
+    """A float gradient of the right shape is cast to its input's dtype; anything else is left for
+    the runner to report (wrong shape, None, ...)."""
+    if isinstance(g, (np.ndarray, np.generic)) and np.issubdtype(np.asarray(g).dtype, np.floating) \
+            and np.shape(g) == like.shape:
+        return np.asarray(g, dtype=like.dtype)
+    if isinstance(g, (int, float)) and like.shape == ():
+        return np.asarray(g, dtype=like.dtype)
+    return g
+
+
+def _framework_float(xp, v) -> bool:
+    dtype = getattr(v, "dtype", None)
+    if dtype is None or not hasattr(v, "shape"):
+        return False
+    try:
+        return xp.isdtype(dtype, "real floating")
+    except Exception:
+        return False
