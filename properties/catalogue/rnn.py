@@ -16,9 +16,9 @@ def weights(draw, d, h, gates=1):
 
 
 # (N, D, H) and (N, T, D, H): batch 1 and T = 1 first; D != H everywhere (a transposed weight
-# cannot type-check by luck); D = 1 once
+# cannot type-check by luck); D = 1 once. Three each: a scan over T compiles in ~1-3 s per shape.
 STEP_GEOMETRIES = ((1, 3, 2), (2, 4, 3), (3, 2, 4))
-SEQ_GEOMETRIES = ((1, 1, 3, 2), (2, 3, 4, 3), (3, 4, 2, 4), (2, 2, 1, 3))
+SEQ_GEOMETRIES = ((1, 1, 3, 2), (2, 3, 4, 3), (3, 4, 1, 4))
 
 
 def _step_cases(regime):
@@ -40,7 +40,7 @@ def _seq_cases(regime):
 
 
 # (N, T, D, H, C): C = 1 is a single class (every step's loss 0)
-SOFTMAX_SEQ_GEOMETRIES = ((1, 1, 3, 2, 3), (2, 3, 4, 3, 1), (3, 4, 2, 4, 5), (2, 2, 1, 3, 4))
+SOFTMAX_SEQ_GEOMETRIES = ((1, 1, 3, 2, 3), (2, 3, 4, 3, 1), (3, 4, 1, 4, 5))
 
 
 def _softmax_seq_cases(regime):
