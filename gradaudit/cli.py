@@ -86,6 +86,13 @@ def _versions() -> dict:
     for mod in ("torch", "jax"):
         if mod in sys.modules:
             v[mod] = getattr(sys.modules[mod], "__version__", "?")
+        else:  # a --workers run: the frameworks live in the workers; importing one here costs seconds
+            try:
+                from importlib.metadata import version
+
+                v[mod] = version(mod)
+            except Exception:
+                pass
     return v
 
 
@@ -176,11 +183,16 @@ def run_session(args, cfg, jobs, *, what: list[str], progress=True) -> int:
     workers = getattr(args, "workers", 1) or 1
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
+    from properties.runner import jax_cache_delta, jax_cache_stats, merge_jax_cache_stats
+
+    jax_stats = []
     try:
         if workers == 1:
-            from properties.runner import apply_precision
+            from properties.runner import apply_precision, prepare_process
 
+            prepare_process(cfg)  # one torch thread, JAX's persistent compile cache
             apply_precision(cfg)
+            before = jax_cache_stats()
             sink = RecordSink(results)
             try:
                 for label, fn in jobs:
@@ -191,17 +203,20 @@ def run_session(args, cfg, jobs, *, what: list[str], progress=True) -> int:
                         _progress(label, recs, time.perf_counter() - t_job)
             finally:
                 sink.close()
+                jax_stats.append(jax_cache_delta(before, jax_cache_stats()))
         else:
             from properties.parallel import run_parallel
 
-            for label, recs, dt in run_parallel(jobs, cfg, results, workers):
+            for label, recs, dt in run_parallel(jobs, cfg, results, workers, jax_stats):
                 records.extend(recs)
                 if tty:
                     _progress(label, recs, dt)
     finally:
         meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    duration_s=round(time.perf_counter() - t0, 2), versions=_versions(), flags=_all_flags(cfg))
+                    duration_s=round(time.perf_counter() - t0, 2), versions=_versions(), flags=_all_flags(cfg, records))
         meta["gpus"] = sorted({r["device_name"] for r in records if r["device"] == "cuda" and r["status"] != "skip"})
+        if "jax" in cfg.oracles:  # jit cache hits/misses, XLA compiles, persistent-cache hits
+            meta["jax_cache"] = merge_jax_cache_stats(jax_stats)
         (args.report / "run.json").write_text(json.dumps(meta, indent=1))
     return _finish(records, meta, args.report, args.junit, args.json)
 
@@ -225,10 +240,16 @@ def cmd_run(args) -> int:
     return run_session(args, cfg, jobs, what=list(ops))
 
 
-def _all_flags(cfg) -> dict:
+def _all_flags(cfg, records=()) -> dict:
+    """The precision flags in force, from the records when there are any: in a --workers run the
+    frameworks were imported by the workers only, and importing them here just for this took seconds."""
+    flags = {}
+    for r in records:
+        flags.update(r.get("flags") or {})
+    if flags:
+        return flags
     import oracles
 
-    flags = {}
     for o in cfg.oracles:
         try:
             flags.update(oracles.get(o).flags())

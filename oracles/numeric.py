@@ -7,6 +7,8 @@ array), so the cost stays a constant number of forwards whatever the size.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .base import OracleResult, OracleUnavailable, Projection, as_tuple
@@ -37,6 +39,31 @@ def step_for(x: np.ndarray) -> np.ndarray:
     return STEP * np.maximum(1.0, np.abs(x))
 
 
+def _directions(shapes: tuple) -> tuple[np.ndarray, ...]:
+    """DIRECTIONS random directions per array, drawn in order from a fixed seed: the same shapes
+    always get the same directions (read-only arrays; they go into the results). Cached: drawing
+    them cost as much as the forwards for medium inputs, and a run sees the same shapes again and again."""
+    if sum(DIRECTIONS * int(np.prod(s)) for s in shapes) <= _DIRECTIONS_CACHE_ELEMENTS:
+        return _directions_cached(shapes)
+    return _draw_directions(shapes)
+
+
+_DIRECTIONS_CACHE_ELEMENTS = 2**18  # 2 MiB of float64 per entry at most, 32 entries
+
+
+def _draw_directions(shapes: tuple) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(20240611)  # fixed: the same case always gets the same directions
+    out = []
+    for s in shapes:
+        d = rng.standard_normal((DIRECTIONS, *s))
+        d.flags.writeable = False
+        out.append(d)
+    return tuple(out)
+
+
+_directions_cached = functools.lru_cache(maxsize=32)(_draw_directions)
+
+
 def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str) -> OracleResult:
     check_available(device)
     xs = {n: np.array(a, dtype=np.float64) for n, a in arrays.items()}
@@ -55,7 +82,8 @@ def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device:
 
     total = sum(a.size for a in xs.values())
     grads = {}
-    rng = np.random.default_rng(20240611)  # fixed: the same case always gets the same directions
+    if total > FULL_JACOBIAN_MAX_ELEMENTS:
+        all_dirs = dict(zip(xs, _directions(tuple(x.shape for x in xs.values()))))
     for n, x in xs.items():
         if total <= FULL_JACOBIAN_MAX_ELEMENTS:
             grad = np.zeros_like(x)
@@ -71,7 +99,7 @@ def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device:
                 gflat[i] = (plus - minus) / (2 * hflat[i])
             grads[n] = grad
         else:
-            dirs = rng.standard_normal((DIRECTIONS, *x.shape))
+            dirs = all_dirs[n]
             values = np.empty(DIRECTIONS)
             h = STEP * max(1.0, float(np.abs(x).max(initial=0.0)))
             for k, u in enumerate(dirs):

@@ -8,6 +8,8 @@ Subnormals are never drawn: XLA on CPU flushes float32 subnormals to zero (CONVE
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -55,9 +57,22 @@ def _sample(rng: np.random.Generator, shape, regime: str, scale: float) -> np.nd
     return np.asarray(x * scale, dtype=np.float64)
 
 
+def _f32_inside(lo: float, hi: float, v: float) -> float:
+    """`v` (lo or hi) rounded to float32, stepped back inside [lo, hi] when rounding left it."""
+    x = np.float32(v)
+    if x < lo:
+        x = np.nextafter(x, np.float32(np.inf))
+    elif x > hi:
+        x = np.nextafter(x, np.float32(-np.inf))
+    return float(x)
+
+
+@functools.cache
 def _elements(regime: str) -> st.SearchStrategy[float]:
-    f = lambda lo, hi: st.floats(lo, hi, allow_nan=False, allow_infinity=False,  # noqa: E731
-                                 allow_subnormal=False)
+    # width=32: values exact in float32, and normal there, so a float32 cell sees the same numbers
+    # (width=32 wants bounds exact in float32: the nearest float32 values inside [lo, hi])
+    f = lambda lo, hi: st.floats(_f32_inside(lo, hi, lo), _f32_inside(lo, hi, hi), allow_nan=False,  # noqa: E731
+                                 allow_infinity=False, allow_subnormal=False, width=32)
     return {
         "typical": f(-3, 3),
         "large": f(-300, 300),
@@ -74,6 +89,14 @@ def float_arrays(shape, regime: str = "typical", *, scale: float = 1.0) -> st.Se
     shape = tuple(int(s) for s in shape)
     if regime not in REGIMES:
         raise ValueError(f"unknown value regime {regime!r}; known: {', '.join(REGIMES)}")
+    return _float_arrays(shape, regime, float(scale))
+
+
+# Strategies are immutable values: the catalogue's composite strategies ask for the same few
+# (shape, regime, scale) on every draw, and building one (hnp.arrays validates its arguments, the
+# element strategies are cached_strategy lookups) cost as much as drawing from it.
+@functools.lru_cache(maxsize=4096)
+def _float_arrays(shape: tuple[int, ...], regime: str, scale: float) -> st.SearchStrategy[np.ndarray]:
     if int(np.prod(shape)) <= ELEMENTWISE_MAX:
         return hnp.arrays(np.float64, shape, elements=_elements(regime)).map(
             lambda a: a * scale if scale != 1.0 else a)
@@ -81,6 +104,7 @@ def float_arrays(shape, regime: str = "typical", *, scale: float = 1.0) -> st.Se
         lambda seed: _sample(np.random.default_rng(seed), shape, regime, scale))
 
 
+@functools.lru_cache(maxsize=1024)
 def labels(n: int, classes: int) -> st.SearchStrategy[np.ndarray]:
     """Integer class labels, shape (n,), in [0, classes)."""
     return hnp.arrays(np.int64, (n,), elements=st.integers(0, classes - 1))
