@@ -64,3 +64,65 @@ PLANTED = {
                                 naive_softmax_cross_entropy_backward, "softmax without the max shift"),
     "relu-mutates-dout": ("relu", ref.relu_forward, relu_backward_mutates_dout, "dout modified in place"),
 }
+
+
+# --- one realistic mistake per op family, planted on top of the correct reference ----------------
+
+def _planted(op, mutate):
+    """The reference of `op` with its gradients passed through `mutate(grads, douts, arrays, params, out)`."""
+    fwd, bwd = getattr(ref, f"{op}_forward"), getattr(ref, f"{op}_backward")
+
+    def forward(*arrays, **params):
+        out, cache = fwd(*arrays, **params)
+        return out, (cache, arrays, params, out)
+
+    def backward(*args):
+        *douts, (cache, arrays, params, out) = args
+        grads = bwd(*douts, cache)
+        return mutate(grads if isinstance(grads, tuple) else (grads,), douts, arrays, params, out)
+
+    backward.__name__ = f"{op}_backward_planted"
+    return op, forward, backward
+
+
+def _one(f):
+    return lambda g, d, a, p, o: f(g, d, a, p, o)[0] if len(g) == 1 else f(g, d, a, p, o)
+
+
+def _embedding_last_write_wins(g, d, a, p, o):
+    dw = np.zeros_like(a[0])
+    dw[p["idx"]] = d[0]  # `dW[idx] = dout` (or `+=`): repeated indices keep only one contribution
+    return dw
+
+
+FAMILY_BUGS = {
+    "gates: multiply gate gradients swapped": _planted("multiply_gate", lambda g, d, a, p, o: (g[1], g[0])),
+    "gates: max gate credits every tied input": _planted(
+        "max_gate", lambda g, d, a, p, o: (d[0] * (a[0] >= a[1]), d[0] * (a[1] >= a[0]))),
+    "layers: column-layout bias summed over the wrong axis": _planted(
+        "linear_column", lambda g, d, a, p, o: (g[0], g[1], d[0].sum(axis=0, keepdims=True).T)),
+    "activations: sigmoid' written as s": _planted("sigmoid", _one(lambda g, d, a, p, o: (d[0] * o,))),
+    "activations: tanh' written as 1 - h": _planted("tanh", _one(lambda g, d, a, p, o: (d[0] * (1 - o),))),
+    "softmax: only the Jacobian's diagonal": _planted("softmax", _one(lambda g, d, a, p, o: (d[0] * o * (1 - o),))),
+    "losses: hinge counts the correct class": _planted(
+        "svm_hinge", _one(lambda g, d, a, p, o: (g[0] + np.eye(a[0].shape[1])[p["y"]] * (d[0] / a[0].shape[0]),))),
+    "regularization: the 2 of d(reg w²) dropped": _planted("l2_regularization", _one(lambda g, d, a, p, o: (g[0] / 2,))),
+    "dropout: backward forgets the 1/p": _planted(
+        "dropout", _one(lambda g, d, a, p, o: (g[0] * p["p"] if p["mode"] == "train" else g[0],))),
+    "conv: db averaged over the batch": _planted("conv2d", lambda g, d, a, p, o: (g[0], g[1], g[2] / a[0].shape[0])),
+    "pooling: average pool without 1/area": _planted(
+        "avg_pool2d", _one(lambda g, d, a, p, o: (g[0] * p["pool_height"] * p["pool_width"],))),
+    "rnn: dprev_h never computed (seed 000's rnn_step_backward)": _planted(
+        "rnn_step", lambda g, d, a, p, o: (g[0], np.zeros_like(g[1]), *g[2:])),
+    "lstm: the cell state's path to prev_c dropped": _planted(
+        "lstm_step", lambda g, d, a, p, o: (g[0], g[1], np.zeros_like(g[2]), *g[3:])),
+    "normalization: dgamma without x_hat": _planted("batchnorm", lambda g, d, a, p, o: (g[0], g[2], g[2])),
+    "embedding: repeated indices overwrite": _planted("embedding", _one(lambda g, d, a, p, o: (_embedding_last_write_wins(g, d, a, p, o),))),
+    "temporal: bias averaged over time": _planted(
+        "temporal_affine", lambda g, d, a, p, o: (g[0], g[1], g[2] / a[0].shape[1])),
+    "networks: reg·W instead of 2·reg·W": _planted(
+        "two_layer_net", lambda g, d, a, p, o: (g[0], g[1] - d[0] * p["reg"] * a[1], g[2],
+                                                g[3] - d[0] * p["reg"] * a[3], g[4])),
+}
+for _what, (_op, _f, _b) in FAMILY_BUGS.items():
+    PLANTED[_what] = (_op, _f, _b, _what)
