@@ -153,6 +153,7 @@ def prepare_process(cfg: "RunConfig | None" = None) -> dict:
     Called by the runner's entry points, never at import of a library module: a user's own process
     keeps its settings unless it asks for these.
 
+    - NumPy's BLAS: one thread (threadpoolctl), for the same reason as torch's, see below.
     - torch: one intra-op thread ($GRADAUDIT_TORCH_THREADS to change). The catalogue's ops are
       tiny; torch's thread pool costs ~10-40 ms of synchronisation per call on a busy 2-core
       machine, ~100x the op itself. Parallelism comes from `--workers` (processes) instead.
@@ -163,6 +164,17 @@ def prepare_process(cfg: "RunConfig | None" = None) -> dict:
     """
     names = cfg.oracles if cfg is not None else ("torch", "jax")
     done = {}
+    # NumPy's BLAS: one thread too. Interleaving a multi-threaded OpenBLAS call with torch's thread
+    # pool hands cores back and forth: measured 32 ms for a 64x128 @ 128x96 matmul right after a torch
+    # op (0.05 ms alone, 0.5 ms single-threaded) on the 2-core machine. The arrays here are small.
+    try:
+        from threadpoolctl import threadpool_limits
+
+        if not _prepared.get("blas"):
+            _prepared["blas"] = threadpool_limits(limits=1, user_api="blas")
+        done["blas_threads"] = 1
+    except ImportError:
+        pass
     if "torch" in names:
         try:
             import torch

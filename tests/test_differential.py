@@ -12,7 +12,7 @@ import pytest
 
 import oracles
 from properties import catalogue  # noqa: F401
-from properties.runner import RecordSink, RunConfig, run_target_cells
+from properties.runner import RecordSink, RunConfig, prepare_process, run_target_cells
 from properties.spec import CATALOGUE
 from properties.target import Target
 
@@ -24,6 +24,7 @@ def _group(op: str, dtype: str, profile: str, report_dir: Path | None) -> tuple:
     spec = CATALOGUE[op]
     report_dir = report_dir or Path(tempfile.mkdtemp(prefix="gradaudit-suite-"))
     cfg = RunConfig(profile=profile, dtypes=(dtype,), report_dir=report_dir)
+    prepare_process(cfg)  # as `gradaudit run` sets up its process: one BLAS and torch thread, JAX cache
     sink = RecordSink(report_dir / "results.jsonl")
     try:
         return tuple(run_target_cells(spec, Target.reference(spec), spec.inputs, spec.regimes, cfg, sink))
