@@ -1,0 +1,38 @@
+"""The runner keeps a bounded number of examples' arrays alive, however many examples a cell runs
+(the thorough profile runs hundreds): per cell only the worst passing and the failing examples."""
+import gc
+import weakref
+
+from properties import catalogue  # noqa: F401
+from properties import evaluate as evaluate_module
+from properties import runner
+from properties.runner import RecordSink, RunConfig, run_target_cells
+from properties.spec import CATALOGUE
+from properties.target import Target
+
+
+def _peak_live_evaluations(monkeypatch, tmp_path, examples):
+    alive, peak = weakref.WeakSet(), [0]
+    real = evaluate_module.evaluate
+
+    def counting(*args, **kwargs):
+        ev = real(*args, **kwargs)
+        gc.collect()
+        alive.add(ev)
+        peak[0] = max(peak[0], len(alive))
+        return ev
+
+    monkeypatch.setattr(runner, "evaluate", counting)
+    spec = CATALOGUE["affine"]
+    cfg = RunConfig(profile="dev", examples=examples, oracles=("numeric",), dtypes=("float64",), report_dir=tmp_path)
+    sink = RecordSink(tmp_path / "results.jsonl")
+    run_target_cells(spec, Target.reference(spec), spec.inputs, ("typical",), cfg, sink)
+    sink.close()
+    return peak[0]
+
+
+def test_live_examples_do_not_grow_with_the_example_count(monkeypatch, tmp_path):
+    few = _peak_live_evaluations(monkeypatch, tmp_path / "few", 5)
+    many = _peak_live_evaluations(monkeypatch, tmp_path / "many", 60)
+    assert few >= 1  # the counting hook saw the runner's evaluations
+    assert many <= max(few, 3), f"{many} examples alive after 60 examples vs {few} after 5"
