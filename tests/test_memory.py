@@ -1,7 +1,6 @@
 """The runner keeps a bounded number of examples' arrays alive, however many examples a cell runs
 (the thorough profile runs hundreds): per cell only the worst passing and the failing examples."""
 import gc
-import weakref
 
 from properties import catalogue  # noqa: F401
 from properties import evaluate as evaluate_module
@@ -12,14 +11,13 @@ from properties.target import Target
 
 
 def _peak_live_evaluations(monkeypatch, tmp_path, examples):
-    alive, peak = weakref.WeakSet(), [0]
+    peak = [0]
     real = evaluate_module.evaluate
 
     def counting(*args, **kwargs):
         ev = real(*args, **kwargs)
         gc.collect()
-        alive.add(ev)
-        peak[0] = max(peak[0], len(alive))
+        peak[0] = max(peak[0], sum(type(o) is evaluate_module.Evaluation for o in gc.get_objects()))
         return ev
 
     monkeypatch.setattr(runner, "evaluate", counting)
