@@ -7,6 +7,7 @@ gets one jitted forward+VJP; jit's own cache then compiles once per shapes and d
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
@@ -19,6 +20,9 @@ _seen_keys: set = set()
 
 @functools.cache
 def _jax():
+    # JAX takes 75% of a GPU's memory when its backend starts; torch and other --workers processes
+    # share the GPU here, so allocate on demand (read when the backend starts, not at import)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         import jax
     except Exception as e:

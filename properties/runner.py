@@ -24,7 +24,7 @@ import oracles
 from oracles.base import Projection, as_tuple
 
 from .evaluate import Evaluation, Side, SideVerdict, classify_kinks, evaluate, flag_mutation, judge_side, oracles_agree
-from .devices import device_figures
+from .devices import device_figures, explain_tf32
 from .spec import Case, OpSpec, to_jsonable
 from .target import Target
 
@@ -498,6 +498,7 @@ def _triangulate(spec: OpSpec | None, target: Target, ev: Evaluation, cfg: RunCo
                 v.blame = "precision"
             else:
                 v.blame = "unknown"
+        explain_tf32(ev, s, v)
         v.triangulation = tri
 
 

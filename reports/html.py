@@ -56,6 +56,8 @@ PATTERN_TEXT = {
     "credit_at_ties": "the credit at tied elements is not a valid split (e.g. every tied "
                       "element gets the full gradient)",
     "zero_gradient": "the reference gradient is zero where the oracle's is not",
+    "tf32": "TF32 on the GPU (--allow-tf32): float32 matmuls and convolutions keep 10 mantissa bits "
+            "(relative error ~1e-3); the same oracle on the CPU agrees, so the derivation is not at fault",
 }
 KIND_TEXT = {"gradient": "gradients disagree", "forward": "the forwards already disagree",
              "nonfinite": "NaN/Inf on one side only"}

@@ -7,7 +7,7 @@ import oracles
 from properties import catalogue  # noqa: F401
 from properties.devices import device_figures
 from properties.evaluate import evaluate
-from properties.runner import RecordSink, RunConfig, run_target_cells
+from properties.runner import RecordSink, RunConfig, apply_precision, run_target_cells
 from properties.spec import CATALOGUE, Case
 from properties.target import Target
 
@@ -65,3 +65,58 @@ def test_catalogue_passes_on_gpu_with_tf32_off(op, tmp_path):
     bad = [r for r in recs if r["status"] in ("fail", "error")]
     assert not bad, [r["message"] for r in bad]
     assert any(r["device"] == "cuda" and r["status"] in ("pass", "kink") for r in recs)
+
+
+def _tf32_like_cuda(monkeypatch, tf32_on: bool):
+    """torch's 'cuda' side runs on the CPU with a relative error of 1e-3 in every result (what TF32
+    does to a float32 matmul), and reports the TF32 flags as given."""
+    torch_oracle = oracles.get("torch")
+    real_vjp, real_check, real_flags = torch_oracle.vjp, torch_oracle.check_available, torch_oracle.flags
+
+    def vjp(t, a, p, d, *, dtype, device):
+        r = real_vjp(t, a, p, d, dtype=dtype, device="cpu")
+        if device == "cuda":
+            r.grads = {n: g * np.asarray(1 + 1e-3, g.dtype) for n, g in r.grads.items()}
+        return r
+
+    monkeypatch.setattr(torch_oracle, "vjp", vjp)
+    monkeypatch.setattr(torch_oracle, "check_available", lambda device: real_check("cpu"))
+    monkeypatch.setattr(torch_oracle, "flags", lambda: dict(real_flags(), tf32_matmul=tf32_on, tf32_cudnn=tf32_on))
+
+
+@pytest.mark.parametrize("tf32_on", [True, False])
+def test_a_tf32_sized_gpu_error_is_named_only_when_tf32_is_on(monkeypatch, tmp_path, tf32_on):
+    pytest.importorskip("torch")
+    _tf32_like_cuda(monkeypatch, tf32_on)
+    spec = CATALOGUE["affine"]
+    cfg = RunConfig(profile="ci", oracles=("torch",), devices=("cpu", "cuda"), dtypes=("float32",), report_dir=tmp_path)
+    sink = RecordSink(tmp_path / "results.jsonl")
+    recs = run_target_cells(spec, Target.reference(spec), spec.inputs, ("typical",), cfg, sink)
+    sink.close()
+    cpu, cuda = ([r for r in recs if r["device"] == d][0] for d in ("cpu", "cuda"))
+    assert cpu["status"] == "pass"
+    assert cuda["status"] == "fail" and cuda["cpu_gpu"]["agree"] is False
+    if tf32_on:
+        assert cuda["pattern"] == "tf32" and cuda["blame"] == "precision" and "TF32" in cuda["message"]
+    else:  # without TF32 the same gap is the GPU oracle's own: never excused as TF32
+        assert cuda["pattern"] != "tf32" and cuda["blame"] == "oracle:torch"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
+def test_tf32_on_gpu_is_named_not_blamed_on_the_derivation(tmp_path):
+    spec = CATALOGUE["affine"]
+    cfg = RunConfig(profile="ci", oracles=("torch", "jax"), devices=("cpu", "cuda"), dtypes=("float32",),
+                    report_dir=tmp_path, allow_tf32=True)
+    apply_precision(cfg)  # what `gradaudit run --allow-tf32` does before its cells
+    sink = RecordSink(tmp_path / "results.jsonl")
+    try:
+        recs = run_target_cells(spec, Target.reference(spec), spec.inputs, spec.regimes, cfg, sink)
+    finally:
+        sink.close()
+        for name in ("torch", "jax"):
+            oracles.get(name).set_tf32(False)
+    fails = [r for r in recs if r["status"] == "fail"]
+    assert fails, "TF32 changed nothing: the float32 affine cells all passed with TF32 on"
+    assert all(r["device"] == "cuda" and r["pattern"] == "tf32" and r["blame"] == "precision" for r in fails), \
+        [(r["id"], r["pattern"], r["blame"]) for r in fails]
