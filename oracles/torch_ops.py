@@ -4,6 +4,8 @@ Paired with the reference by name (docs/op_contract.md). Imported only by the to
 Conventions at kinks and ties are noted per op, with the row of ../shared/CONVENTIONS.md.
 Float array params (``y`` of mse, ``mask``) are cast to the input's dtype, so the output keeps it.
 """
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -132,10 +134,19 @@ def rnn_step(x, prev_h, wx, wh, b):
     return torch.rnn_tanh_cell(x, prev_h, wx.T, wh.T, b, None)  # one bias (b_hh = None)
 
 
+def _cudnn_rnn_quietly(fn, *args):
+    # On CUDA, cuDNN wants the weights in one flat buffer (nn.RNN's flatten_parameters) and copies
+    # separate ones on every call, with a warning each time; separate weights are the point here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+        return fn(*args)
+
+
 def rnn(x, h0, wx, wh, b):
-    # torch's own full-sequence RNN; it has two biases (CONVENTIONS row 22): b_hh = 0.
-    params = [wx.T, wh.T, b, torch.zeros_like(b)]
-    h, _ = torch.rnn_tanh(x, h0.unsqueeze(0), params, True, 1, 0.0, True, False, True)
+    # torch's own full-sequence RNN; it has two biases (CONVENTIONS row 22): b_hh = 0. cuDNN (CUDA)
+    # views each weight into its flat buffer and refuses a transposed one: contiguous copies.
+    params = [wx.T.contiguous(), wh.T.contiguous(), b, torch.zeros_like(b)]
+    h, _ = _cudnn_rnn_quietly(torch.rnn_tanh, x, h0.unsqueeze(0), params, True, 1, 0.0, True, False, True)
     return h
 
 
@@ -150,7 +161,9 @@ def lstm_step(x, prev_h, prev_c, wx, wh, b):
     # torch.lstm_cell takes (4H, D) weights with gates i, f, g, o (CONVENTIONS row 22).
     w_ih = _cs231n_to_torch_gates(wx.T)
     w_hh = _cs231n_to_torch_gates(wh.T)
-    return torch.lstm_cell(x, (prev_h, prev_c), w_ih, w_hh, _cs231n_to_torch_gates(b), None)
+    # b_hh = 0 rather than None: CUDA's fused LSTM cell backward needs both biases defined
+    b_ih = _cs231n_to_torch_gates(b)
+    return torch.lstm_cell(x, (prev_h, prev_c), w_ih, w_hh, b_ih, torch.zeros_like(b_ih))
 
 
 def lstm(x, h0, wx, wh, b):
@@ -159,7 +172,7 @@ def lstm(x, h0, wx, wh, b):
     w_ih, w_hh = _cs231n_to_torch_gates(wx.T), _cs231n_to_torch_gates(wh.T)
     params = [w_ih, w_hh, b_ih, torch.zeros_like(b_ih)]
     hx = (h0.unsqueeze(0), torch.zeros_like(h0).unsqueeze(0))
-    h, _, _ = torch.lstm(x, hx, params, True, 1, 0.0, True, False, True)
+    h, _, _ = _cudnn_rnn_quietly(torch.lstm, x, hx, params, True, 1, 0.0, True, False, True)
     return h
 
 

@@ -20,11 +20,11 @@ t0=$(date +%s.%N)
 $py -m gradaudit run --devices cpu,cuda --dtypes float64,float32 --profile ci --workers "$workers" \
     --report gpu-report --junit gpu-report/junit.xml "$@" || status=$?
 t1=$(date +%s.%N)
-echo "wall $(echo "$t1 - $t0" | bc) s (TF32 off, exit $status)"
+echo "wall $(awk "BEGIN{printf \"%.1f\", $t1 - $t0}") s (TF32 off, exit $status)"
 $py -m gradaudit run --devices cpu,cuda --dtypes float32 --profile ci --workers "$workers" --allow-tf32 \
     --report gpu-report-tf32 --junit gpu-report-tf32/junit.xml "$@"
 tf32=$?
 t2=$(date +%s.%N)
-echo "wall $(echo "$t2 - $t1" | bc) s (TF32 on, exit $tf32: failures expected, each named tf32)"
+echo "wall $(awk "BEGIN{printf \"%.1f\", $t2 - $t1}") s (TF32 on, exit $tf32: failures expected, each named tf32)"
 $py -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py || status=$?
 exit $status

@@ -55,7 +55,7 @@ def test_cuda_records_carry_the_differential(cpu_as_cuda, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
-@pytest.mark.parametrize("op", ["affine", "conv2d", "softmax_cross_entropy", "lstm", "batchnorm", "max_pool2d"])
+@pytest.mark.parametrize("op", sorted(CATALOGUE))
 def test_catalogue_passes_on_gpu_with_tf32_off(op, tmp_path):
     spec = CATALOGUE[op]
     cfg = RunConfig(profile="ci", oracles=("torch", "jax"), devices=("cpu", "cuda"), report_dir=tmp_path)
