@@ -374,7 +374,7 @@ def run_group(spec: OpSpec | None, target: Target, cases, dtype: str, regime: st
         if s[1] != "cpu":  # the CPU-vs-GPU differential and run-to-run spread, on the case shown
             shown = final if v is not None and v.status in ("fail", "error") else t.worst_ev
             if shown is not None:
-                rec.update(device_figures(target, shown, s))
+                rec.update(device_figures(target, shown, s, spec.tolerance if spec else None))
         records.append(rec)
     elapsed = time.perf_counter() - t0
     for r in records:

@@ -120,3 +120,24 @@ def test_tf32_on_gpu_is_named_not_blamed_on_the_derivation(tmp_path):
     assert fails, "TF32 changed nothing: the float32 affine cells all passed with TF32 on"
     assert all(r["device"] == "cuda" and r["pattern"] == "tf32" and r["blame"] == "precision" for r in fails), \
         [(r["id"], r["pattern"], r["blame"]) for r in fails]
+
+
+def test_the_differential_holds_devices_to_the_ops_own_tolerance(monkeypatch, tmp_path):
+    """layernorm on near-constant rows amplifies float32 rounding by |x|/sigma on any device; two
+    implementations that each pass against the reference must not be called a device difference.
+    JAX on the CPU stands in for torch on the GPU: a different implementation, rounding differently."""
+    pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    torch_oracle, jax_oracle = oracles.get("torch"), oracles.get("jax")
+    real_vjp, real_check = torch_oracle.vjp, torch_oracle.check_available
+    monkeypatch.setattr(torch_oracle, "vjp", lambda t, a, p, d, *, dtype, device: (
+        jax_oracle.vjp(t, a, p, d, dtype=dtype, device="cpu") if device == "cuda" else real_vjp(t, a, p, d, dtype=dtype, device=device)))
+    monkeypatch.setattr(torch_oracle, "check_available", lambda device: real_check("cpu"))
+    spec = CATALOGUE["layernorm"]
+    cfg = RunConfig(profile="ci", oracles=("torch",), devices=("cpu", "cuda"), dtypes=("float32",), report_dir=tmp_path)
+    sink = RecordSink(tmp_path / "results.jsonl")
+    recs = run_target_cells(spec, Target.reference(spec), spec.inputs, ("near_constant", "typical"), cfg, sink)
+    sink.close()
+    cuda = [r for r in recs if r["device"] == "cuda"]
+    assert cuda and all(r["status"] == "pass" for r in recs), [r["message"] for r in recs]
+    assert all(r["cpu_gpu"]["agree"] for r in cuda), [r["cpu_gpu"] for r in cuda]
