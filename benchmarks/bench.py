@@ -238,7 +238,9 @@ def raw_compute(spec, case, dout):
         [g.numpy() for g in torch.autograd.grad(o, ts, tdout)]
         o_j, g_j = compiled(tuple(arrays), array_params, (dout,))
         np.asarray(o_j), [np.asarray(g) for g in g_j]
-        numeric.vjp(target, dict(zip(names, arrays)), case.params, (dout,), dtype="float64", device="cpu")
+        # the work gradaudit's check does: frameworks agreeing, finite differences corroborate
+        numeric.vjp(target, dict(zip(names, arrays)), case.params, (dout,), dtype="float64", device="cpu",
+                    directions=numeric.CORROBORATING_DIRECTIONS)
 
     run()  # warm: the gradaudit warm-up compiled the JAX executable for these shapes already
     return run

@@ -4,6 +4,11 @@ The VJP of f with upstream gradient d is the gradient of the scalar g(x) = <d, f
 Small inputs get every component of that gradient (2 forwards per element); large ones get a few
 directional derivatives <grad g, u> along random directions u (2 forwards per direction and
 array), so the cost stays a constant number of forwards whatever the size.
+
+How many directions depends on the oracle's role (the caller says, `directions=`): where it decides
+alone (no framework oracle, or the frameworks disagree with the target) it takes DIRECTIONS per array;
+where torch or JAX has already checked the same gradients element by element, it takes one per array,
+the check `torch.autograd.gradcheck(fast_mode=True)` makes (one random projection per input).
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from .base import OracleResult, OracleUnavailable, Projection, as_tuple
 
 name = "numeric"
 FULL_JACOBIAN_MAX_ELEMENTS = 128
-DIRECTIONS = 3
+DIRECTIONS = 3  # deciding alone: an error e escapes all three only if |<e, u>| is small for each
+CORROBORATING_DIRECTIONS = 1  # beside an element-wise framework check, as gradcheck's fast_mode
 # Central differences have truncation error ~h^2 f''' and rounding error ~eps f / h; h = eps^(1/3)
 # (times the input's scale) balances them at ~eps^(2/3) ≈ 4e-11 relative.
 STEP = np.finfo(np.float64).eps ** (1 / 3)
@@ -39,23 +45,23 @@ def step_for(x: np.ndarray) -> np.ndarray:
     return STEP * np.maximum(1.0, np.abs(x))
 
 
-def _directions(shapes: tuple) -> tuple[np.ndarray, ...]:
-    """DIRECTIONS random directions per array, drawn in order from a fixed seed: the same shapes
-    always get the same directions (read-only arrays; they go into the results). Cached: drawing
-    them cost as much as the forwards for medium inputs, and a run sees the same shapes again and again."""
-    if sum(DIRECTIONS * int(np.prod(s)) for s in shapes) <= _DIRECTIONS_CACHE_ELEMENTS:
-        return _directions_cached(shapes)
-    return _draw_directions(shapes)
+def _directions(shapes: tuple, k: int = DIRECTIONS) -> tuple[np.ndarray, ...]:
+    """k random directions per array, drawn in order from a fixed seed: the same shapes always get
+    the same directions (read-only arrays; they go into the results). Cached: drawing them cost as
+    much as the forwards for medium inputs, and a run sees the same shapes again and again."""
+    if sum(k * int(np.prod(s)) for s in shapes) <= _DIRECTIONS_CACHE_ELEMENTS:
+        return _directions_cached(shapes, k)
+    return _draw_directions(shapes, k)
 
 
 _DIRECTIONS_CACHE_ELEMENTS = 2**18  # 2 MiB of float64 per entry at most, 32 entries
 
 
-def _draw_directions(shapes: tuple) -> tuple[np.ndarray, ...]:
+def _draw_directions(shapes: tuple, k: int) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(20240611)  # fixed: the same case always gets the same directions
     out = []
     for s in shapes:
-        d = rng.standard_normal((DIRECTIONS, *s))
+        d = rng.standard_normal((k, *s))
         d.flags.writeable = False
         out.append(d)
     return tuple(out)
@@ -64,8 +70,11 @@ def _draw_directions(shapes: tuple) -> tuple[np.ndarray, ...]:
 _directions_cached = functools.lru_cache(maxsize=32)(_draw_directions)
 
 
-def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str) -> OracleResult:
+def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str,
+        directions: int = DIRECTIONS) -> OracleResult:
     check_available(device)
+    if directions < 1:
+        raise ValueError(f"numeric: directions must be at least 1, got {directions}")
     xs = {n: np.array(a, dtype=np.float64) for n, a in arrays.items()}
     ds = [np.asarray(d, dtype=np.float64) for d in douts]
 
@@ -83,7 +92,7 @@ def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device:
     total = sum(a.size for a in xs.values())
     grads = {}
     if total > FULL_JACOBIAN_MAX_ELEMENTS:
-        all_dirs = dict(zip(xs, _directions(tuple(x.shape for x in xs.values()))))
+        all_dirs = dict(zip(xs, _directions(tuple(x.shape for x in xs.values()), directions)))
     for n, x in xs.items():
         if total <= FULL_JACOBIAN_MAX_ELEMENTS:
             grad = np.zeros_like(x)
@@ -100,7 +109,7 @@ def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device:
             grads[n] = grad
         else:
             dirs = all_dirs[n]
-            values = np.empty(DIRECTIONS)
+            values = np.empty(directions)
             h = STEP * max(1.0, float(np.abs(x).max(initial=0.0)))
             for k, u in enumerate(dirs):
                 xs[n] = x + h * u
@@ -110,4 +119,6 @@ def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device:
                 values[k] = (plus - minus) / (2 * h)
             xs[n] = x
             grads[n] = Projection(dirs=dirs, values=values)
-    return OracleResult(out=None, grads=grads, info={"step": STEP, "noise": noise})
+    projected = total > FULL_JACOBIAN_MAX_ELEMENTS
+    return OracleResult(out=None, grads=grads, info={"step": STEP, "noise": noise,
+                                                     "directions": directions if projected else None})
