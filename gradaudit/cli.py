@@ -123,12 +123,18 @@ def config_from_args(args):
 
     if args.examples is not None and args.examples < 1:
         raise UsageError(f"--examples must be at least 1, got {args.examples}")
+    profile = args.profile or ("ci" if os.environ.get("CI") else "dev")
+    if args.example_db is not None and (profile == "ci" or args.seed is not None):
+        # Hypothesis runs a derandomized or seeded search without a database: say so rather than
+        # let a campaign believe its failures are being shared
+        why = "--profile ci is derandomized" if profile == "ci" else "--seed runs Hypothesis without one"
+        print(f"gradaudit: warning: --example-db {args.example_db} is not used ({why}); "
+              "use --profile dev or thorough without --seed to share failures", file=sys.stderr)
     return RunConfig(
         oracles=_choose("oracle", args.oracles, oracles.ORACLES) if args.oracles is not None else oracles.ORACLES,
         devices=_choose("device", args.devices, oracles.DEVICES),
         dtypes=_choose("dtype", args.dtypes, ("float64", "float32")),
-        profile=args.profile or ("ci" if os.environ.get("CI") else "dev"),
-        examples=args.examples, seed=args.seed, report_dir=args.report,
+        profile=profile, examples=args.examples, seed=args.seed, report_dir=args.report,
         database=args.example_db or str(Path(".hypothesis") / "gradaudit"),
         allow_tf32=getattr(args, "allow_tf32", False))
 

@@ -145,3 +145,20 @@ def test_kill_minus_9_keeps_finished_cells_and_resume_finishes(tmp_path):
     expected = 2 * 2 * sum(n_regimes(op) for op in ("affine", "relu", "softmax_cross_entropy"))  # oracles x dtypes
     assert len(ids) == len(set(ids)) == expected  # no cell done twice, none missing
     assert after[:len(before)] == before  # finished cells were kept, not redone
+
+
+@pytest.mark.parametrize("extra, why", [(["--profile", "ci"], "derandomized"),
+                                        (["--profile", "dev", "--seed", "3"], "--seed")])
+def test_an_example_database_that_cannot_be_used_is_a_warning(tmp_path, extra, why):
+    r = gradaudit("run", "--ops", "relu", "--oracles", "numeric", "--dtypes", "float64", "--examples", "2",
+                  "--example-db", str(tmp_path / "db"), "--report", str(tmp_path / "r"), *extra)
+    assert r.returncode == 0, r.stderr
+    assert "warning: --example-db" in r.stderr and why in r.stderr
+    assert not (tmp_path / "db").exists()  # and indeed nothing was written there
+
+
+def test_an_example_database_in_use_is_not_warned_about(tmp_path):
+    r = gradaudit("run", "--ops", "relu", "--oracles", "numeric", "--dtypes", "float64", "--examples", "2",
+                  "--profile", "dev", "--example-db", str(tmp_path / "db"), "--report", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr
