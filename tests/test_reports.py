@@ -345,3 +345,20 @@ def test_compare_statistics():
                    dtype="float64", dirs=d)
     assert c.directional and c.stats["beyond"] == 0
     assert ev.compare("x", np.zeros(3), np.zeros(4), atol=0, rtol=0, dtype=None).startswith("shapes")
+
+
+def test_terminal_summary_groups_a_target_with_many_failing_cells():
+    many = [_rec(target="affine_backward", op="affine", oracle=o, dtype=d, regime=g, status="fail",
+                 blame="reference", pattern="constant_factor", message=f"affine_backward vs {o}: dw off")
+            for o in ("torch", "jax") for d in ("float64", "float32") for g in ("typical", "large")]
+    few = [_rec(target="relu_backward", op="relu", status="fail", blame="reference", message="relu off"),
+           _rec(target="relu_backward", op="relu", regime="kinks", status="error", message="relu raised")]
+    lines = reports.terminal_summary(many + few + [_rec()]).splitlines()
+    assert lines[0].startswith("gradaudit: 1 pass, 9 fail, 1 error")
+    grouped = [l for l in lines if "affine" in l]
+    assert len(grouped) == 1  # eight cells, one line
+    assert "affine_backward (affine): 8 fail cells" in grouped[0]
+    assert "[torch,jax | cpu | float64,float32 | typical,large]" in grouped[0]
+    assert "blame=reference pattern=constant_factor" in grouped[0]
+    assert len([l for l in lines if "relu" in l]) == 2  # two cells: one line each
+    assert lines[-1] == "FAIL: 9 failed, 1 errored"
