@@ -191,20 +191,6 @@ class AuditSink:
             self.emit("J " + json.dumps(rec, default=str))
 
 
-_FACTOR = re.compile(r" — grad\[[^\]]+\] is off by a constant factor (\S+) \(ref = [^)]*\)")
-
-
-def _one_element(rec: dict) -> bool:
-    phase = rec.get("phase") or ""
-    shape = (rec.get("shapes") or {}).get(phase[5:-1]) if phase.startswith("grad[") else None
-    if shape is None:
-        return False
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n == 1
-
-
 def polish(rec: dict, job: Job, note: str | None = None) -> dict:
     rec = dict(rec)
     msg = _PREFIX.sub("", str(rec.get("message") or ""))
@@ -214,19 +200,6 @@ def polish(rec: dict, job: Job, note: str | None = None) -> dict:
         # under audit the finite differences differentiate the catalogue's forward (cs231n.AuditTarget)
         msg = msg.replace(" (the target's forward already disagrees with the frameworks; its finite "
                           "differences inherit that)", "")
-    if rec.get("status") == "fail" and rec.get("pattern") == "credit_at_ties":
-        # the op's subgradient test found the target's own gradient invalid at the tie, whatever
-        # convention each oracle follows there: the fault is the derivation's
-        rec["blame"] = "reference"
-    if rec.get("kind") == "mutation":
-        rec["pattern"] = None  # the gradient's values were not the problem (a leftover of the kink check)
-    if rec.get("pattern") == "constant_factor" and _one_element(rec):
-        # any two one-element gradients differ by "a constant factor": only a telling one (2, 1/N)
-        # is worth naming
-        m = _FACTOR.search(msg)
-        if m and not re.fullmatch(r"-?\d+|-?1/\d+", m.group(1)):
-            rec["pattern"] = None
-            msg = msg[:m.start()] + msg[m.end():]
     if rec.get("status") == "fail" and rec.get("phase") == "forward":
         fwd = job.forward if job.convention == "cs231n" and job.forward else job.target
         msg = f"forward_mismatch in {fwd}: {msg}"

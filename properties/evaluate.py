@@ -226,7 +226,7 @@ def flag_mutation(target: Target, ev: Evaluation) -> None:
         return
     for (oracle, device), v in ev.sides.items():
         if v.status in ("pass", "kink"):
-            v.status, v.kind, v.kink = "fail", "mutation", None
+            v.status, v.kind, v.kink, v.pattern = "fail", "mutation", None, None  # values were not the problem
             v.message = (f"{target.name} vs {oracle} ({device}, {ev.dtype}): modified its input(s) in place: "
                          f"{', '.join(ev.mutated)}")
 

@@ -1,6 +1,8 @@
 """Name the shape of a wrong gradient, when it has a recognisable one."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 
@@ -34,6 +36,8 @@ def recognise(ref: np.ndarray, oracle: np.ndarray, *, name: str = "grad", seq_ax
     c = float(np.vdot(a, b) / np.vdot(b, b))
     # a one-element gradient is always "a multiple" of the right one: only a round factor says anything
     factor = _round_factor(c)
+    if a.size == 1 and factor is not None and not re.fullmatch(r"-?\d+|-?1/\d+", factor):
+        factor = None  # one number against another: only an integer or 1/N factor is telling
     if _close(a, c * b, 1e-5) and factor not in (None, "1"):
         return "constant_factor", f"{name} is off by a constant factor {factor} (ref = {c:.6g} x oracle)"
     if a.ndim == 2 and a.shape[0] == a.shape[1] and a.shape[0] > 1 and _close(a, b.T):
