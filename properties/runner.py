@@ -26,14 +26,21 @@ from oracles.base import Projection, as_tuple
 from .evaluate import Evaluation, Side, SideVerdict, classify_kinks, evaluate, flag_mutation, judge_side, oracles_agree
 from .devices import device_figures, explain_tf32
 from .spec import Case, OpSpec, to_jsonable
+from .strategies import breadth
 from .target import Target
 
 PROFILES = {
-    # derandomized: the same examples on every CI run; no database, so no state leaks between runs
-    "ci": dict(max_examples=8, derandomize=True, database=None),
+    # derandomized: the same examples on every CI run; no database, so no state leaks between runs.
+    # 12 examples per (op, regime, dtype) over each op's 2-3 ci geometries (BREADTH below): JAX
+    # compiles ~140 shapes for the whole catalogue, and 91% of its calls hit its jit cache.
+    "ci": dict(max_examples=12, derandomize=True, database=None),
     "dev": dict(max_examples=25),
     "thorough": dict(max_examples=200),
 }
+# Shape breadth per profile (properties.strategies.breadth): ci draws each op's edge and rich
+# geometries only, so a derandomized run compiles ~2 JAX shapes per (op, dtype); dev and thorough
+# draw from every bounded set.
+BREADTH = {"ci": "narrow", "dev": "full", "thorough": "full"}
 # Every phase but `explain`: explain re-runs the shrunk failing example under sys.settrace, and
 # re-runs it with parts varied, to annotate Hypothesis's own "Falsifying example" printout, which the
 # runner never shows (it catches the failure and records, triangulates and saves the case itself).
@@ -337,7 +344,8 @@ def run_group(spec: OpSpec | None, target: Target, cases, dtype: str, regime: st
         # one example database key per cell group: failures replay on the group that found them
         test._hypothesis_internal_database_key = f"gradaudit/{target.name}/{regime}/{dtype}".encode()
         try:
-            test()
+            with breadth(BREADTH.get(cfg.profile, "full")):  # read as the strategies draw
+                test()
         except Disagreement:
             pass
         except Exception as e:  # a strategy bug, or Hypothesis giving up: an error, not a crash
@@ -556,7 +564,9 @@ def run_target_cells(spec: OpSpec | None, target: Target, inputs: Callable[[str]
             ids = {cell_id(target, o, d, dtype, regime) for o, d in cfg.sides()}
             if ids <= cfg.done:
                 continue
-            records = run_group(spec, target, inputs(regime), dtype, regime, cfg, _Deferred(sink, cfg, target,
+            with breadth(BREADTH.get(cfg.profile, "full")):  # and as they are built
+                cases = inputs(regime)
+            records = run_group(spec, target, cases, dtype, regime, cfg, _Deferred(sink, cfg, target,
                                 extra_meta or {}, regime, on_record), family=family, source=source)
             out.extend(records)
     return out

@@ -8,6 +8,7 @@ Subnormals are never drawn: XLA on CPU flushes float32 subnormals to zero (CONVE
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -35,6 +36,49 @@ SIZES = (1, 2, 3, 5)
 def dim(*choices: int) -> st.SearchStrategy[int]:
     """A dimension from a bounded set (default SIZES); shrinks towards the first choice."""
     return st.sampled_from(choices or SIZES)
+
+
+# Shape breadth. A derandomized ci run checks 12 examples per (op, regime, dtype), and every new
+# shape is a JAX compile (50-2000 ms against a few ms per example): "narrow" (the ci profile) draws
+# each op's shapes from a short list of complete geometries, an edge one (batch 1, T = 1, a dim of 1,
+# a scalar) and a rich one (batch >= 2, T >= 2, all dims distinct, so a missing 1/N, a transposed
+# weight or a wrong axis cannot pass by luck); "full" (dev, thorough) draws from every bounded set.
+# The runner sets it from the profile (properties.runner.BREADTH) while it builds and draws a run's
+# strategies; the catalogue's composite strategies read it when they draw.
+BREADTHS = ("full", "narrow")
+_breadth = ["full"]
+
+
+@contextlib.contextmanager
+def breadth(name: str):
+    """Draw shapes at this breadth inside the block."""
+    if name not in BREADTHS:
+        raise ValueError(f"unknown shape breadth {name!r}; known: {', '.join(BREADTHS)}")
+    _breadth.append(name)
+    try:
+        yield
+    finally:
+        _breadth.pop()
+
+
+def narrow() -> bool:
+    return _breadth[-1] == "narrow"
+
+
+@functools.lru_cache(maxsize=1024)
+def _sampled(choices: tuple) -> st.SearchStrategy:
+    return st.sampled_from(choices)
+
+
+def geometry(*choices: tuple, ci: int = 2) -> st.SearchStrategy[tuple]:
+    """One of a few complete shape tuples (the first is the simplest: it shrinks towards it); at
+    narrow breadth one of the first `ci`, which must hold an edge and a rich geometry."""
+    return _sampled(choices[:ci] if narrow() else choices)
+
+
+def shapes(ci: tuple, full: st.SearchStrategy) -> st.SearchStrategy:
+    """At narrow breadth one of the complete tuples `ci` (edge first); at full breadth `full`."""
+    return _sampled(ci) if narrow() else full
 
 
 def _sample(rng: np.random.Generator, shape, regime: str, scale: float) -> np.ndarray:

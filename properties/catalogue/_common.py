@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from ..strategies import dim
+from ..strategies import dim, geometry, shapes  # noqa: F401  (geometry: re-exported)
 
 # The numeric oracle moves an element by at most its step h (`tol` / 2 for the largest element)
 # when it builds the full Jacobian, but by h * u with u ~ N(0, 1) along every element at once when
@@ -14,9 +14,18 @@ from ..strategies import dim
 PROJECTION_SPREAD = 5.0
 
 
-def elementwise_shapes(max_rank: int = 3) -> st.SearchStrategy[tuple[int, ...]]:
+# narrow breadth (ci): the scalar of the worked examples, and a rank-2 shape with distinct dims
+ELEMENTWISE_CI = ((), (2, 3))
+
+
+def elementwise_full(max_rank: int = 3) -> st.SearchStrategy[tuple[int, ...]]:
     """Shapes S of rank 0..max_rank (S = () is the scalar of the worked examples), dims in {1, 2, 3}."""
     return st.lists(dim(3, 1, 2), min_size=0, max_size=max_rank).map(tuple)
+
+
+def elementwise_shapes(max_rank: int = 3) -> st.SearchStrategy[tuple[int, ...]]:
+    """`elementwise_full`; at narrow breadth one of ELEMENTWISE_CI."""
+    return shapes(ELEMENTWISE_CI, elementwise_full(max_rank))
 
 
 def kink_tol(case, tol: float) -> float:
@@ -35,10 +44,3 @@ def float32_exact(a: np.ndarray) -> np.ndarray:
     dtype, so the float32 sides would use y rounded to float32 while the numeric oracle (float64)
     uses y itself: two different points, and a - y cancels where a == y."""
     return a.astype(np.float32).astype(np.float64)
-
-
-def geometry(*choices: tuple) -> st.SearchStrategy[tuple]:
-    """One of a few complete shape tuples, for ops whose JAX compile costs ~0.5-3 s per shape (conv,
-    pooling, recurrent nets): independent dims would make nearly every example a new compile.
-    Together the tuples cover the edge cases; the first is the simplest (it shrinks towards it)."""
-    return st.sampled_from(choices)

@@ -1,5 +1,6 @@
 """Elementwise activations: ReLU, sigmoid, tanh."""
 import numpy as np
+from hypothesis import strategies as st
 
 from ..spec import Case, OpSpec, register
 from ..strategies import float_arrays
@@ -8,7 +9,10 @@ from ._common import elementwise_shapes, kink_tol
 
 
 def _elementwise_cases(regime):
-    return elementwise_shapes().flatmap(lambda s: float_arrays(s, regime)).map(lambda x: Case({"x": x}))
+    @st.composite
+    def cases(draw):
+        return Case({"x": draw(float_arrays(draw(elementwise_shapes()), regime))})
+    return cases()
 
 
 def _zero_kink(case, tol):

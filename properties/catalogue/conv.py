@@ -15,11 +15,13 @@ def input_size(out: int, kernel: int, stride: int, pad: int, slack: int) -> int:
     return size
 
 
-# (N, C, F, (HH, WW), stride, pad, (H', W'), slack (h, w)); every output height != width but the 1st
+# (N, C, F, (HH, WW), stride, pad, (H', W'), slack (h, w)); every output height != width but the 1st.
+# The first two (the ci profile's) are the edge and the rich geometry.
 GEOMETRIES = (
-    (1, 1, 1, (1, 1), 1, 0, (2, 3), (0, 0)),  # batch 1, one channel, 1x1 kernel
-    (2, 3, 2, (3, 2), 1, 1, (5, 4), (0, 0)),  # overlapping windows, pad 1
-    (2, 2, 3, (3, 2), 2, 1, (3, 2), (1, 1)),  # stride 2: overlapping in H, not in W; floor drops a row/col
+    (1, 1, 1, (1, 1), 1, 0, (2, 3), (0, 0)),  # batch 1, one channel, 1x1 kernel, pad 0
+    (2, 3, 4, (3, 2), 2, 1, (3, 2), (1, 1)),  # N, C, F distinct; stride 2, pad 1: overlapping in H, not
+                                              # in W; the floor drops a row and a column
+    (2, 3, 2, (3, 2), 1, 1, (5, 4), (0, 0)),  # overlapping windows, stride 1, pad 1
     (1, 3, 2, (1, 2), 3, 0, (2, 1), (2, 1)),  # stride larger than the kernel: input pixels never seen
     (2, 1, 1, (2, 3), 2, 2, (3, 4), (0, 1)),  # pad 2 > kernel/2: corner outputs see only padding
 )

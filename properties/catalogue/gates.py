@@ -3,7 +3,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from ..spec import Case, OpSpec, register
-from ..strategies import dim, float_arrays
+from ..strategies import dim, float_arrays, shapes
 from ..subgradient import shared_credit
 from ._common import elementwise_shapes, kink_tol
 
@@ -36,7 +36,7 @@ def _max_gate_subgradient(case, douts, grads):
 def _neuron_cases(regime):
     @st.composite
     def cases(draw):
-        n = draw(dim(3, 1, 5))
+        n = draw(shapes((1, 3), dim(3, 1, 5)))  # ci: batch 1, and 3
         return Case({"w": draw(float_arrays((3,), "typical")), "x": draw(float_arrays((n, 2), regime))})
     return cases()
 

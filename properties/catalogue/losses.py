@@ -3,7 +3,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from ..spec import Case, OpSpec, register
-from ..strategies import dim, float_arrays, labels
+from ..strategies import dim, float_arrays, labels, shapes
 from ..subgradient import agrees, fraction_of
 from ._common import elementwise_shapes, float32_exact, kink_tol
 
@@ -11,7 +11,9 @@ from ._common import elementwise_shapes, float32_exact, kink_tol
 def _scores_and_labels(regime):
     @st.composite
     def cases(draw):
-        n, c = draw(dim(1, 2, 5)), draw(dim(4, 1, 7))  # C = 1: a single class (loss 0, gradient 0)
+        # C = 1: a single class (loss 0, gradient 0). ci: one row of 4, 2 rows of 7 (a missing 1/N
+        # shows), 5 rows of 1
+        n, c = draw(shapes(((1, 4), (2, 7), (5, 1)), st.tuples(dim(1, 2, 5), dim(4, 1, 7))))
         return Case({"x": draw(float_arrays((n, c), regime))}, {"y": draw(labels(n, c))})
     return cases()
 

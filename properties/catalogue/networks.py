@@ -10,8 +10,9 @@ from ._common import float32_exact, geometry, kink_tol
 
 W_SCALE = 0.5
 
-# (N, D, H, K): D != H != K, batch 1 first, one output once
-MLP_GEOMETRIES = ((1, 2, 3, 1), (3, 4, 2, 3), (2, 3, 5, 2))
+# (N, D, H, K): D != H != K, batch 1 first, one output once; the second has all dims distinct (the
+# ci profile draws the first two)
+MLP_GEOMETRIES = ((1, 2, 3, 1), (3, 4, 2, 5), (2, 3, 5, 2))
 
 
 def _mlp_cases(regime):
@@ -28,8 +29,9 @@ def _mlp_cases(regime):
 
 
 # (N, D, H, C, reg): C = 1 is a single class; reg = 0 once. reg is static for JAX, so it is tied to a
-# shape (one compile each), and dyadic, so float32 and float64 sides use the same value.
-NET_GEOMETRIES = ((1, 3, 2, 4, 0.125), (3, 2, 4, 3, 0.0), (5, 4, 3, 1, 0.0625))
+# shape (one compile each), and dyadic, so float32 and float64 sides use the same value. The ci
+# profile draws the first two: batch 1, and all dims distinct with reg != 0.
+NET_GEOMETRIES = ((1, 3, 2, 4, 0.125), (3, 2, 4, 5, 0.0625), (3, 2, 4, 3, 0.0), (5, 4, 3, 1, 0.0625))
 
 
 def _net_cases(regime):

@@ -3,14 +3,14 @@ import numpy as np
 from hypothesis import strategies as st
 
 from ..spec import Case, OpSpec, Tolerance, register
-from ..strategies import dim, float_arrays
+from ..strategies import dim, float_arrays, shapes
 
 
-def _norm_cases(batch_sizes, feature_sizes):
+def _norm_cases(batch_sizes, feature_sizes, ci):
     def inputs(regime):
         @st.composite
         def cases(draw):
-            n, d = draw(dim(*batch_sizes)), draw(dim(*feature_sizes))
+            n, d = draw(shapes(ci, st.tuples(dim(*batch_sizes), dim(*feature_sizes))))
             return Case({"x": draw(float_arrays((n, d), regime)),
                          "gamma": draw(float_arrays((d,), "typical")),
                          "beta": draw(float_arrays((d,), "typical"))},
@@ -38,8 +38,8 @@ def _tolerance(axis):
 # batchnorm: N >= 2. With N = 1 every column is its own mean (output beta, dx = 0): degenerate, and
 # F.batch_norm refuses it in training ("Expected more than 1 value per channel").
 register(OpSpec(name="batchnorm", family="normalization", source="cs231n (batchnorm_backward_alt)",
-                inputs=_norm_cases((2, 3, 5), (1, 3, 4)), regimes=("typical", "near_constant"),
+                inputs=_norm_cases((2, 3, 5), (1, 3, 4), ci=((2, 1), (3, 4))), regimes=("typical", "near_constant"),
                 tolerance=_tolerance(0)))
 register(OpSpec(name="layernorm", family="normalization", source="cs231n (layernorm_backward)",
-                inputs=_norm_cases((1, 3, 4), (2, 3, 5)), regimes=("typical", "near_constant"),
+                inputs=_norm_cases((1, 3, 4), (2, 3, 5), ci=((1, 2), (4, 3))), regimes=("typical", "near_constant"),
                 tolerance=_tolerance(1)))

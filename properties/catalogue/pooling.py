@@ -9,13 +9,15 @@ from ..subgradient import shared_credit
 from ._common import geometry, kink_tol
 from .conv import input_size
 
-# (N, C, (pool_height, pool_width), stride, (H', W'), slack (h, w))
+# (N, C, (pool_height, pool_width), stride, (H', W'), slack (h, w)). The first two (the ci
+# profile's) are the edge and the rich geometry.
 GEOMETRIES = (
     (1, 1, (2, 2), 2, (1, 2), (0, 0)),  # batch 1, non-overlapping windows
+    (2, 3, (3, 2), 2, (3, 2), (1, 1)),  # overlapping in H only, stride != 1; the floor drops a row and a column
     (2, 3, (3, 2), 1, (4, 3), (0, 0)),  # overlapping in both directions
-    (1, 2, (2, 3), 2, (3, 2), (1, 1)),  # overlapping in W only; the floor drops a row and a column
     (2, 1, (1, 2), 3, (2, 1), (2, 1)),  # stride larger than the window: some inputs in no window
     (2, 2, (3, 2), 1, (1, 1), (0, 0)),  # one window covering the whole input
+    (1, 2, (2, 3), 2, (3, 2), (1, 1)),  # overlapping in W only; the floor drops a row and a column
 )
 for _g in GEOMETRIES:
     input_size(_g[4][0], _g[2][0], _g[3], 0, _g[5][0]), input_size(_g[4][1], _g[2][1], _g[3], 0, _g[5][1])

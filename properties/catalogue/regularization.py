@@ -1,4 +1,5 @@
 """L2 weight penalty."""
+import numpy as np
 from hypothesis import strategies as st
 
 from ..spec import Case, OpSpec, register
@@ -9,9 +10,12 @@ from ._common import elementwise_shapes
 def _weights(regime):
     @st.composite
     def cases(draw):
-        w = draw(elementwise_shapes().flatmap(lambda s: float_arrays(s, regime)))
-        # dyadic values: the float32 sides and the float64 numeric oracle use the same reg
-        return Case({"w": w}, {"reg": draw(st.sampled_from((0.5, 2.0**-10, 0.0)))})  # reg = 0: gradient 0
+        w = draw(float_arrays(draw(elementwise_shapes()), regime))
+        # reg = 0: gradient 0. A 0-d array, so JAX traces it (a float param is static: one compile
+        # per value); cast with the cell's dtype like every float array param, and dyadic, so the
+        # float32 sides and the float64 numeric oracle use the same number.
+        reg = np.asarray(draw(st.sampled_from((0.5, 2.0**-10, 0.0))), dtype=np.float64)
+        return Case({"w": w}, {"reg": reg})
     return cases()
 
 

@@ -15,10 +15,11 @@ def weights(draw, d, h, gates=1):
             "b": draw(float_arrays((gates * h,), "typical", scale=W_SCALE))}
 
 
-# (N, D, H) and (N, T, D, H): batch 1 and T = 1 first; D != H everywhere (a transposed weight
-# cannot type-check by luck); D = 1 once. Three each: a scan over T compiles in ~1-3 s per shape.
+# (N, D, H) and (N, T, D, H): batch 1 and T = 1 first (the ci profile's edge), then all dims distinct
+# (its rich one); D != H everywhere (a transposed weight cannot type-check by luck); D = 1 once.
+# Three each: a scan over T compiles in ~1-3 s per shape.
 STEP_GEOMETRIES = ((1, 3, 2), (2, 4, 3), (3, 2, 4))
-SEQ_GEOMETRIES = ((1, 1, 3, 2), (2, 3, 4, 3), (3, 4, 1, 4))
+SEQ_GEOMETRIES = ((1, 1, 3, 2), (2, 3, 4, 5), (3, 4, 1, 4))
 
 
 def _step_cases(regime):
@@ -39,8 +40,9 @@ def _seq_cases(regime):
     return cases()
 
 
-# (N, T, D, H, C): C = 1 is a single class (every step's loss 0)
-SOFTMAX_SEQ_GEOMETRIES = ((1, 1, 3, 2, 3), (2, 3, 4, 3, 1), (3, 4, 1, 4, 5))
+# (N, T, D, H, C): edge, then all dims distinct (the ci profile's two); C = 1 is a single class
+# (every step's loss 0)
+SOFTMAX_SEQ_GEOMETRIES = ((1, 1, 3, 2, 3), (2, 3, 4, 5, 6), (2, 3, 4, 3, 1), (3, 4, 1, 4, 5))
 
 
 def _softmax_seq_cases(regime):

@@ -2,13 +2,14 @@
 from hypothesis import strategies as st
 
 from ..spec import Case, OpSpec, register
-from ..strategies import dim, float_arrays
+from ..strategies import dim, float_arrays, shapes
 
 
 def _scores(regime):
     @st.composite
     def cases(draw):
-        n, c = draw(dim(1, 3)), draw(dim(4, 1, 7))  # C = 1: a single class, softmax = 1, gradient 0
+        # C = 1: a single class, softmax = 1, gradient 0 (ci: a row of 4, 3 rows of 7, 3 rows of 1)
+        n, c = draw(shapes(((1, 4), (3, 7), (3, 1)), st.tuples(dim(1, 3), dim(4, 1, 7))))
         return Case({"x": draw(float_arrays((n, c), regime))})
     return cases()
 
