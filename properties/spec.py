@@ -35,7 +35,9 @@ class Case:
         return {n: list(a.shape) for n, a in self.arrays.items()}
 
     def scalar_params(self) -> dict[str, Any]:
-        return {k: v for k, v in self.params.items() if not isinstance(v, np.ndarray)}
+        # a 0-d array param (traced by JAX, so one compile serves every value) is a scalar too
+        return {k: (v.item() if isinstance(v, np.ndarray) else v) for k, v in self.params.items()
+                if not isinstance(v, np.ndarray) or v.ndim == 0}
 
     def summary(self) -> str:
         parts = [f"{n}: {a.dtype}{list(a.shape)}" for n, a in self.arrays.items()]
