@@ -6,14 +6,36 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from properties.spec import Case
-from properties.strategies import ELEMENTWISE_MAX, float_arrays
+from properties.strategies import ELEMENTWISE_MAX, float_arrays, narrow
 
 from .derivation import DEFAULT_SIZES, ArgSpec, Derivation
 
 
+def _distinct(d: Derivation, usable) -> dict:
+    """Each symbol the first of its choices that `usable` accepts and no other symbol took."""
+    out, taken = {}, set()
+    for sym in d.symbols():
+        choices = tuple(d.sizes.get(sym, DEFAULT_SIZES))
+        free = [c for c in choices if c not in taken]
+        out[sym] = ([c for c in free if usable(c)] or free or list(choices))[0]
+        taken.add(out[sym])
+    return out
+
+
+def _narrow_sizes(d: Derivation) -> tuple[dict, dict]:
+    """The two complete size assignments of the ci profile's narrow breadth, both with distinct sizes
+    for distinct symbols (a missing transpose cannot type-check by luck): the smallest one (what the
+    full strategy shrinks towards, a size 1 among them) and one with every size above 1 (a missing
+    1/N cannot pass by luck)."""
+    return _distinct(d, lambda c: True), _distinct(d, lambda c: c > 1)
+
+
 def _sizes(draw, d: Derivation) -> dict[str, int]:
     """Each symbol from its choices, avoiding sizes already taken by other symbols where it can
-    (shrinks towards the first choices)."""
+    (shrinks towards the first choices). At narrow breadth (the ci profile) one of two complete
+    assignments: every new shape is a JAX compile."""
+    if narrow():
+        return dict(draw(st.sampled_from(_narrow_sizes(d))))
     taken, out = set(), {}
     for sym in d.symbols():
         choices = tuple(d.sizes.get(sym, DEFAULT_SIZES))

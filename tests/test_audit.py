@@ -337,6 +337,23 @@ def test_derivation_shapes_are_consistent_and_distinct():
     run()
 
 
+def test_derivation_shapes_in_the_ci_profile_are_two_distinct_geometries():
+    from hypothesis import given, settings
+
+    from properties.strategies import breadth
+
+    seen = set()
+
+    @given(_tanh_layer.inputs("typical"))
+    @settings(max_examples=30, database=None)
+    def run(case):
+        seen.add((case.arrays["x"].shape, case.arrays["w"].shape))
+
+    with breadth("narrow"):
+        run()
+    assert seen == {((1, 2), (2, 3)), ((2, 3), (3, 4))}  # N, D, M distinct: the smallest, then all above 1
+
+
 def test_derivation_rejects_what_cannot_be_drawn():
     with pytest.raises(TypeError, match="annotate it with a shape tuple"):
         @gradaudit.derivation
