@@ -249,15 +249,12 @@ def run_job(job: Job, cfg, sink, modules: _Modules, guard: Guard, emit=None) -> 
 # ---- records the parent writes itself ---------------------------------------------------------
 
 def _record(job: Job, cell: dict, status: str, message: str) -> dict:
-    return {"target": job.target, "op": job.op, "oracle": cell["oracle"], "device": cell["device"],
-            "dtype": cell["dtype"], "regime": cell["regime"], "status": status, "kind": None, "blame": None,
-            "examples": 0, "max_abs_err": None, "max_rel_err": None, "max_ulp": None, "pattern": None,
-            "counterexample": None, "replay": None, "message": message, "id": cell["id"],
-            "family": job.convention, "source": job.source, "phase": None, "worst_index": None, "atol": None,
-            "rtol": None, "tolerance_source": None, "needed_atol": None, "needed_rtol": None,
-            "triangulation": None, "shapes": {}, "params": {}, "kink": None, "mutated": [],
-            "device_name": cell["device"], "flags": {}, "worst_target": None, "seconds": 0.0,
-            "audited": Path(job.file).name}
+    from reports.records import new_record
+
+    return new_record(target=job.target, op=job.op, oracle=cell["oracle"], device=cell["device"],
+                      dtype=cell["dtype"], regime=cell["regime"], status=status, message=message, id=cell["id"],
+                      family=job.convention, source=job.source, device_name=cell["device"], seconds=0.0,
+                      audited=Path(job.file).name)
 
 
 def error_record(job: Job, cell: dict, message: str) -> dict:

@@ -22,6 +22,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 import oracles
 from oracles.base import Projection, as_tuple
+from reports.records import new_record
 
 from .evaluate import Evaluation, Side, SideVerdict, classify_kinks, evaluate, flag_mutation, judge_side, oracles_agree
 from .devices import device_figures, explain_tf32
@@ -403,17 +404,10 @@ def _skips(spec, target, sides, tallies, dtype, regime, family, source, cfg):
 
 def _base(spec, target, side, dtype, regime, family, source) -> dict:
     oracle, device = side
-    rec = {"target": target.name, "op": target.op, "oracle": oracle, "device": device, "dtype": dtype,
-           "regime": regime, "status": None, "kind": None, "blame": None, "examples": 0,
-           "max_abs_err": None, "max_rel_err": None, "max_ulp": None, "pattern": None,
-           "counterexample": None, "replay": None, "message": "",
-           "id": cell_id(target, oracle, device, dtype, regime),
-           "family": spec.family if spec else family, "source": spec.source if spec else source,
-           "phase": None, "worst_index": None, "atol": None, "rtol": None, "tolerance_source": None,
-           "needed_atol": None, "needed_rtol": None, "triangulation": None, "shapes": {}, "params": {},
-           "kink": None, "mutated": [], "device_name": _device_name(oracle, device), "flags": _flags(oracle),
-           "worst_target": None}
-    return rec
+    return new_record(target=target.name, op=target.op, oracle=oracle, device=device, dtype=dtype, regime=regime,
+                      id=cell_id(target, oracle, device, dtype, regime),
+                      family=spec.family if spec else family, source=spec.source if spec else source,
+                      device_name=_device_name(oracle, device), flags=_flags(oracle))
 
 
 def _device_name(oracle, device):

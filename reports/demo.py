@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .records import new_record
+
 # op -> family, as in docs/op_contract.md
 CATALOGUE = {
     "add_gate": "scalar gates", "multiply_gate": "scalar gates", "max_gate": "scalar gates",
@@ -40,18 +42,12 @@ FLAGS = {"tf32_matmul": False, "tf32_cudnn": False, "jax_matmul_precision": "hig
 def _base(op, oracle, device, dtype, regime, status, **kw) -> dict:
     cid = f"{op}-{oracle}-{device}-{dtype}-{regime}"
     atol, rtol = TOL[dtype]
-    rec = {"target": f"{op}_backward", "op": op, "oracle": oracle, "device": device,
-           "dtype": dtype, "regime": regime, "status": status, "kind": None, "blame": None,
-           "examples": 100, "max_abs_err": None, "max_rel_err": None, "max_ulp": None,
-           "pattern": None, "counterexample": None, "replay": None, "message": "",
-           "id": cid, "family": CATALOGUE.get(op, "other"),
-           "source": "cs231n" if op not in ("rnn_softmax_sequence", "mlp_sigmoid_mse")
-           else "seeds/003_731a6e23319abfde.txt §2",
-           "phase": None, "worst_index": None, "atol": atol, "rtol": rtol,
-           "tolerance_source": f"policy: {dtype} default", "needed_atol": None,
-           "needed_rtol": None, "triangulation": None, "shapes": {}, "params": {}, "kink": None,
-           "mutated": [], "device_name": "NVIDIA H100 80GB HBM3" if device == "cuda"
-           else "AMD EPYC 9454", "flags": FLAGS, "seconds": 0.8, "worst_target": None}
+    rec = new_record(
+        target=f"{op}_backward", op=op, oracle=oracle, device=device, dtype=dtype, regime=regime, status=status,
+        examples=100, id=cid, family=CATALOGUE.get(op, "other"),
+        source="cs231n" if op not in ("rnn_softmax_sequence", "mlp_sigmoid_mse") else "seeds/003_731a6e23319abfde.txt §2",
+        atol=atol, rtol=rtol, tolerance_source=f"policy: {dtype} default",
+        device_name="NVIDIA H100 80GB HBM3" if device == "cuda" else "AMD EPYC 9454", flags=FLAGS, seconds=0.8)
     rec.update(kw)
     return rec
 

@@ -18,6 +18,20 @@ COORDS = ("op", "oracle", "device", "dtype", "regime")
 SOURCE_KEY = "_source"  # added by load_records: the report directory the record was read from
 
 
+def new_record(**fields) -> dict:
+    """A result record with every key of docs/result_record.md, unset ones at their empty value;
+    `fields` fill in the rest. The runner, the audit's own records and the demo all start here."""
+    rec = {"target": None, "op": None, "oracle": None, "device": None, "dtype": None, "regime": None,
+           "status": None, "kind": None, "blame": None, "examples": 0, "max_abs_err": None, "max_rel_err": None,
+           "max_ulp": None, "pattern": None, "counterexample": None, "replay": None, "message": "", "id": None,
+           "family": None, "source": None, "phase": None, "worst_index": None, "atol": None, "rtol": None,
+           "tolerance_source": None, "needed_atol": None, "needed_rtol": None, "triangulation": None,
+           "shapes": {}, "params": {}, "kink": None, "mutated": [], "device_name": None, "flags": {},
+           "worst_target": None}
+    rec.update(fields)
+    return rec
+
+
 class RecordError(ValueError):
     """A results.jsonl line that cannot be used: the message names file, line and problem."""
 
