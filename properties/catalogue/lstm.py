@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 from ..spec import Case, OpSpec, register
 from ..strategies import float_arrays
 from ._common import geometry
-from .rnn import SEQ_GEOMETRIES, STEP_GEOMETRIES, W_SCALE, weights
+from .rnn import STEP_GEOMETRIES, W_SCALE, seq_cases, weights
 
 
 def _step_cases(regime):
@@ -17,16 +17,7 @@ def _step_cases(regime):
     return cases()
 
 
-def _seq_cases(regime):
-    @st.composite
-    def cases(draw):
-        n, t, d, h = draw(geometry(*SEQ_GEOMETRIES))
-        return Case({"x": draw(float_arrays((n, t, d), regime)),
-                     "h0": draw(float_arrays((n, h), "typical", scale=W_SCALE)), **weights(draw, d, h, gates=4)})
-    return cases()
-
-
 register(OpSpec(name="lstm_step", family="lstm", source="seed 000 § LSTM; cs231n (lstm_step_backward)",
                 inputs=_step_cases, regimes=("typical", "saturated")))
 register(OpSpec(name="lstm", family="lstm", source="seed 000 § LSTM; cs231n (lstm_backward)",
-                inputs=_seq_cases, regimes=("typical", "saturated")))
+                inputs=seq_cases(gates=4), regimes=("typical", "saturated")))

@@ -31,13 +31,16 @@ def _step_cases(regime):
     return cases()
 
 
-def _seq_cases(regime):
-    @st.composite
-    def cases(draw):
-        n, t, d, h = draw(geometry(*SEQ_GEOMETRIES))
-        return Case({"x": draw(float_arrays((n, t, d), regime)),
-                     "h0": draw(float_arrays((n, h), "typical", scale=W_SCALE)), **weights(draw, d, h)})
-    return cases()
+def seq_cases(gates=1):
+    """Sequences x (N, T, D) from h0 (N, H) through `gates` blocks of H (1: tanh RNN, 4: LSTM)."""
+    def inputs(regime):
+        @st.composite
+        def cases(draw):
+            n, t, d, h = draw(geometry(*SEQ_GEOMETRIES))
+            return Case({"x": draw(float_arrays((n, t, d), regime)),
+                         "h0": draw(float_arrays((n, h), "typical", scale=W_SCALE)), **weights(draw, d, h, gates)})
+        return cases()
+    return inputs
 
 
 # (N, T, D, H, C): edge, then all dims distinct (the ci profile's two); C = 1 is a single class
@@ -68,6 +71,6 @@ def _softmax_seq_cases(regime):
 register(OpSpec(name="rnn_step", family="rnn", source="seed 000 § RNN (rnn_step_backward); cs231n",
                 inputs=_step_cases, regimes=("typical", "saturated")))
 register(OpSpec(name="rnn", family="rnn", source="seed 000 § RNN; seed 001 § RNN (BPTT); cs231n",
-                inputs=_seq_cases, regimes=("typical", "saturated")))
+                inputs=seq_cases(), regimes=("typical", "saturated")))
 register(OpSpec(name="rnn_softmax_sequence", family="rnn", source="seed 000 § RNN; seed 001 § RNN",
                 inputs=_softmax_seq_cases, regimes=("typical", "saturated", "large", "overflow")))
