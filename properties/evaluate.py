@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 import oracles
+from oracles import numeric
 from oracles.base import OracleResult, OracleUnavailable, Projection, as_tuple
 
 from . import patterns, tolerances
@@ -166,8 +167,6 @@ def numeric_directions(ev: Evaluation) -> int:
     """The numeric oracle's random directions per array for this case: one (gradcheck fast_mode's
     check) where a framework oracle has already matched every gradient element by element, the full
     DIRECTIONS where finite differences decide alone or against a framework that disagrees."""
-    from oracles import numeric
-
     frameworks = [v.status for (o, _), v in ev.sides.items() if o != "numeric"]
     corroborated = "pass" in frameworks and not ({"fail", "kink", "error"} & set(frameworks))
     return numeric.CORROBORATING_DIRECTIONS if corroborated else numeric.DIRECTIONS
@@ -255,7 +254,7 @@ def classify_kinks(spec: OpSpec | None, target: Target, ev: Evaluation) -> None:
     for (oracle, _), v in fails.items():
         scale = max(max(float(np.abs(a).max(initial=0.0)) for a in ev.arrays.values()), 1.0)
         # the numeric oracle's central differences straddle any kink closer than its step
-        tol = oracles.get("numeric").STEP * scale * 2 if oracle == "numeric" else 0.0
+        tol = numeric.STEP * scale * 2 if oracle == "numeric" else 0.0
         reason = spec.kinks(Case(ev.arrays, ev.case.params), tol)
         if not reason:
             continue
