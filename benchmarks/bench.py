@@ -6,7 +6,7 @@ time to verify ONE input (float64, standard-normal values) with:
   gradaudit_s       properties.evaluate.evaluate on one case with the sides torch, jax and numeric:
                     the code path of `gradaudit run` (private copies, reference forward + backward,
                     three oracles, forward and gradient comparisons, kinks, mutation check), in a
-                    process set up as `gradaudit run` sets up its own (runner.prepare_process). The
+                    process set up as `gradaudit run` sets up its own (session.prepare_process). The
                     JAX compile for the shapes happens in a warm-up call and is reported apart
                     (`jax_compile_s`): a run pays it once per (op, shapes, dtype).
   gradcheck_s       torch.autograd.gradcheck, slow mode (the full numerical and analytical Jacobians)
@@ -225,7 +225,7 @@ def raw_compute(spec, case, dout):
     arrays = [case.arrays[n] for n in names]
     static = tuple(sorted((k, v) for k, v in case.params.items() if not isinstance(v, np.ndarray)))
     array_params = {k: v for k, v in case.params.items() if isinstance(v, np.ndarray)}
-    compiled = jax_oracle._compiled(spec.name, static)
+    compiled = jax_oracle._compiled(jax_oracle.builtin(spec.name), static)  # the oracle's jitted VJP, unwrapped
     tfn = getattr(torch_ops, spec.name)
     tkw = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in case.params.items()}
     tdout = torch.from_numpy(dout)
@@ -239,8 +239,8 @@ def raw_compute(spec, case, dout):
         o_j, g_j = compiled(tuple(arrays), array_params, (dout,))
         np.asarray(o_j), [np.asarray(g) for g in g_j]
         # the work gradaudit's check does: frameworks agreeing, finite differences corroborate
-        numeric.vjp(target, dict(zip(names, arrays)), case.params, (dout,), dtype="float64", device="cpu",
-                    directions=numeric.CORROBORATING_DIRECTIONS)
+        numeric.vjp(target.oracle_forward("numeric"), dict(zip(names, arrays)), case.params, (dout,),
+                    dtype="float64", device="cpu", directions=numeric.CORROBORATING_DIRECTIONS)
 
     run()  # warm: the gradaudit warm-up compiled the JAX executable for these shapes already
     return run
@@ -268,12 +268,11 @@ def generation_time(case, rounds=20) -> float:
 
 
 def bench_case(op, size, args, rng):
-    from properties import catalogue  # noqa: F401
+    from properties import catalogue
     from properties.evaluate import evaluate
-    from properties.spec import CATALOGUE
     from properties.target import Target
 
-    spec = CATALOGUE[op]
+    spec = catalogue.load()[op]
     case, shape = make_case(op, size, rng)
     target = Target.reference(spec)
     sides = [("torch", "cpu"), ("jax", "cpu"), ("numeric", "cpu")]
@@ -316,21 +315,18 @@ def bench_case(op, size, args, rng):
 def examples_per_s(ops, report_dir: Path) -> dict:
     """A short ci-profile run of each op (both dtypes) in this process: examples checked per second,
     JAX compiles included (served by the persistent compilation cache when it is warm)."""
-    from properties import catalogue  # noqa: F401
-    from properties.runner import RecordSink, RunConfig, catalogue_job
+    from properties.config import RunConfig
+    from properties.session import catalogue_jobs
+    from reports.records import RecordSink
 
     out = {}
     cfg = RunConfig(profile="ci", report_dir=report_dir)
-    sink = RecordSink(report_dir / "results.jsonl")
-    try:
+    with RecordSink(report_dir / "results.jsonl") as sink:
         for op in ops:
             t0 = time.perf_counter()
-            n = 0
-            for dtype in cfg.dtypes:
-                n += sum(r["examples"] for r in catalogue_job(op, dtype)(sink, cfg) if r["oracle"] == "torch")
+            n = sum(r["examples"] for _, job in catalogue_jobs([op], cfg.dtypes) for r in job(sink, cfg)
+                    if r["oracle"] == "torch")
             out[op] = round(n / (time.perf_counter() - t0), 1)
-    finally:
-        sink.close()
     return out
 
 
@@ -403,7 +399,8 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     info = machine()
-    from properties.runner import RunConfig, apply_precision, prepare_process
+    from properties.config import RunConfig
+    from properties.session import apply_precision, prepare_process
 
     info["prepared"] = prepare_process()  # as `gradaudit run` does: one torch thread, the JAX cache
     apply_precision(RunConfig())

@@ -72,21 +72,22 @@ def _plan(job: dict, guard) -> dict:
 def _run(job: dict, guard, emit) -> None:
     from pathlib import Path
 
-    from gradaudit.audit import Job, _Modules, cfg_from_json, run_job
-    from properties import runner
-    from properties.runner import RecordSink, apply_precision
+    from gradaudit.audit import Job, Modules, run_job
+    from properties.config import RunConfig
+    from properties.session import apply_precision, prepare_process
+    from reports.records import RecordSink
 
-    cfg = cfg_from_json(job["cfg"])
-    if hasattr(runner, "prepare_process"):  # the runner's per-process setup (torch threads, JAX cache)
-        runner.prepare_process(cfg)
+    cfg = RunConfig.from_json(job["cfg"])
+    done = set(job.get("done", ()))
+    prepare_process(cfg)  # as every process that runs checks: torch threads, the JAX cache
     apply_precision(cfg)
     sink = RecordSink(Path(job["results"]))
-    modules = _Modules(guard)
+    modules = Modules(guard)
     try:
         for j in job["jobs"]:
             j = Job(**j)
             emit(f"T {j.target}")
-            run_job(j, cfg, sink, modules, guard, emit=emit)
+            run_job(j, cfg, sink, modules, guard, emit=emit, done=done)
             emit(f"E {j.target}")
     finally:
         sink.close()

@@ -8,10 +8,14 @@ from hypothesis.extra import numpy as hnp
 from properties.spec import Case
 from properties.strategies import ELEMENTWISE_MAX, float_arrays, narrow
 
-from .derivation import DEFAULT_SIZES, ArgSpec, Derivation
+from .arguments import DEFAULT_SIZES, ArgSpec
+
+__all__ = ["cases"]
+
+# `d` below is a gradaudit.derivation.Derivation: its `symbols()`, `sizes`, `arrays` and `params`.
 
 
-def _distinct(d: Derivation, usable) -> dict:
+def _distinct(d, usable) -> dict:
     """Each symbol the first of its choices that `usable` accepts and no other symbol took."""
     out, taken = {}, set()
     for sym in d.symbols():
@@ -22,7 +26,7 @@ def _distinct(d: Derivation, usable) -> dict:
     return out
 
 
-def _narrow_sizes(d: Derivation) -> tuple[dict, dict]:
+def _narrow_sizes(d) -> tuple[dict, dict]:
     """The two complete size assignments of the ci profile's narrow breadth, both with distinct sizes
     for distinct symbols (a missing transpose cannot type-check by luck): the smallest one (what the
     full strategy shrinks towards, a size 1 among them) and one with every size above 1 (a missing
@@ -30,11 +34,11 @@ def _narrow_sizes(d: Derivation) -> tuple[dict, dict]:
     return _distinct(d, lambda c: True), _distinct(d, lambda c: c > 1)
 
 
-def _sizes(draw, d: Derivation) -> dict[str, int]:
+def _sizes(draw, d, breadth: str) -> dict[str, int]:
     """Each symbol from its choices, avoiding sizes already taken by other symbols where it can
     (shrinks towards the first choices). At narrow breadth (the ci profile) one of two complete
     assignments: every new shape is a JAX compile."""
-    if narrow():
+    if narrow(breadth):
         return dict(draw(st.sampled_from(_narrow_sizes(d))))
     taken, out = set(), {}
     for sym in d.symbols():
@@ -75,10 +79,11 @@ def _draw_arg(draw, spec: ArgSpec, sizes, regime):
     raise ValueError(f"unknown argument kind {spec.kind!r}")
 
 
-def cases(d: Derivation, regime: str):
+def cases(d, regime: str, breadth: str):
+    """The strategy of a derivation's cases in `regime`, shapes at `breadth`."""
     @st.composite
     def draw_case(draw):
-        sizes = _sizes(draw, d)
+        sizes = _sizes(draw, d, breadth)
         arrays = {n: _draw_arg(draw, s, sizes, regime) for n, s in d.arrays.items()}
         params = {n: _draw_arg(draw, s, sizes, regime) for n, s in d.params.items()}
         return Case(arrays, params)

@@ -13,11 +13,15 @@ import termios
 import threading
 import traceback
 
+from properties.verdict import CodeUnderTestError
+
+__all__ = ["FLOOD_LIMIT", "Guard", "MESSAGE_LIMIT", "OutputDrain", "UserCodeError", "clean", "describe_exception"]
+
 FLOOD_LIMIT = 1 << 20  # bytes a function may print during one call before it is an error
 MESSAGE_LIMIT = 1000  # characters of a user-supplied text kept in a message
 
 
-class UserCodeError(Exception):
+class UserCodeError(CodeUnderTestError):
     """The audited code raised, exited, or misbehaved; the message names the function."""
 
 

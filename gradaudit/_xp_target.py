@@ -1,30 +1,23 @@
-"""A Target whose oracles run the user's own array-API forward instead of a catalogue op's.
-
-`XpTarget.xp_forward(xp, *arrays, **params)` is what oracles/torch_oracle.py and jax_oracle.py call
-(with `array_api_compat.torch` / `jax.numpy`) when it is set; the numeric oracle and the NumPy side
-use `forward`, which runs the same function with `array_api_compat.numpy`.
+"""The Target of a `@gradaudit.derivation`: the frameworks differentiate the user's own array-API
+forward (`Target.xp_forward(xp, *arrays, **params)`, run with torch's and jax.numpy's namespaces);
+the NumPy side and the numeric oracle run `forward`, the same function with `array_api_compat.numpy`.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from properties.target import Target
 
-
-@dataclass(frozen=True)
-class XpTarget(Target):
-    xp_forward: Callable | None = None  # (xp, *arrays, **params) -> out
+__all__ = ["derivation_target"]
 
 
 def _is_float_array(v) -> bool:
     return isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating)
 
 
-def derivation_target(d, name: str, *, wrap=None) -> XpTarget:
+def derivation_target(d, name: str, *, wrap=None) -> Target:
     """The Target of a Derivation: its forward under NumPy, its backward, and its xp forward.
     `wrap(fn, fname)` (optional) guards every call into the user's two functions."""
     import array_api_compat.numpy as xp_np
@@ -72,7 +65,7 @@ def derivation_target(d, name: str, *, wrap=None) -> XpTarget:
         params = {k: xp.astype(v, dtype) if _framework_float(xp, v) else v for k, v in params.items()}
         return fn(xp, *arrays, **params)
 
-    return XpTarget(name=name, op=d.name, forward=forward, backward=backward, xp_forward=xp_forward)
+    return Target(name=name, op=d.name, forward=forward, backward=backward, xp_forward=xp_forward)
 
 
 def _cast(g, like: np.ndarray):

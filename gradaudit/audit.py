@@ -33,6 +33,10 @@ from pathlib import Path
 
 from ._guard import Guard, UserCodeError, clean
 
+__all__ = ["AuditSink", "Job", "Modules", "build", "check", "derivation_files", "derivations_in", "drive_child",
+           "error_record", "import_file", "plan_file", "plan_isolated", "polish", "qualified", "run_isolated",
+           "run_job", "session_jobs", "skip_record", "target_for"]
+
 WORKER = "gradaudit._audit_worker"
 
 
@@ -96,11 +100,10 @@ class Job:
     formula: str = ""  # a derivation's formula as written in the notes
 
     def cells(self, cfg) -> list[dict]:
-        from properties.runner import cell_id
-        from properties.target import Target
+        from reports.records import cell_id
 
-        t = Target(self.target, self.op, None, None)
-        return [{"id": cell_id(t, o, d, dtype, regime), "oracle": o, "device": d, "dtype": dtype, "regime": regime}
+        return [{"id": cell_id(target=self.target, op=self.op, oracle=o, device=d, dtype=dtype, regime=regime),
+                 "oracle": o, "device": d, "dtype": dtype, "regime": regime}
                 for dtype in cfg.dtypes for regime in self.regimes for o, d in cfg.sides()]
 
 
@@ -110,11 +113,10 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
     path = str(Path(path).resolve())
     if convention == "cs231n":
         from . import cs231n
-        from properties import catalogue  # noqa: F401
-        from properties.spec import CATALOGUE
+        from properties import catalogue
 
         run, skipped, absent = cs231n.plan(set(cs231n.functions_in(module)))
-        jobs = [Job(p.target, p.op, "cs231n", path, p.target, list(CATALOGUE[p.op].regimes), p.forward,
+        jobs = [Job(p.target, p.op, "cs231n", path, p.target, list(catalogue.load()[p.op].regimes), p.forward,
                     source=Path(path).name) for p in run]
         for target, why in skipped:
             op = cs231n.BY_TARGET[target].op if target in cs231n.BY_TARGET else target.replace("_backward", "")
@@ -136,7 +138,7 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
     return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": [], "hint": hint}
 
 
-class _Modules:
+class Modules:
     """User modules imported by this process, by path (each imported once), and derivations handed
     over directly (gradaudit.check(some_derivation))."""
 
@@ -157,29 +159,29 @@ class _Modules:
         return d
 
 
-def build(job: Job, modules: _Modules, guard: Guard, notes: dict):
+def build(job: Job, modules: Modules, guard: Guard, notes: dict):
     """(spec, target, inputs factory, regimes) for a job, with the user's functions guarded."""
     if job.convention == "cs231n":
         from . import cs231n
-        from properties.spec import CATALOGUE
+        from properties import catalogue
 
         module = modules.get(job.file)
         pair = cs231n.BY_TARGET[job.name]
         fns = {n: guard.wrap(f, n) for n, f in cs231n.functions_in(module).items() if n in pair.functions}
         target, inputs = cs231n.build_target(pair, fns, notes)
-        return CATALOGUE[pair.op], target, inputs, tuple(job.regimes)
+        # a forward mismatch is named after the user's forward (a loss function is its own)
+        target = dataclasses.replace(target, forward_name=job.forward or job.target)
+        return catalogue.load()[pair.op], target, inputs, tuple(job.regimes)
     d = modules.derivation(job.file, job.name)
     target = d.target(job.target, wrap=guard.wrap)
-    target = dataclasses.replace(target, op=job.op)
+    target = dataclasses.replace(target, op=job.op, forward_name=job.target)
     return d.spec(), target, d.inputs, tuple(d.regimes)
-
-
-_PREFIX = re.compile(r"^\S+: (?:forward|backward) raised (?:UserCodeError|AdapterError): ")
 
 
 class AuditSink:
     """Between the runner and results.jsonl: makes every message safe to print (user text escaped
-    and cut), names the function in the user's words, and adds the notes of the target."""
+    and cut), and adds the notes of the target and where it comes from. (The verdicts already name
+    the user's functions: the Target carries their names.)"""
 
     def __init__(self, inner, job: Job, notes: dict, emit=None):
         self.inner, self.job, self.notes, self.emit = inner, job, notes, emit
@@ -193,16 +195,7 @@ class AuditSink:
 
 def polish(rec: dict, job: Job, note: str | None = None) -> dict:
     rec = dict(rec)
-    msg = _PREFIX.sub("", str(rec.get("message") or ""))
-    msg = msg.replace(": forward raised UserCodeError: ", ": ").replace(": backward raised UserCodeError: ", ": ")
-    msg = msg.replace(" raised UserCodeError: ", ": ").replace(" raised AdapterError: ", ": ")
-    if job.convention == "cs231n":
-        # under audit the finite differences differentiate the catalogue's forward (cs231n.AuditTarget)
-        msg = msg.replace(" (the target's forward already disagrees with the frameworks; its finite "
-                          "differences inherit that)", "")
-    if rec.get("status") == "fail" and rec.get("phase") == "forward":
-        fwd = job.forward if job.convention == "cs231n" and job.forward else job.target
-        msg = f"forward_mismatch in {fwd}: {msg}"
+    msg = str(rec.get("message") or "")
     if note and rec.get("status") in ("fail", "error"):
         msg = f"{msg} — {note}"
     rec["message"] = clean(msg, 2000)
@@ -215,8 +208,9 @@ def polish(rec: dict, job: Job, note: str | None = None) -> dict:
     return rec
 
 
-def run_job(job: Job, cfg, sink, modules: _Modules, guard: Guard, emit=None) -> list[dict]:
-    """Check one job in this process; records go through AuditSink into `sink`."""
+def run_job(job: Job, cfg, sink, modules: Modules, guard: Guard, emit=None, done=()) -> list[dict]:
+    """Check one job in this process; records go through AuditSink into `sink`. `done`: ids of cells
+    already recorded (a resumed run)."""
     from properties.runner import run_target_cells
 
     notes: dict = {}
@@ -241,8 +235,8 @@ def run_job(job: Job, cfg, sink, modules: _Modules, guard: Guard, emit=None) -> 
             collected.append(polish(rec, job, notes.get(job.target)))
 
     extra = {"audit_path": job.file, "convention": job.convention, "audit_name": job.name, "audit_op": job.op}
-    run_target_cells(spec, target, inputs, regimes, cfg, _Collect(), family=job.convention, source=job.source,
-                     extra_meta=extra)
+    run_target_cells(spec, target, inputs, regimes, cfg, _Collect(), done=done, family=job.convention,
+                     source=job.source, case_meta=extra)
     return collected
 
 
@@ -398,22 +392,10 @@ def _kill(proc) -> None:
     proc.wait()
 
 
-def _cfg_json(cfg) -> dict:
-    return {"oracles": list(cfg.oracles), "devices": list(cfg.devices), "dtypes": list(cfg.dtypes),
-            "profile": cfg.profile, "examples": cfg.examples, "seed": cfg.seed, "report_dir": str(cfg.report_dir),
-            "database": cfg.database, "done": sorted(cfg.done), "allow_tf32": cfg.allow_tf32}
-
-
-def cfg_from_json(d: dict):
-    from properties.runner import RunConfig
-
-    return RunConfig(oracles=tuple(d["oracles"]), devices=tuple(d["devices"]), dtypes=tuple(d["dtypes"]),
-                     profile=d["profile"], examples=d["examples"], seed=d["seed"], report_dir=Path(d["report_dir"]),
-                     database=d["database"], done=set(d["done"]), allow_tf32=d["allow_tf32"])
-
-
-def run_isolated(jobs: list[dict], sink, cfg, *, timeout: float, verbose: bool, progress: bool) -> list[dict]:
-    """Check `jobs` in child processes, a fresh one after each death; every cell gets a record."""
+def run_isolated(jobs: list[dict], sink, cfg, *, timeout: float, verbose: bool, progress: bool,
+                 recorded=()) -> list[dict]:
+    """Check `jobs` in child processes, a fresh one after each death; every cell gets a record.
+    `recorded`: ids of cells already recorded (a resumed run)."""
     records: list[dict] = []
     remaining = [Job(**j) for j in jobs]
 
@@ -425,8 +407,9 @@ def run_isolated(jobs: list[dict], sink, cfg, *, timeout: float, verbose: bool, 
                   file=sys.stderr)
 
     while remaining:
-        job = {"mode": "run", "jobs": [dataclasses.asdict(j) for j in remaining], "cfg": _cfg_json(cfg),
-               "results": str(Path(cfg.report_dir) / "results.jsonl"), "verbose": verbose}
+        job = {"mode": "run", "jobs": [dataclasses.asdict(j) for j in remaining], "cfg": cfg.to_json(),
+               "done": sorted(recorded), "results": str(Path(cfg.report_dir) / "results.jsonl"),
+               "verbose": verbose}
         out = drive_child(job, timeout, verbose=verbose, on_target_done=done)
         records.extend(out.records)
         remaining = [j for j in remaining if j.target not in out.done]
@@ -439,7 +422,7 @@ def run_isolated(jobs: list[dict], sink, cfg, *, timeout: float, verbose: bool, 
             victims, message = [current], out.death
         for j in victims:
             recs = [error_record(j, c, f"{j.target}: {message}" if not message.startswith(j.target) else message)
-                    for c in j.cells(cfg) if c["id"] not in out.cells_written and c["id"] not in cfg.done]
+                    for c in j.cells(cfg) if c["id"] not in out.cells_written and c["id"] not in recorded]
             if j.skip:
                 recs = []
             for rec in recs:
@@ -450,8 +433,8 @@ def run_isolated(jobs: list[dict], sink, cfg, *, timeout: float, verbose: bool, 
     return records
 
 
-def _isolated_job(jobs, timeout, verbose, progress, sink, cfg):
-    return run_isolated(jobs, sink, cfg, timeout=timeout, verbose=verbose, progress=progress)
+def _isolated_job(jobs, timeout, verbose, progress, sink, cfg, done=()):
+    return run_isolated(jobs, sink, cfg, timeout=timeout, verbose=verbose, progress=progress, recorded=done)
 
 
 def plan_isolated(path: Path, convention: str | None, timeout: float, verbose: bool):
@@ -463,52 +446,29 @@ def plan_isolated(path: Path, convention: str | None, timeout: float, verbose: b
     return out.plan["jobs"], out.plan["absent"], out.plan.get("error"), out.plan.get("hint")
 
 
-def cmd_audit(args) -> int:
-    from .cli import UsageError, config_from_args, run_session
-
-    path = Path(args.path)
-    if not path.exists():
-        raise UsageError(f"no such file or folder: {str(path)!r}")
-    if path.is_dir() and args.convention:
-        raise UsageError("--convention cs231n audits one file; give the path of a .py file")
-    if path.is_file() and path.suffix != ".py":
-        raise UsageError(f"{str(path)!r} is not a .py file")
-    if not args.timeout > 0:
-        raise UsageError(f"--timeout must be positive, got {args.timeout}")
-    cfg = config_from_args(args)
-    jobs, absent, error, hint = plan_isolated(path, args.convention, args.timeout, args.verbose)
-    quiet = args.json
-    if error and not quiet:
-        print(f"gradaudit audit: {clean(error)}", file=sys.stderr)
-    if absent and not quiet:
-        print(f"gradaudit audit: not defined in {clean(path.name)}, not checked: {', '.join(absent)}",
-              file=sys.stderr)
-    if not jobs and not error and not quiet:
-        what = "cs231n-named functions" if args.convention else "@gradaudit.derivation functions"
-        print(f"gradaudit audit: no {what} in {clean(str(path))}" + (f"; {clean(hint)}" if hint else ""),
-              file=sys.stderr)
-    progress = sys.stderr.isatty() and not args.json
-    session_jobs = []
+def session_jobs(path: Path, convention: str | None, jobs: list[dict], error: str | None, *, timeout: float,
+                 verbose: bool, workers: int = 1, sharded: bool = False, progress: bool = False) -> list:
+    """The audit as session jobs (properties.session): the planned functions in children, one chunk
+    per worker (one function per job when the run is sharded); an import error as one error cell."""
+    out = []
     if error:
-        bad = Job(path.name, "(import)", args.convention or "derivation", str(path.resolve()), path.name, ["-"],
+        bad = Job(path.name, "(import)", convention or "derivation", str(path.resolve()), path.name, ["-"],
                   source=path.name)
-        session_jobs.append((f"import {path.name}", functools.partial(_error_job, bad, error)))
+        out.append((f"import {path.name}", functools.partial(_error_job, bad, error)))
     if jobs:
-        shard, workers = getattr(args, "shard", None), max(getattr(args, "workers", 1) or 1, 1)
-        if shard or workers > 1:
-            chunks = [[j] for j in jobs] if shard else [jobs[i::workers] for i in range(workers)]
+        if sharded or workers > 1:
+            chunks = [[j] for j in jobs] if sharded else [jobs[i::workers] for i in range(workers)]
         else:
             chunks = [jobs]
         for chunk in chunks:
             if not chunk:
                 continue
             label = chunk[0]["target"] if len(chunk) == 1 else f"{path.name} ({len(chunk)} functions)"
-            session_jobs.append((label, functools.partial(_isolated_job, chunk, args.timeout, args.verbose,
-                                                          progress and workers == 1)))
-    return run_session(args, cfg, session_jobs, what=[j["target"] for j in jobs], progress=False)
+            out.append((label, functools.partial(_isolated_job, chunk, timeout, verbose, progress and workers == 1)))
+    return out
 
 
-def _error_job(job: Job, message: str, sink, cfg) -> list[dict]:
+def _error_job(job: Job, message: str, sink, cfg, done=()) -> list[dict]:
     o, d = cfg.sides()[0]
     rec = error_record(job, {"id": f"{job.target}-import", "oracle": o, "device": d, "dtype": cfg.dtypes[0],
                              "regime": "-"}, message)
@@ -523,13 +483,11 @@ def target_for(meta: dict):
     process (replay is an explicit request to run that code again)."""
     path = meta["audit_path"]
     if not Path(path).is_file():
-        from .cli import UsageError
-
-        raise UsageError(f"the audited file {path!r} is gone; replay needs it")
+        raise FileNotFoundError(f"the audited file {path!r} is gone; replay needs it")
     guard = Guard()
     job = Job(meta["target"], meta.get("audit_op") or meta["op"], meta["convention"], path,
               meta.get("audit_name") or meta["target"], [meta.get("regime", "typical")])
-    _, target, _, _ = build(job, _Modules(guard), guard, {})
+    _, target, _, _ = build(job, Modules(guard), guard, {})
     return target
 
 
@@ -546,7 +504,9 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
     default a temporary one). For code that may hang or crash, use `gradaudit audit` instead: it
     runs the code in a child process with a timeout.
     """
-    from properties.runner import RecordSink, RunConfig, apply_precision
+    from properties.config import RunConfig
+    from properties.session import apply_precision
+    from reports.records import RecordSink
 
     from .derivation import Derivation
 
@@ -555,7 +515,7 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
                     report_dir=report_dir)
     apply_precision(cfg)
     guard = Guard()
-    modules = _Modules(guard)
+    modules = Modules(guard)
     jobs: list[Job] = []
     for thing in things:
         if isinstance(thing, Derivation):
@@ -595,11 +555,10 @@ def _plan_module(module, file: str, convention: str | None) -> list[dict]:
     from . import cs231n
 
     if convention == "cs231n":
-        from properties import catalogue  # noqa: F401
-        from properties.spec import CATALOGUE
+        from properties import catalogue
 
         run, skipped, _ = cs231n.plan(set(cs231n.functions_in(module)))
-        jobs = [Job(p.target, p.op, "cs231n", file, p.target, list(CATALOGUE[p.op].regimes), p.forward,
+        jobs = [Job(p.target, p.op, "cs231n", file, p.target, list(catalogue.load()[p.op].regimes), p.forward,
                     source=Path(file).name) for p in run]
         jobs += [Job(t, cs231n.BY_TARGET[t].op if t in cs231n.BY_TARGET else t, "cs231n", file, t, ["-"],
                      skip=why, source=Path(file).name) for t, why in skipped]

@@ -1,23 +1,23 @@
-"""`gradaudit` command line: run, list, report, replay.
+"""`gradaudit` command line: run, audit, list, report, replay. Argument parsing and printing only:
+a run is properties.session's, an audit's plan gradaudit.audit's, the report the reports package's.
 
 Exit codes: 0 all pass (kinks and skips included), 1 any fail or error, 2 bad usage.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
+
+__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "config_from_args", "main",
+           "parse_shard"]
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
-    pass
+    """A bad argument: printed as one line, exit status 2."""
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -78,34 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _versions() -> dict:
-    import hypothesis
-    import numpy
-
-    v = {"python": platform.python_version(), "numpy": numpy.__version__, "hypothesis": hypothesis.__version__}
-    for mod in ("torch", "jax"):
-        if mod in sys.modules:
-            v[mod] = getattr(sys.modules[mod], "__version__", "?")
-        else:  # a --workers run: the frameworks live in the workers; importing one here costs seconds
-            try:
-                from importlib.metadata import version
-
-                v[mod] = version(mod)
-            except Exception:
-                pass
-    return v
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _prepare_report_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -119,11 +91,13 @@ def _prepare_report_dir(path: Path) -> None:
 def config_from_args(args):
     """The RunConfig that `run` and `audit` share, validated: a bad value is a UsageError naming it."""
     import oracles
-    from properties.runner import RunConfig
+    from properties.config import DTYPES, RunConfig, default_profile
 
     if args.examples is not None and args.examples < 1:
         raise UsageError(f"--examples must be at least 1, got {args.examples}")
-    profile = args.profile or ("ci" if os.environ.get("CI") else "dev")
+    if getattr(args, "workers", 1) < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    profile = args.profile or default_profile()
     if args.example_db is not None and (profile == "ci" or args.seed is not None):
         # Hypothesis runs a derandomized or seeded search without a database: say so rather than
         # let a campaign believe its failures are being shared
@@ -133,7 +107,7 @@ def config_from_args(args):
     return RunConfig(
         oracles=_choose("oracle", args.oracles, oracles.ORACLES) if args.oracles is not None else oracles.ORACLES,
         devices=_choose("device", args.devices, oracles.DEVICES),
-        dtypes=_choose("dtype", args.dtypes, ("float64", "float32")),
+        dtypes=_choose("dtype", args.dtypes, DTYPES),
         profile=profile, examples=args.examples, seed=args.seed, report_dir=args.report,
         database=args.example_db or str(Path(".hypothesis") / "gradaudit"),
         allow_tf32=getattr(args, "allow_tf32", False))
@@ -151,79 +125,29 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def run_session(args, cfg, jobs, *, what: list[str], progress=True) -> int:
-    """Run `jobs` (label, fn(sink, cfg) -> records) into args.report, then report. Shared by run and audit.
+def _session(args, cfg, jobs, *, what: list[str], progress: bool = True) -> int:
+    """Run `jobs` (properties.session) into args.report, then report. Shared by run and audit.
 
     `--resume` keeps the records already in results.jsonl and skips their cells; `--workers N` runs
     the jobs in N processes appending to the same results.jsonl; `--shard i/n` keeps every n-th job.
     """
     import reports
-    from properties.runner import RecordSink
+    from properties.session import run_session
 
     _prepare_report_dir(args.report)
     results = args.report / "results.jsonl"
-    previous = []
+    finished = None
     if getattr(args, "resume", False) and results.exists():
         try:
-            previous = reports.load_records([results])
+            finished = reports.load_records([results])
         except reports.RecordError as e:
             raise UsageError(f"cannot resume: {e}") from None
-        for r in previous:
-            r.pop("_source", None)
-        cfg.done = {r["id"] for r in previous}
-    elif results.exists():
-        results.unlink()  # a new run
+        for r in finished:
+            r.pop(reports.records.SOURCE_KEY, None)
     shard = parse_shard(getattr(args, "shard", None))
-    if shard is not None:
-        i, n = shard
-        jobs = [j for k, j in enumerate(jobs) if k % n == i - 1]
-    meta = {"command": ["gradaudit", *sys.argv[1:]], "seed": args.seed, "profile": cfg.profile,
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "finished": None,
-            "duration_s": None, "oracles": list(cfg.oracles), "devices": list(cfg.devices),
-            "dtypes": list(cfg.dtypes), "ops": what, "cpu": _cpu_name(), "gpus": [],
-            "shard": getattr(args, "shard", None), "workers": getattr(args, "workers", 1)}
-    (args.report / "run.json").write_text(json.dumps(meta, indent=1))
-    t0 = time.perf_counter()
     tty = progress and sys.stderr.isatty() and not args.json
-    records = list(previous)
-    workers = getattr(args, "workers", 1) or 1
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
-    from properties.runner import jax_cache_delta, jax_cache_stats, merge_jax_cache_stats
-
-    jax_stats = []
-    try:
-        if workers == 1:
-            from properties.runner import apply_precision, prepare_process
-
-            prepare_process(cfg)  # one torch thread, JAX's persistent compile cache
-            apply_precision(cfg)
-            before = jax_cache_stats()
-            sink = RecordSink(results)
-            try:
-                for label, fn in jobs:
-                    t_job = time.perf_counter()
-                    recs = fn(sink, cfg)
-                    records.extend(recs)
-                    if tty:
-                        _progress(label, recs, time.perf_counter() - t_job)
-            finally:
-                sink.close()
-                jax_stats.append(jax_cache_delta(before, jax_cache_stats()))
-        else:
-            from properties.parallel import run_parallel
-
-            for label, recs, dt in run_parallel(jobs, cfg, results, workers, jax_stats):
-                records.extend(recs)
-                if tty:
-                    _progress(label, recs, dt)
-    finally:
-        meta.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    duration_s=round(time.perf_counter() - t0, 2), versions=_versions(), flags=_all_flags(cfg, records))
-        meta["gpus"] = sorted({r["device_name"] for r in records if r["device"] == "cuda" and r["status"] != "skip"})
-        if "jax" in cfg.oracles:  # jit cache hits/misses, XLA compiles, persistent-cache hits
-            meta["jax_cache"] = merge_jax_cache_stats(jax_stats)
-        (args.report / "run.json").write_text(json.dumps(meta, indent=1))
+    records, meta = run_session(cfg, jobs, finished=finished, workers=getattr(args, "workers", 1) or 1, shard=shard,
+                                what=what, command=["gradaudit", *sys.argv[1:]], on_job=_progress if tty else None)
     return _finish(records, meta, args.report, args.junit, args.json)
 
 
@@ -235,33 +159,13 @@ def _progress(label, recs, dt) -> None:
 
 
 def cmd_run(args) -> int:
-    from properties import catalogue  # noqa: F401  (registers the ops)
-    from properties.runner import catalogue_job
-    from properties.spec import CATALOGUE
+    from properties import catalogue
+    from properties.session import catalogue_jobs
 
-    ops = _choose("op", args.ops, list(CATALOGUE)) if args.ops is not None else tuple(CATALOGUE)
+    known = catalogue.load()
+    ops = _choose("op", args.ops, list(known)) if args.ops is not None else tuple(known)
     cfg = config_from_args(args)
-    # one job per (op, dtype): the unit a worker or a shard takes
-    jobs = [(f"{op} {dtype}", catalogue_job(op, dtype)) for op in ops for dtype in cfg.dtypes]
-    return run_session(args, cfg, jobs, what=list(ops))
-
-
-def _all_flags(cfg, records=()) -> dict:
-    """The precision flags in force, from the records when there are any: in a --workers run the
-    frameworks were imported by the workers only, and importing them here just for this took seconds."""
-    flags = {}
-    for r in records:
-        flags.update(r.get("flags") or {})
-    if flags:
-        return flags
-    import oracles
-
-    for o in cfg.oracles:
-        try:
-            flags.update(oracles.get(o).flags())
-        except Exception:
-            pass
-    return flags
+    return _session(args, cfg, catalogue_jobs(ops, cfg.dtypes), what=list(ops))
 
 
 def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool) -> int:
@@ -287,14 +191,14 @@ def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool) 
 
 
 def cmd_list(args) -> int:
-    from properties import catalogue  # noqa: F401
-    from properties.spec import CATALOGUE
+    from properties import catalogue
 
+    ops = catalogue.load()
     if args.json:
-        print(json.dumps([s.describe() for s in CATALOGUE.values()], indent=1))
+        print(json.dumps([s.describe() for s in ops.values()], indent=1))
     else:
-        width = max(len(n) for n in CATALOGUE)
-        for s in CATALOGUE.values():
+        width = max(len(n) for n in ops)
+        for s in ops.values():
             print(f"{s.name:<{width}}  {s.family:<14} {','.join(s.regimes):<40} {s.source}")
     return EXIT_OK
 
@@ -317,15 +221,46 @@ def cmd_report(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .audit import cmd_audit as run_audit
+    from . import audit
+    from ._guard import clean
 
-    return run_audit(args)
+    path = Path(args.path)
+    if not path.exists():
+        raise UsageError(f"no such file or folder: {str(path)!r}")
+    if path.is_dir() and args.convention:
+        raise UsageError("--convention cs231n audits one file; give the path of a .py file")
+    if path.is_file() and path.suffix != ".py":
+        raise UsageError(f"{str(path)!r} is not a .py file")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be positive, got {args.timeout}")
+    cfg = config_from_args(args)
+    jobs, absent, error, hint = audit.plan_isolated(path, args.convention, args.timeout, args.verbose)
+    if not args.json:
+        if error:
+            print(f"gradaudit audit: {clean(error)}", file=sys.stderr)
+        if absent:
+            print(f"gradaudit audit: not defined in {clean(path.name)}, not checked: {', '.join(absent)}",
+                  file=sys.stderr)
+        if not jobs and not error:
+            what = "cs231n-named functions" if args.convention else "@gradaudit.derivation functions"
+            print(f"gradaudit audit: no {what} in {clean(str(path))}" + (f"; {clean(hint)}" if hint else ""),
+                  file=sys.stderr)
+    session_jobs = audit.session_jobs(path, args.convention, jobs, error, timeout=args.timeout, verbose=args.verbose,
+                                      workers=args.workers or 1, sharded=bool(args.shard),
+                                      progress=sys.stderr.isatty() and not args.json)
+    return _session(args, cfg, session_jobs, what=[j["target"] for j in jobs], progress=False)
 
 
 def cmd_replay(args) -> int:
-    from .replay import replay
+    from .replay import ReplayError, replay
 
-    return replay(args.id, args.report)
+    try:
+        r = replay(args.id, args.report)
+    except ReplayError as e:
+        raise UsageError(str(e)) from None
+    print(f"{r.id}: {r.case.summary()}")
+    print(f"  {r.verdict.status}: {r.verdict.message or 'agrees'}")
+    return EXIT_FAIL if r.failed else EXIT_OK
 
 
 def main(argv=None) -> int:

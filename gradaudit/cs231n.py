@@ -15,38 +15,23 @@ from typing import Any, Callable
 
 import numpy as np
 
+from properties.verdict import CodeUnderTestError
 
-class AdapterError(Exception):
+__all__ = ["AdapterError", "BY_TARGET", "Pair", "audit_target", "build_target", "dropout_seed", "functions_in",
+           "plan"]
+
+
+class AdapterError(CodeUnderTestError):
     """The user's function returned something the cs231n convention does not allow."""
 
 
-def _audit_target_class():
+def audit_target(name, op, forward, backward, judge_forward):
+    """A user's functions as a Target. The finite differences differentiate the catalogue's reference
+    forward (`judge_forward`), not the user's: under audit the user's forward is on trial too, and a
+    third judge that inherited its mistakes could not triangulate them."""
     from properties.target import Target
 
-    @dataclass(frozen=True)
-    class AuditTarget(Target):
-        """A user's functions as a Target. The finite differences differentiate the catalogue's
-        reference forward (`judge_forward`), not the user's: under audit the user's forward is on
-        trial too, and a third judge that inherited its mistakes could not triangulate them."""
-
-        judge_forward: Callable | None = None
-
-        def forward_fn(self, *arrays, **params):
-            if self.judge_forward is not None:
-                return self.judge_forward(*arrays, **params)[0]
-            return self.forward(*arrays, **params)[0]
-
-    return AuditTarget
-
-
-_AUDIT_TARGET = None
-
-
-def audit_target(name, op, forward, backward, judge_forward):
-    global _AUDIT_TARGET
-    if _AUDIT_TARGET is None:
-        _AUDIT_TARGET = _audit_target_class()
-    return _AUDIT_TARGET(name, op, forward, backward, judge_forward=judge_forward)
+    return Target(name, op, forward, backward, judge_forward=judge_forward)
 
 
 @dataclass(frozen=True)
@@ -178,10 +163,9 @@ def build_target(pair: Pair, fns: dict[str, Callable], notes: dict[str, str] | N
     callables; `notes` receives, by target name, a sentence of context for its verdicts (what the
     dropout probe found)."""
     notes = {} if notes is None else notes
-    from properties import catalogue  # noqa: F401
-    from properties.spec import CATALOGUE
+    from properties import catalogue
 
-    spec = CATALOGUE[pair.op]
+    spec = catalogue.load()[pair.op]
     names = spec.array_names
     if pair.op == "dropout":
         return _dropout_target(pair, fns, spec, notes)
@@ -296,8 +280,8 @@ def _dropout_target(pair: Pair, fns, spec, notes):
             return case  # the oracles keep a mask of the right keep probability: the forwards will differ
         return Case(case.arrays, {**case.params, "mask": mask})
 
-    def inputs(regime):
-        return spec.inputs(regime).map(with_user_mask)
+    def inputs(regime, breadth):
+        return spec.inputs(regime, breadth).map(with_user_mask)
 
     def forward(x, *, p, mode, mask):
         if mode == "train":
@@ -337,7 +321,7 @@ def _spatial_batchnorm_target(pair: Pair, fns, spec):
         a4 = np.asarray(a4)
         return a4.transpose(0, 2, 3, 1).reshape(-1, a4.shape[1])
 
-    def inputs(regime):
+    def inputs(regime, breadth):
         @st.composite
         def cases(draw):
             rows, c = draw(st.sampled_from(tuple(SPATIAL_LAYOUT))), draw(st.sampled_from((3, 1, 4)))

@@ -1,7 +1,7 @@
 """pytest plugin (entry point ``pytest11``): gradaudit's report from a pytest session.
 
 ``pytest --gradaudit-report DIR`` sends the records of every check that runs in the session — the
-differential suite, and any test that writes through ``properties.runner.RecordSink`` into
+differential suite, and any test that writes through ``reports.records.RecordSink`` into
 ``gradaudit_report_dir`` (or :func:`report_dir`) — to ``DIR/results.jsonl``, and at the end renders
 ``DIR/index.html`` and ``DIR/junit.xml`` with the ``reports`` package, as ``gradaudit run`` does.
 A fail or error record in the report fails the session even if the test that wrote it passed: a
@@ -18,13 +18,13 @@ session that asked for a report.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import pytest
+
+__all__ = ["gradaudit_profile", "gradaudit_report_dir", "profile", "report_dir", "session_profile"]
 
 PROFILES = ("ci", "dev", "thorough")
 _REPORT_DIR = pytest.StashKey["Path | None"]()
@@ -44,9 +44,14 @@ def pytest_addoption(parser):
 
 
 def profile(config) -> str:
-    """The Hypothesis profile: --gradaudit-profile, else $GRADAUDIT_PROFILE, else ci under CI, else dev."""
-    return (config.getoption("gradaudit_profile") or os.environ.get("GRADAUDIT_PROFILE")
-            or ("ci" if os.environ.get("CI") else "dev"))
+    """The Hypothesis profile: --gradaudit-profile, else $GRADAUDIT_PROFILE, else the default (ci under
+    CI, else dev: properties.config.default_profile)."""
+    chosen = config.getoption("gradaudit_profile") or os.environ.get("GRADAUDIT_PROFILE")
+    if chosen:
+        return chosen
+    from properties.config import default_profile
+
+    return default_profile()
 
 
 def report_dir() -> Path | None:
@@ -105,39 +110,18 @@ def pytest_sessionstart(session):
 
 
 def _meta(config, started, finished, duration, records) -> dict:
-    from gradaudit.cli import _cpu_name
+    from properties.session import run_meta
 
-    def seen(key):
-        return sorted({str(r.get(key)) for r in records})
-
-    flags = {}
-    for r in records:
-        flags.update(r.get("flags") or {})
-    return {"command": ["pytest", *config.invocation_params.args],
-            "seed": config.getoption("hypothesis_seed", None), "profile": profile(config),
-            "started": started, "finished": finished, "duration_s": duration,
-            "versions": _versions(), "cpu": _cpu_name(),
-            "gpus": sorted({r.get("device_name") or "cuda" for r in records
-                            if r.get("device") == "cuda" and r.get("status") != "skip"}),
-            "flags": flags, "oracles": seen("oracle"), "devices": seen("device"), "dtypes": seen("dtype"),
-            "ops": seen("op"), "workers": getattr(config.option, "numprocesses", None) or 1}
-
-
-def _versions() -> dict:
-    """From the installed distributions' metadata: the controller need not import torch or jax."""
-    from importlib import metadata
-
-    v = {"python": platform.python_version()}
-    for dist in ("numpy", "hypothesis", "torch", "jax", "pytest"):
-        try:
-            v[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return v
+    return run_meta(["pytest", *config.invocation_params.args], profile=profile(config),
+                    seed=config.getoption("hypothesis_seed", None), records=records, started=started,
+                    finished=finished, duration_s=duration, versions_of=("pytest",),
+                    workers=getattr(config.option, "numprocesses", None) or 1)
 
 
 def _write_meta(path: Path, meta: dict) -> None:
-    (path / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    from reports.records import write_run_meta
+
+    write_run_meta(path, meta)
 
 
 def pytest_sessionfinish(session):
@@ -193,5 +177,5 @@ def gradaudit_profile(request) -> str:
 @pytest.fixture(scope="session")
 def gradaudit_report_dir(request) -> Path | None:
     """The absolute ``--gradaudit-report`` directory, or None when the session asked for no report.
-    Records written to ``<dir>/results.jsonl`` (``properties.runner.RecordSink``) are in the report."""
+    Records written to ``<dir>/results.jsonl`` (``reports.records.RecordSink``) are in the report."""
     return request.config.stash.get(_REPORT_DIR, None)

@@ -1,8 +1,11 @@
 """Oracles: independent computations of a forward and its VJP (torch, jax, float64 finite differences).
 
-Each oracle module has the same functions: `vjp(target, arrays, params, douts, *, dtype, device)`,
-`check_available(device)`, `device_name(device)`, `flags()`. Frameworks are imported lazily, on
-first use; one that cannot be imported raises `OracleUnavailable` with a one-line reason.
+Each oracle module has the same functions: `vjp(forward, arrays, params, douts, *, dtype, device)`
+(the forward it differentiates comes from the caller: `properties.target.Target.oracle_forward`),
+`check_available(device)`, `device_name(device)`, `flags()`; the framework oracles also `builtin(op)`
+(the catalogue op written with the framework's own ops), `namespace()` (the framework as an
+array-API namespace) and `set_tf32(enabled)`. Frameworks are imported lazily, on first use; one
+that cannot be imported raises `OracleUnavailable` with a one-line reason.
 """
 from __future__ import annotations
 

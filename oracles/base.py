@@ -1,6 +1,7 @@
 """The one oracle interface.
 
-An oracle takes the thing under test (a `Target`: forward + backward, or a catalogue op name),
+An oracle takes the forward it differentiates (the caller picks it: the catalogue op written with
+the framework's own ops, the user's array-API forward, or a NumPy forward for finite differences),
 one case (float64 master arrays + params), the upstream gradients and a dtype/device, and returns
 its forward output and its vector-Jacobian product. It never sees the reference's gradients.
 """
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+__all__ = ["OracleResult", "OracleUnavailable", "Projection", "as_tuple"]
 
 
 class OracleUnavailable(Exception):

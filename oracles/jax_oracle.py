@@ -13,6 +13,9 @@ import numpy as np
 
 from .base import OracleResult, OracleUnavailable, as_tuple
 
+__all__ = ["builtin", "cache_stats", "check_available", "device_name", "flags", "name", "namespace", "set_tf32",
+           "vjp"]
+
 name = "jax"
 cache_stats = {"hits": 0, "misses": 0}
 _seen_keys: set = set()
@@ -61,20 +64,28 @@ def device_name(device: str) -> str:
     return getattr(_device(device), "device_kind", device)
 
 
+def builtin(op: str):
+    """The catalogue op `op` written with JAX's built-in ops (oracles/jax_ops.py)."""
+    _jax()
+    from . import jax_ops
+
+    return getattr(jax_ops, op)
+
+
 @functools.cache
-def _compiled(op: str, static: tuple, xp_forward=None):
+def namespace():
+    """jax.numpy as an array-API namespace (for a forward written against `xp`)."""
     jax = _jax()
-    if xp_forward is not None:
-        # a derivation's own array-API forward (gradaudit.derivation), run with jax.numpy; the
-        # function itself is part of the cache key, so two derivations never share a compile
-        import array_api_compat
+    import array_api_compat
 
-        xp = array_api_compat.array_namespace(jax.numpy.zeros(()))
-        fn = functools.partial(xp_forward, xp, **dict(static))
-    else:
-        from . import jax_ops
+    return array_api_compat.array_namespace(jax.numpy.zeros(()))
 
-        fn = functools.partial(getattr(jax_ops, op), **dict(static))
+
+@functools.cache
+def _compiled(forward, static: tuple):
+    # the forward itself is part of the cache key: two forwards never share a compile
+    jax = _jax()
+    fn = functools.partial(forward, **dict(static))
 
     def forward_and_vjp(arrays, array_params, douts):
         out, pullback = jax.vjp(lambda *xs: fn(*xs, **array_params), *arrays)
@@ -87,8 +98,8 @@ def _freeze(v):
     return tuple(v) if isinstance(v, list) else v
 
 
-def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str) -> OracleResult:
-    op = target.op
+def vjp(forward, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str) -> OracleResult:
+    """`forward(*arrays, **params) -> out` (a JAX-traceable function) and its VJP with `douts`, jitted."""
     jax = _jax()
     dev = _device(device)
     static = tuple(sorted((k, _freeze(v)) for k, v in params.items() if not isinstance(v, np.ndarray)))
@@ -98,15 +109,14 @@ def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device:
     # jit puts NumPy arguments on the default device itself, ~10x cheaper than a device_put per array
     # (which cost more than the op); other devices get one device_put for the whole tree
     xs, ds, array_params = tree if dev == jax.devices()[0] else jax.device_put(tree, dev)
-    xp_forward = getattr(target, "xp_forward", None)
-    key = (op, static, xp_forward, tuple((a.shape, str(a.dtype)) for a in xs),
+    key = (forward, static, tuple((a.shape, str(a.dtype)) for a in xs),
            tuple((k, v.shape, str(v.dtype)) for k, v in sorted(array_params.items())))
     if key in _seen_keys:
         cache_stats["hits"] += 1
     else:
         _seen_keys.add(key)
         cache_stats["misses"] += 1
-    out, grads = _compiled(op, static, xp_forward)(xs, array_params, ds)
+    out, grads = _compiled(forward, static)(xs, array_params, ds)
     outs = tuple(np.asarray(o) for o in as_tuple(out))
     grads_np = {n: np.asarray(g) for n, g in zip(arrays, grads)}
     return OracleResult(out=outs if len(outs) > 1 else outs[0], grads=grads_np)

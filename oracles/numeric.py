@@ -18,6 +18,9 @@ import numpy as np
 
 from .base import OracleResult, OracleUnavailable, Projection, as_tuple
 
+__all__ = ["CORROBORATING_DIRECTIONS", "DIRECTIONS", "FULL_JACOBIAN_MAX_ELEMENTS", "STEP", "check_available",
+           "device_name", "flags", "name", "step_for", "vjp"]
+
 name = "numeric"
 FULL_JACOBIAN_MAX_ELEMENTS = 128
 DIRECTIONS = 3  # deciding alone: an error e escapes all three only if |<e, u>| is small for each
@@ -70,10 +73,11 @@ def _draw_directions(shapes: tuple, k: int) -> tuple[np.ndarray, ...]:
 _directions_cached = functools.lru_cache(maxsize=32)(_draw_directions)
 
 
-def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str,
+def vjp(forward, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str,
         directions: int = DIRECTIONS, out0=None) -> OracleResult:
-    """`out0`: the target's forward output at exactly these float64 inputs, when the caller has it
-    (a float64 cell's own forward): it spares one forward here."""
+    """Finite differences of `forward(*arrays, **params) -> out` (NumPy). `out0`: its output at
+    exactly these float64 inputs, when the caller has it (a float64 cell's own forward): it spares
+    one forward here."""
     check_available(device)
     if directions < 1:
         raise ValueError(f"numeric: directions must be at least 1, got {directions}")
@@ -81,12 +85,12 @@ def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device:
     ds = [np.asarray(d, dtype=np.float64) for d in douts]
 
     def g(values: dict) -> float:
-        outs = as_tuple(target.forward_fn(*values.values(), **params))
+        outs = as_tuple(forward(*values.values(), **params))
         return float(sum(np.sum(np.asarray(o, dtype=np.float64) * d) for o, d in zip(outs, ds)))
 
     # Rounding in g is ~eps * sum|d * out| (the terms, not their possibly cancelling sum); a difference
     # quotient divides it by the step. That is this oracle's absolute noise floor.
-    outs0 = as_tuple(target.forward_fn(*xs.values(), **params) if out0 is None else out0)
+    outs0 = as_tuple(forward(*xs.values(), **params) if out0 is None else out0)
     magnitude = float(sum(np.sum(np.abs(np.asarray(o, dtype=np.float64) * d)) for o, d in zip(outs0, ds)))
     h_min = min((float(step_for(x).min(initial=STEP)) for x in xs.values()), default=STEP)
     noise = 8 * np.finfo(np.float64).eps * magnitude / h_min

@@ -7,6 +7,8 @@ import numpy as np
 
 from .base import OracleResult, OracleUnavailable, as_tuple
 
+__all__ = ["builtin", "check_available", "device_name", "flags", "name", "namespace", "set_tf32", "vjp"]
+
 name = "torch"
 
 
@@ -47,26 +49,32 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
 
 
-def vjp(target, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str) -> OracleResult:
-    op = target.op
+def builtin(op: str):
+    """The catalogue op `op` written with torch's built-in ops (oracles/torch_ops.py)."""
+    _torch()
+    from . import torch_ops
+
+    return getattr(torch_ops, op)
+
+
+def namespace():
+    """torch as an array-API namespace (for a forward written against `xp`)."""
+    _torch()
+    import array_api_compat.torch as xp_torch
+
+    return xp_torch
+
+
+def vjp(forward, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str) -> OracleResult:
+    """`forward(*tensors, **params) -> out` (a torch function) and its VJP with the upstream `douts`."""
     torch = _torch()
     check_available(device)
-    xp_forward = getattr(target, "xp_forward", None)
-    if xp_forward is not None:
-        # a derivation's own array-API forward (gradaudit.derivation), run with torch's namespace
-        import array_api_compat.torch as xp_torch
-
-        fn = functools.partial(xp_forward, xp_torch)
-    else:
-        from . import torch_ops
-
-        fn = getattr(torch_ops, op)
     tdtype = getattr(torch, dtype)
     inputs = [torch.tensor(np.asarray(a, dtype=dtype), device=device, requires_grad=True)
               for a in arrays.values()]
     kw = {k: torch.as_tensor(v, device=device) if isinstance(v, np.ndarray) else v
           for k, v in params.items()}
-    outs = as_tuple(fn(*inputs, **kw))
+    outs = as_tuple(forward(*inputs, **kw))
     grad_outputs = [torch.as_tensor(np.asarray(d), dtype=tdtype, device=device) for d in douts]
     grads = torch.autograd.grad(outs, inputs, grad_outputs=grad_outputs, allow_unused=True)
     to_np = lambda t: t.detach().cpu().numpy()  # noqa: E731

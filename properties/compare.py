@@ -1,5 +1,9 @@
 """Two arrays -> figures and a verdict: max abs/rel/ULP error, where, NaN/Inf agreement, and the
-smallest atol/rtol that would have passed. The tolerance comes from `tolerances.policy`."""
+smallest atol/rtol that would have passed. The tolerance comes from `tolerances.policy`.
+
+A comparison keeps, element by element, the error and the error it allowed (`err`, `allowed`):
+the report draws the verdict from those instead of judging again.
+"""
 from __future__ import annotations
 
 import functools
@@ -8,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .tolerances import Policy
+
+__all__ = ["Comparison", "compare", "compare_projection", "project"]
 
 
 @dataclass
@@ -22,18 +28,27 @@ class Comparison:
     worst_index: tuple[int, ...] | None
     atol: float
     rtol: float
+    err: np.ndarray = field(repr=False, compare=False)  # |ref - oracle| per compared element (0 where non-finite)
+    allowed: np.ndarray = field(repr=False, compare=False)  # the error allowed per element
+    mismatch: np.ndarray | None = field(default=None, repr=False, compare=False)  # NaN/Inf on one side only
+    directional: bool = False  # the elements are directional derivatives (numeric oracle, large inputs)
     detail: str = ""
-    _err: np.ndarray | None = field(default=None, repr=False, compare=False)
     _absb: np.ndarray | None = field(default=None, repr=False, compare=False)
     _ulp_dtype: str = field(default="float64", repr=False, compare=False)
 
+    @property
+    def beyond(self) -> np.ndarray:
+        """The judge's verdict per element: True where the error exceeds what was allowed."""
+        over = self.err > self.allowed
+        return over | self.mismatch if self.mismatch is not None else over
+
     @functools.cached_property
     def max_abs(self) -> float:
-        return float(self._err.max(initial=0.0))
+        return float(self.err.max(initial=0.0))
 
     @functools.cached_property
     def max_rel(self) -> float:
-        err, absb = self._err, self._absb
+        err, absb = self.err, self._absb
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             rel = np.where(absb > 0, err / absb, np.where(err > 0, np.inf, 0.0))
         return float(rel.max(initial=0.0))
@@ -41,16 +56,16 @@ class Comparison:
     @functools.cached_property
     def max_ulp(self) -> float:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            ulp = self._err / np.spacing(self._absb.astype(self._ulp_dtype)).astype(np.float64)
+            ulp = self.err / np.spacing(self._absb.astype(self._ulp_dtype)).astype(np.float64)
         return float(ulp.max(initial=0.0))
 
     @functools.cached_property
     def needed_atol(self) -> float:
-        return max(float(np.max(self._err - self.rtol * self._absb, initial=0.0)), 0.0)
+        return max(float(np.max(self.err - self.rtol * self._absb, initial=0.0)), 0.0)
 
     @functools.cached_property
     def needed_rtol(self) -> float:
-        err, absb, atol = self._err, self._absb, self.atol
+        err, absb, atol = self.err, self._absb, self.atol
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             needed = float(np.max(np.where(err > atol, (err - atol) / absb, 0.0), initial=0.0))
         return needed if np.isfinite(needed) else float("inf")
@@ -69,22 +84,22 @@ def compare(ref: np.ndarray, oracle: np.ndarray, pol: Policy, *, ulp_dtype: str)
     fa, fb = np.isfinite(a), np.isfinite(b)
     # NaN/Inf must sit at the same places with the same values (inf == inf, nan ~ nan)
     same_nonfinite = np.where(fa | fb, True, (np.isnan(a) & np.isnan(b)) | (a == b))
-    nonfinite_mismatch = bool((fa != fb).any() or not same_nonfinite.all())
+    mismatch = (fa != fb) | ~same_nonfinite
+    nonfinite_mismatch = bool(mismatch.any())
     both = fa & fb
     scale = max(_finite_stats(a[both], b[both]))
     atol = pol.atol(scale)
     err = np.abs(np.where(both, a, 0.0) - np.where(both, b, 0.0))
-    allowed = atol + pol.rtol * np.abs(np.where(both, b, 0.0))
-    ratio_arr = err / allowed
+    absb = np.abs(np.where(both, b, 0.0))
+    allowed = atol + pol.rtol * absb
     if nonfinite_mismatch:
-        bad = ~(fa & fb) & ~same_nonfinite | (fa != fb)
-        worst = np.unravel_index(int(np.argmax(bad)), a.shape) if a.ndim else ()
+        worst = np.unravel_index(int(np.argmax(mismatch)), a.shape) if a.ndim else ()
         ratio = float("inf")
     else:
+        ratio_arr = err / allowed
         worst = np.unravel_index(int(np.argmax(ratio_arr)), a.shape) if a.size else None
         ratio = float(ratio_arr.max(initial=0.0))
-    absb = np.abs(np.where(both, b, 0.0))
-    return _figures(err, absb, atol, pol, ulp_dtype, nonfinite_mismatch, ratio, worst)
+    return _verdict(err, allowed, absb, atol, pol, ulp_dtype, ratio, worst, mismatch)
 
 
 def _compare_finite(a: np.ndarray, b: np.ndarray, pol: Policy, ulp_dtype: str) -> Comparison:
@@ -94,7 +109,8 @@ def _compare_finite(a: np.ndarray, b: np.ndarray, pol: Policy, ulp_dtype: str) -
     scale = max(float(np.abs(a).max(initial=0.0)), float(absb.max(initial=0.0)))
     atol = pol.atol(scale)
     err = np.abs(a - b)
-    ratio_arr = err / (atol + pol.rtol * absb)
+    allowed = atol + pol.rtol * absb
+    ratio_arr = err / allowed
     if a.size:
         i = int(np.argmax(ratio_arr))
         worst = np.unravel_index(i, a.shape)
@@ -103,13 +119,15 @@ def _compare_finite(a: np.ndarray, b: np.ndarray, pol: Policy, ulp_dtype: str) -
             ratio = float(ratio_arr.max(initial=0.0))
     else:
         worst, ratio = None, 0.0
-    return _figures(err, absb, atol, pol, ulp_dtype, False, ratio, worst)
+    return _verdict(err, allowed, absb, atol, pol, ulp_dtype, ratio, worst, None)
 
 
-def _figures(err, absb, atol, pol, ulp_dtype, nonfinite_mismatch, ratio, worst) -> Comparison:
+def _verdict(err, allowed, absb, atol, pol, ulp_dtype, ratio, worst, mismatch) -> Comparison:
+    nonfinite_mismatch = mismatch is not None and bool(mismatch.any())
     return Comparison(ok=not nonfinite_mismatch and ratio <= 1.0, nonfinite_mismatch=nonfinite_mismatch,
                       ratio=ratio, worst_index=tuple(int(i) for i in worst) if worst is not None else None,
-                      atol=float(atol), rtol=pol.rtol, _err=err, _absb=absb, _ulp_dtype=ulp_dtype)
+                      atol=float(atol), rtol=pol.rtol, err=err, allowed=allowed, mismatch=mismatch,
+                      _absb=absb, _ulp_dtype=ulp_dtype)
 
 
 def compare_projection(ref_grad: np.ndarray, dirs: np.ndarray, values: np.ndarray, pol: Policy,
@@ -118,14 +136,23 @@ def compare_projection(ref_grad: np.ndarray, dirs: np.ndarray, values: np.ndarra
     of a dot product is sum |g_i u_i|: cancellation inside it is not the reference's fault."""
     g = np.asarray(ref_grad, dtype=np.float64)
     k = dirs.shape[0]
-    proj = dirs.reshape(k, -1) @ g.reshape(-1)
+    proj = project(dirs, g)
     scale = np.abs(dirs.reshape(k, -1)) @ np.abs(g.reshape(-1))
     cmp = compare(proj, values, Policy(pol.rtol, pol.floor, pol.source), ulp_dtype=ulp_dtype)
-    # re-judge with the per-direction scale instead of the max over directions
+    # judge each direction at its own scale instead of the largest over the directions
     if not cmp.nonfinite_mismatch:
-        err = np.abs(proj - values)
-        allowed = pol.rtol * (np.abs(values) + scale) + pol.floor
-        cmp.ratio = float((err / allowed).max(initial=0.0))
+        cmp.allowed = pol.rtol * (np.abs(values) + scale) + pol.floor
+        ratio_arr = cmp.err / cmp.allowed
+        cmp.ratio = float(ratio_arr.max(initial=0.0))
         cmp.ok = cmp.ratio <= 1.0
+        if k:
+            cmp.worst_index = (int(np.argmax(ratio_arr)),)
+    cmp.directional = True
     cmp.detail = "directional derivatives along %d random directions" % k
     return cmp
+
+
+def project(dirs: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """<grad, u_k> for each direction u_k in `dirs` (k, *shape), in float64."""
+    k = dirs.shape[0]
+    return np.asarray(dirs, dtype=np.float64).reshape(k, -1) @ np.asarray(grad, dtype=np.float64).reshape(-1)

@@ -11,6 +11,8 @@ from hypothesis.strategies import SearchStrategy
 
 import reference_impl
 
+__all__ = ["Case", "OpSpec", "Tolerance", "to_jsonable"]
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -57,12 +59,14 @@ class OpSpec:
     name: str
     family: str
     source: str  # where the derivation comes from: "seed 000 § Softmax" or "cs231n"
-    inputs: Callable[[str], SearchStrategy[Case]]  # regime -> strategy of cases
+    # (regime, breadth) -> strategy of cases; breadth is one of properties.strategies.BREADTHS
+    inputs: Callable[[str, str], SearchStrategy[Case]]
     regimes: tuple[str, ...] = ("typical",)
     # (case, tol) -> why the case lies within `tol` of a non-differentiable point, or None
     kinks: Callable[[Case, float], str | None] | None = None
-    # (case, douts, grads) -> (is the target's gradient a valid subgradient at the kink?, why)
-    subgradient: Callable[[Case, tuple, dict], tuple[bool, str]] | None = None
+    # (case, douts, grads) -> is the target's gradient a valid subgradient at the kink: (ok, why), or
+    # a properties.subgradient.Validity that also names the pattern of a failure
+    subgradient: Callable[[Case, tuple, dict], tuple] | None = None
     tolerance: Tolerance | None = None
 
     @property
@@ -85,16 +89,6 @@ class OpSpec:
                 "tolerance": None if self.tolerance is None else
                 {"rtol_factor": self.tolerance.rtol_factor if not callable(self.tolerance.rtol_factor)
                  else "per case", "reason": self.tolerance.reason}}
-
-
-CATALOGUE: dict[str, OpSpec] = {}
-
-
-def register(spec: OpSpec) -> OpSpec:
-    if spec.name in CATALOGUE:
-        raise ValueError(f"op {spec.name!r} is registered twice")
-    CATALOGUE[spec.name] = spec
-    return spec
 
 
 def to_jsonable(v):

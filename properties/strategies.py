@@ -8,22 +8,63 @@ Subnormals are never drawn: XLA on CPU flushes float32 subnormals to zero (CONVE
 """
 from __future__ import annotations
 
-import contextlib
 import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-# regime -> (description, how to sample with a Generator, element strategy for small arrays)
-REGIMES = {
-    "typical": "standard normal values",
-    "large": "magnitudes ~100: exp overflows in float32 (not float64)",
-    "overflow": "logits ~1e3 apart: exp overflows even in float64; a stable implementation stays finite",
-    "kinks": "integer values in [-2, 2]: exact zeros and exact ties",
-    "tiny": "magnitudes ~1e-4",
-    "saturated": "|x| in [10, 40]: sigmoid and tanh saturate",
-    "near_constant": "a constant plus ~1e-3 noise: near-zero variance",
+__all__ = ["BREADTHS", "ELEMENTWISE_MAX", "REGIMES", "SIZES", "Regime", "dim", "float_arrays", "geometry", "labels",
+           "narrow", "shapes", "upstream"]
+
+
+def _f32_inside(lo: float, hi: float, v: float) -> float:
+    """`v` (lo or hi) rounded to float32, stepped back inside [lo, hi] when rounding left it."""
+    x = np.float32(v)
+    if x < lo:
+        x = np.nextafter(x, np.float32(np.inf))
+    elif x > hi:
+        x = np.nextafter(x, np.float32(-np.inf))
+    return float(x)
+
+
+def _floats(lo: float, hi: float) -> st.SearchStrategy[float]:
+    # width=32: values exact in float32, and normal there, so a float32 cell sees the same numbers
+    # (width=32 wants bounds exact in float32: the nearest float32 values inside [lo, hi])
+    return st.floats(_f32_inside(lo, hi, lo), _f32_inside(lo, hi, hi), allow_nan=False, allow_infinity=False,
+                     allow_subnormal=False, width=32)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A value regime: what it is for, how a large array is sampled (from a NumPy Generator, for a
+    shape), and the strategy of one element of a small array (drawn element by element, so it shrinks)."""
+
+    description: str
+    sample: Callable[[np.random.Generator, tuple], np.ndarray]
+    element: Callable[[], st.SearchStrategy[float]]
+
+
+# The value regimes: each is defined here, and only here.
+REGIMES: dict[str, Regime] = {
+    "typical": Regime("standard normal values",
+                      lambda rng, s: rng.standard_normal(s), lambda: _floats(-3, 3)),
+    "large": Regime("magnitudes ~100: exp overflows in float32 (not float64)",
+                    lambda rng, s: rng.standard_normal(s) * 100, lambda: _floats(-300, 300)),
+    "overflow": Regime("logits ~1e3 apart: exp overflows even in float64; a stable implementation stays finite",
+                       lambda rng, s: rng.standard_normal(s) * 1000 + 800, lambda: _floats(-2000, 3000)),
+    "kinks": Regime("integer values in [-2, 2]: exact zeros and exact ties",
+                    lambda rng, s: rng.integers(-2, 3, size=s).astype(np.float64),
+                    lambda: st.integers(-2, 2).map(float)),
+    "tiny": Regime("magnitudes ~1e-4", lambda rng, s: rng.standard_normal(s) * 1e-4, lambda: _floats(-3e-4, 3e-4)),
+    "saturated": Regime("|x| in [10, 40]: sigmoid and tanh saturate",
+                        lambda rng, s: rng.uniform(10, 40, size=s) * rng.choice([-1.0, 1.0], size=s),
+                        lambda: st.tuples(_floats(10, 40), st.sampled_from([-1.0, 1.0])).map(lambda t: t[0] * t[1])),
+    "near_constant": Regime("a constant plus ~1e-3 noise: near-zero variance",
+                            lambda rng, s: 1.5 + rng.standard_normal(s) * 1e-3,
+                            lambda: _floats(-1e-3, 1e-3).map(lambda v: 1.5 + v)),
 }
 
 ELEMENTWISE_MAX = 6  # arrays up to this size are drawn element by element
@@ -38,31 +79,19 @@ def dim(*choices: int) -> st.SearchStrategy[int]:
     return st.sampled_from(choices or SIZES)
 
 
-# Shape breadth. A derandomized ci run checks 12 examples per (op, regime, dtype), and every new
-# shape is a JAX compile (50-2000 ms against a few ms per example): "narrow" (the ci profile) draws
-# each op's shapes from a short list of complete geometries, an edge one (batch 1, T = 1, a dim of 1,
-# a scalar) and a rich one (batch >= 2, T >= 2, all dims distinct, so a missing 1/N, a transposed
-# weight or a wrong axis cannot pass by luck); "full" (dev, thorough) draws from every bounded set.
-# The runner sets it from the profile (properties.runner.BREADTH) while it builds and draws a run's
-# strategies; the catalogue's composite strategies read it when they draw.
+# Shape breadth, a parameter of every op's `inputs(regime, breadth)`. A derandomized ci run checks 12
+# examples per (op, regime, dtype), and every new shape is a JAX compile (50-2000 ms against a few
+# ms per example): "narrow" (the ci profile) draws each op's shapes from a short list of complete
+# geometries, an edge one (batch 1, T = 1, a dim of 1, a scalar) and a rich one (batch >= 2, T >= 2,
+# all dims distinct, so a missing 1/N, a transposed weight or a wrong axis cannot pass by luck);
+# "full" (dev, thorough) draws from every bounded set. The profile decides (properties.config).
 BREADTHS = ("full", "narrow")
-_breadth = ["full"]
 
 
-@contextlib.contextmanager
-def breadth(name: str):
-    """Draw shapes at this breadth inside the block."""
-    if name not in BREADTHS:
-        raise ValueError(f"unknown shape breadth {name!r}; known: {', '.join(BREADTHS)}")
-    _breadth.append(name)
-    try:
-        yield
-    finally:
-        _breadth.pop()
-
-
-def narrow() -> bool:
-    return _breadth[-1] == "narrow"
+def narrow(breadth: str) -> bool:
+    if breadth not in BREADTHS:
+        raise ValueError(f"unknown shape breadth {breadth!r}; known: {', '.join(BREADTHS)}")
+    return breadth == "narrow"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -70,62 +99,24 @@ def _sampled(choices: tuple) -> st.SearchStrategy:
     return st.sampled_from(choices)
 
 
-def geometry(*choices: tuple, ci: int = 2) -> st.SearchStrategy[tuple]:
+def geometry(breadth: str, *choices: tuple, ci: int = 2) -> st.SearchStrategy[tuple]:
     """One of a few complete shape tuples (the first is the simplest: it shrinks towards it); at
     narrow breadth one of the first `ci`, which must hold an edge and a rich geometry."""
-    return _sampled(choices[:ci] if narrow() else choices)
+    return _sampled(choices[:ci] if narrow(breadth) else choices)
 
 
-def shapes(ci: tuple, full: st.SearchStrategy) -> st.SearchStrategy:
+def shapes(breadth: str, ci: tuple, full: st.SearchStrategy) -> st.SearchStrategy:
     """At narrow breadth one of the complete tuples `ci` (edge first); at full breadth `full`."""
-    return _sampled(ci) if narrow() else full
+    return _sampled(ci) if narrow(breadth) else full
 
 
 def _sample(rng: np.random.Generator, shape, regime: str, scale: float) -> np.ndarray:
-    if regime == "typical":
-        x = rng.standard_normal(shape)
-    elif regime == "large":
-        x = rng.standard_normal(shape) * 100
-    elif regime == "overflow":
-        x = rng.standard_normal(shape) * 1000 + 800
-    elif regime == "kinks":
-        x = rng.integers(-2, 3, size=shape).astype(np.float64)
-    elif regime == "tiny":
-        x = rng.standard_normal(shape) * 1e-4
-    elif regime == "saturated":
-        x = rng.uniform(10, 40, size=shape) * rng.choice([-1.0, 1.0], size=shape)
-    elif regime == "near_constant":
-        x = 1.5 + rng.standard_normal(shape) * 1e-3
-    else:
-        raise ValueError(f"unknown value regime {regime!r}; known: {', '.join(REGIMES)}")
-    return np.asarray(x * scale, dtype=np.float64)
-
-
-def _f32_inside(lo: float, hi: float, v: float) -> float:
-    """`v` (lo or hi) rounded to float32, stepped back inside [lo, hi] when rounding left it."""
-    x = np.float32(v)
-    if x < lo:
-        x = np.nextafter(x, np.float32(np.inf))
-    elif x > hi:
-        x = np.nextafter(x, np.float32(-np.inf))
-    return float(x)
+    return np.asarray(REGIMES[regime].sample(rng, shape) * scale, dtype=np.float64)
 
 
 @functools.cache
 def _elements(regime: str) -> st.SearchStrategy[float]:
-    # width=32: values exact in float32, and normal there, so a float32 cell sees the same numbers
-    # (width=32 wants bounds exact in float32: the nearest float32 values inside [lo, hi])
-    f = lambda lo, hi: st.floats(_f32_inside(lo, hi, lo), _f32_inside(lo, hi, hi), allow_nan=False,  # noqa: E731
-                                 allow_infinity=False, allow_subnormal=False, width=32)
-    return {
-        "typical": f(-3, 3),
-        "large": f(-300, 300),
-        "overflow": f(-2000, 3000),
-        "kinks": st.integers(-2, 2).map(float),
-        "tiny": f(-3e-4, 3e-4),
-        "saturated": st.tuples(f(10, 40), st.sampled_from([-1.0, 1.0])).map(lambda t: t[0] * t[1]),
-        "near_constant": f(-1e-3, 1e-3).map(lambda v: 1.5 + v),
-    }[regime]
+    return REGIMES[regime].element()
 
 
 def float_arrays(shape, regime: str = "typical", *, scale: float = 1.0) -> st.SearchStrategy[np.ndarray]:

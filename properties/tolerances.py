@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["C", "NUMERIC_RTOL", "Policy", "eps", "policy"]
+
 C = 64
 NUMERIC_RTOL = 1e-5
 

@@ -1,7 +1,8 @@
 """Result records -> reports: a self-contained HTML page, JUnit XML and a terminal summary.
 
-Reads ``results.jsonl`` / ``run.json`` / ``cases/<id>.npz`` as described in
-docs/result_record.md. Depends on NumPy and Jinja2 only; never imports torch or jax.
+Owns ``results.jsonl`` and ``run.json`` (records.py) and ``cases/<id>.npz`` (cases.py): the only
+writers and readers of those files (docs/result_record.md). Depends on NumPy and Jinja2 only;
+never imports torch, jax or the engine above it (properties).
 """
 from .html import render_html
 from .junit import write_junit

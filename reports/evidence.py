@@ -1,60 +1,30 @@
-"""The evidence behind one failing cell, read from its ``cases/<id>.npz`` (NumPy only).
-
-Array names (docs/result_record.md): ``input/<name>``, ``param/<name>``, ``dout/<i>``,
-``ref/<name>`` (``ref/out`` is the forward), ``oracle/<name>``, ``dirs/<name>`` (numeric oracle
-on large inputs: ``oracle/<name>`` then holds directional derivatives along those directions),
-and ``meta`` (0-d string array holding JSON).
-
-Errors here are never fatal to the report: a missing or unreadable file gives a ``Case`` with
-``error`` set, which the page shows as "counterexample not available".
+"""The evidence behind one failing cell, from its saved case (reports.cases), as the page shows it:
+every array compared side by side, its error element by element, and the judge's verdict on each
+element (its error beyond the error the judge allowed: `allowed/<name>` in the case). Nothing is
+judged here. Errors are never fatal to the report: an unreadable case shows as "not available".
 """
 from __future__ import annotations
 
-import json
+import math
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
+from . import svg
+from .cases import SavedCase, read_case
+from .records import SOURCE_KEY
+from .text import fmt_num, fmt_value
+
+__all__ = ["HEAT_SIDE", "MAX_SHOWN_ARRAYS", "SMALL", "ArrayEvidence", "array_evidence", "block_reduce",
+           "case_evidence", "compared", "index_2d", "layout_2d", "phase_name", "to_2d"]
+
 SMALL = 64  # at most this many elements: shown as numbers, not as a heatmap
-
-
-@dataclass
-class Case:
-    path: Path
-    error: str | None = None
-    inputs: dict[str, np.ndarray] = field(default_factory=dict)
-    params: dict[str, np.ndarray] = field(default_factory=dict)
-    douts: dict[str, np.ndarray] = field(default_factory=dict)
-    ref: dict[str, np.ndarray] = field(default_factory=dict)
-    oracle: dict[str, np.ndarray] = field(default_factory=dict)
-    dirs: dict[str, np.ndarray] = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
-
-
-def load_case(path: Path) -> Case:
-    case = Case(path=path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            groups = {"input": case.inputs, "param": case.params, "dout": case.douts,
-                      "ref": case.ref, "oracle": case.oracle, "dirs": case.dirs}
-            for key in z.files:
-                if key == "meta":
-                    try:
-                        meta = json.loads(str(z[key][()]))
-                        case.meta = meta if isinstance(meta, dict) else {}
-                    except (ValueError, TypeError):
-                        case.meta = {}
-                    continue
-                group, _, name = key.partition("/")
-                if group in groups and name:
-                    groups[group][name] = z[key]
-    except FileNotFoundError:
-        case.error = "file not found"
-    except Exception as exc:  # a corrupt zip, a pickled array, a truncated write: all the same to a reader
-        case.error = f"unreadable ({type(exc).__name__}: {exc})"
-    return case
+HEAT_SIDE = 64  # heatmaps aggregate larger arrays to at most this many cells a side
+MAX_SHOWN_ARRAYS = 3  # per failure: arrays compared in full (tables or heatmaps); others: one row
 
 
 def phase_name(phase: str | None) -> str | None:
@@ -68,16 +38,18 @@ def phase_name(phase: str | None) -> str | None:
 
 
 @dataclass
-class Comparison:
-    """Reference vs oracle for one array, elementwise, with the statistics the page shows."""
+class ArrayEvidence:
+    """One array as the judge compared it: the reference's and the oracle's values (directional
+    derivatives along dirs/<name> for the numeric oracle on large inputs), their error, and the
+    judge's verdict per element (`beyond`; None where the judge did not compare this array)."""
     name: str
-    ref: np.ndarray          # float64, the compared values (directional derivatives for dirs)
+    ref: np.ndarray  # float64
     oracle: np.ndarray
-    abs_err: np.ndarray      # |ref - oracle|, +inf where exactly one side is non-finite
-    rel_err: np.ndarray      # abs_err / |oracle|; 0 where both are 0, inf where only oracle is 0
-    beyond: np.ndarray       # bool: abs_err > atol + rtol * |oracle|
+    abs_err: np.ndarray  # |ref - oracle|, +inf where exactly one side is non-finite
+    rel_err: np.ndarray  # abs_err / |oracle|; 0 where both are 0, inf where only oracle is 0
+    beyond: np.ndarray | None  # the judge's: error > allowed, or NaN/Inf on one side only
     stats: dict
-    directional: bool = False  # True: values are directional derivatives along dirs/<name>
+    directional: bool = False
     shape: tuple = ()
 
 
@@ -98,79 +70,64 @@ def _quantiles(x: np.ndarray) -> dict:
                 "p90": float(q[1]), "p99": float(q[2])}
 
 
-def compare(name: str, ref: np.ndarray, oracle: np.ndarray, *, atol: float, rtol: float,
-            dtype: str | None, dirs: np.ndarray | None = None) -> Comparison | str:
-    """Elementwise comparison, or a string saying why the two cannot be compared."""
+def array_evidence(name: str, ref: np.ndarray, oracle: np.ndarray, *, dtype: str | None,
+                   dirs: np.ndarray | None = None, allowed: np.ndarray | None = None,
+                   judged: dict | None = None) -> ArrayEvidence | str:
+    """One array's evidence, or a string saying why the two sides cannot be put side by side.
+    `allowed` and `judged` are the judge's (the case's): what it allowed per element, its ratio and
+    worst element."""
     shape = tuple(np.shape(ref))
     r = np.asarray(ref, dtype=np.float64)
     o = np.asarray(oracle, dtype=np.float64)
-    directional = False
     if dirs is not None:
         d = np.asarray(dirs, dtype=np.float64)
         if d.shape[1:] != r.shape or o.shape != d.shape[:1]:
             return (f"directions of shape {d.shape} do not fit a gradient of shape {r.shape} "
                     f"and {o.shape} directional derivatives")
         with np.errstate(all="ignore"):
-            r = d.reshape(d.shape[0], -1) @ r.reshape(-1)
-        directional = True
+            r = d.reshape(d.shape[0], -1) @ r.reshape(-1)  # as the judge projected it
     if r.shape != o.shape:
         return f"shapes differ: reference {r.shape}, oracle {o.shape}"
     with np.errstate(all="ignore"):
         mism = _nonfinite_mismatch(r, o)
         both_finite = np.isfinite(r) & np.isfinite(o)
         abs_err = np.where(both_finite, np.abs(r - o), 0.0)
+        judged_err = abs_err
         abs_err = np.where(mism, np.inf, abs_err)
         mag = np.abs(o)
         rel_err = np.where(abs_err == 0, 0.0, np.where(mag > 0, abs_err / mag, np.inf))
-        beyond = mism | (both_finite & (abs_err > atol + rtol * mag))
+        beyond = None
+        if allowed is not None and np.shape(allowed) == r.shape:
+            beyond = mism | (judged_err > np.asarray(allowed, dtype=np.float64))
         ulp = None
         if dtype in ("float32", "float64", "float16"):
             sp = np.spacing(np.abs(o).astype(dtype)).astype(np.float64)
             ulp = np.where(both_finite, abs_err / sp, np.where(mism, np.inf, 0.0))
-        # Smallest tolerances that would have passed (the other one as applied).
-        need_atol = float(np.max(np.where(both_finite, abs_err - rtol * mag, abs_err), initial=0.0))
-        need_rtol = float(np.max(np.where(mag > 0, (abs_err - atol) / mag,
-                                          np.where(abs_err > atol, np.inf, 0.0)), initial=0.0))
-    worst = None
-    if abs_err.size:
-        flat = int(np.argmax(np.where(np.isnan(abs_err), -1, abs_err)))
-        worst = [int(i) for i in np.unravel_index(flat, abs_err.shape)]
+    judged = judged or {}
+    worst = judged.get("worst_index")
+    if worst is None and abs_err.size:
+        worst = [int(i) for i in np.unravel_index(int(np.argmax(np.where(np.isnan(abs_err), -1, abs_err))),
+                                                  abs_err.shape)]
     stats = {
-        "n": int(abs_err.size), "beyond": int(beyond.sum()), "nonfinite": int(mism.sum()),
-        "abs": _quantiles(abs_err.ravel()), "rel": _quantiles(rel_err.ravel()),
-        "ulp": _quantiles(ulp.ravel()) if ulp is not None else None,
-        "worst_index": worst, "needed_atol": max(need_atol, 0.0), "needed_rtol": max(need_rtol, 0.0),
-        "ratio": _constant_ratio(r, o),
+        "n": int(abs_err.size), "beyond": int(beyond.sum()) if beyond is not None else None,
+        "nonfinite": int(mism.sum()), "abs": _quantiles(abs_err.ravel()), "rel": _quantiles(rel_err.ravel()),
+        "ulp": _quantiles(ulp.ravel()) if ulp is not None else None, "worst_index": worst,
+        "ratio": judged.get("ratio"),
     }
-    return Comparison(name=name, ref=r, oracle=o, abs_err=abs_err, rel_err=rel_err, beyond=beyond,
-                      stats=stats, directional=directional, shape=shape)
+    return ArrayEvidence(name=name, ref=r, oracle=o, abs_err=abs_err, rel_err=rel_err, beyond=beyond,
+                         stats=stats, directional=dirs is not None, shape=shape)
 
 
-def _constant_ratio(r: np.ndarray, o: np.ndarray) -> float | None:
-    """The median of ref/oracle over elements where both are clearly non-zero, if it is constant
-    (a missing 1/N, a doubled term, a sign flip); None otherwise."""
-    with np.errstate(all="ignore"):
-        ok = np.isfinite(r) & np.isfinite(o) & (np.abs(o) > 1e-12) & (np.abs(r) > 1e-12)
-        if ok.sum() < 2:
-            return None
-        q = r[ok] / o[ok]
-        med = float(np.median(q))
-        if med != 0 and np.all(np.abs(q - med) <= 1e-3 * abs(med)) and abs(med - 1) > 1e-3:
-            return med
-    return None
-
-
-def comparisons(case: Case, rec: dict, *, limit: int = 8) -> tuple[list[Comparison], list[str]]:
-    """Every array present on both sides, worst (or the record's phase) first."""
-    atol = float(rec.get("atol") or 0.0)
-    rtol = float(rec.get("rtol") or 0.0)
+def compared(case: SavedCase, rec: dict, *, limit: int = 8) -> tuple[list[ArrayEvidence], list[str]]:
+    """Every array present on both sides, the record's phase first, then those beyond tolerance."""
     out, problems = [], []
     for name in case.ref:
         if name not in case.oracle:
             continue
         try:
-            c = compare(name, case.ref[name], case.oracle[name], atol=atol, rtol=rtol,
-                        dtype=rec.get("dtype"), dirs=case.dirs.get(name))
+            c = array_evidence(name, case.ref[name], case.oracle[name], dtype=rec.get("dtype"),
+                               dirs=case.dirs.get(name), allowed=case.allowed.get(name),
+                               judged=case.judged.get(name))
         except (TypeError, ValueError) as exc:  # e.g. a non-numeric array: say so, go on
             c = f"cannot be compared ({type(exc).__name__}: {exc})"
         if isinstance(c, str):
@@ -179,9 +136,9 @@ def comparisons(case: Case, rec: dict, *, limit: int = 8) -> tuple[list[Comparis
             out.append(c)
     primary = phase_name(rec.get("phase"))
 
-    def key(c: Comparison):
+    def key(c: ArrayEvidence):
         worst = c.stats["abs"]["max"]
-        return (c.name != primary, -(c.stats["beyond"] > 0), -(worst if worst is not None else -1.0))
+        return (c.name != primary, -((c.stats["beyond"] or 0) > 0), -(worst if worst is not None else -1.0))
     out.sort(key=key)
     return out[:limit], problems
 
@@ -265,3 +222,163 @@ def block_reduce(a2: np.ndarray, max_side: int, how: str) -> tuple[np.ndarray, t
         mean = np.sum(np.where(fin, v, 0.0), axis=-1) / np.maximum(fin.sum(axis=-1), 1)
         bad = np.any(ok & ~np.isfinite(v), axis=-1)
         return np.where(bad, np.nan, mean), (fr, fc)
+
+
+# ---- the section's views -------------------------------------------------------------------------
+
+def _case_path(rec: dict, cases_dir, out_dir: Path) -> Path | None:
+    ce = rec.get("counterexample")
+    if not ce:
+        return None
+    ce_path = Path(str(ce))
+    candidates = []
+    if cases_dir is not None:
+        candidates.append(Path(cases_dir) / ce_path.name)
+    if rec.get(SOURCE_KEY):
+        candidates.append(Path(rec[SOURCE_KEY]) / ce_path)
+    candidates.append(out_dir / ce_path)
+    for c in candidates:
+        if c.is_file():
+            return c
+    return candidates[0]
+
+
+def _array_view(name: str, a: np.ndarray) -> dict:
+    a = np.asarray(a)
+    view = {"name": name, "shape": tuple(a.shape), "dtype": str(a.dtype), "small": a.size <= SMALL}
+    if a.dtype.kind not in "biufc":
+        view["small"] = False
+        view["summary"] = f"{a.dtype} array"
+        return view
+    if view["small"]:
+        view["table"] = _grid(a, lambda v: fmt_value(float(v), 6) if a.dtype.kind == "f" else str(v))
+    else:
+        with np.errstate(all="ignore"):
+            f = a[np.isfinite(a)] if a.dtype.kind == "f" else a
+            view["summary"] = (f"min {fmt_num(f.min())}, max {fmt_num(f.max())}, "
+                               f"mean {fmt_num(f.mean())}" if f.size else "no finite values")
+            if a.dtype.kind == "f" and f.size != a.size:
+                view["summary"] += f", {a.size - f.size} non-finite"
+    return view
+
+
+def _grid(a: np.ndarray, fmt) -> dict:
+    """A small array as rows of cells: 0-d/1-d as one row, n-d as (leading axes) x last axis."""
+    if a.ndim <= 1:
+        flat = a.reshape(-1)
+        return {"rows": [{"label": "", "cells": [fmt(v) for v in flat]}],
+                "cols": [str(i) for i in range(flat.size)] if a.ndim == 1 else [""]}
+    rows = [{"label": ",".join(map(str, idx)), "cells": [fmt(v) for v in a[idx]]} for idx in np.ndindex(*a.shape[:-1])]
+    return {"rows": rows, "cols": [str(i) for i in range(a.shape[-1])]}
+
+
+def _beyond(c: ArrayEvidence) -> np.ndarray:
+    return c.beyond if c.beyond is not None else np.zeros(c.abs_err.shape, bool)
+
+
+def _digits_for(c: ArrayEvidence) -> int:
+    """Enough significant digits that two values that differ beyond tolerance print differently."""
+    rel = c.rel_err[_beyond(c) & np.isfinite(c.rel_err) & (c.rel_err > 0)]
+    if rel.size == 0:
+        return 6
+    return int(min(17, max(6, math.ceil(-math.log10(float(rel.min()))) + 2)))
+
+
+def _numbers(c: ArrayEvidence, layout_shape: tuple, worst) -> dict:
+    """A small array's values side by side: a list (0-d, 1-d) or a grid."""
+    digits = _digits_for(c)
+    ref, ora = c.ref.reshape(layout_shape), c.oracle.reshape(layout_shape)
+    err, beyond = c.abs_err.reshape(layout_shape), _beyond(c).reshape(layout_shape)
+    worst_t = tuple(worst) if worst is not None else None
+
+    def cell(k):
+        return {"ref": fmt_value(float(ref[k]), digits), "oracle": fmt_value(float(ora[k]), digits),
+                "err": fmt_num(float(err[k]), 2), "beyond": bool(beyond[k]), "worst": worst_t == k}
+    if len(layout_shape) <= 1:
+        keys = [(i,) for i in range(c.ref.size)] if layout_shape else [()]
+        return {"mode": "list", "list": [dict(cell(k), label=str(k[0]) if k else "") for k in keys]}
+    rows = [{"label": ",".join(map(str, idx)), "cells": [cell(idx + (j,)) for j in range(layout_shape[-1])]}
+            for idx in np.ndindex(*layout_shape[:-1])]
+    return {"mode": "grid", "grid": {"rows": rows, "cols": [str(j) for j in range(layout_shape[-1])]}}
+
+
+def _maps(c: ArrayEvidence, label: str, layout_shape: tuple, worst, values: bool) -> dict:
+    """The |error| heatmap, and the two sides' value maps when the arrays are too big for numbers."""
+    (rows2, cols2), how = layout_2d(layout_shape)
+    err2, (fr, fc) = block_reduce(to_2d(c.abs_err.reshape(layout_shape)), HEAT_SIDE, "max")
+    mark = index_2d(worst, layout_shape)
+    if mark is not None:
+        mark = (mark[0] // fr, mark[1] // fc)
+    seps = None
+    if fr == 1 and fc == 1:
+        if len(layout_shape) == 4:
+            seps = (layout_shape[2], layout_shape[3])
+        elif len(layout_shape) == 3:
+            seps = (layout_shape[1], 0)
+    finite = err2[np.isfinite(err2)]
+    hi = float(finite.max()) if finite.size else 1.0
+    maps = {"err": svg.heatmap(err2, palette=svg.SEQ, lo=0.0, hi=hi, mark=mark, separators=seps,
+                               label=f"|reference − oracle| of {label}"), "err_hi": hi}
+    if values:
+        ref2, _ = block_reduce(to_2d(c.ref.reshape(layout_shape)), HEAT_SIDE, "mean")
+        ora2, _ = block_reduce(to_2d(c.oracle.reshape(layout_shape)), HEAT_SIDE, "mean")
+        both = np.concatenate([ref2[np.isfinite(ref2)], ora2[np.isfinite(ora2)]])
+        vmax = (float(np.abs(both).max()) if both.size else 1.0) or 1.0
+        maps["ref"] = svg.heatmap(ref2, palette=svg.DIV, lo=-vmax, hi=vmax, mark=mark, separators=seps,
+                                  label=f"reference {label}")
+        maps["oracle"] = svg.heatmap(ora2, palette=svg.DIV, lo=-vmax, hi=vmax, mark=mark, separators=seps,
+                                     label=f"oracle {label}")
+        maps["vmax"] = vmax
+    maps.update(rows=rows2, cols=cols2, how=how if len(layout_shape) > 2 else None,
+                agg=(fr, fc) if (fr, fc) != (1, 1) else None)
+    return maps
+
+
+def _comparison_view(c: ArrayEvidence, budget: dict, full: bool) -> dict:
+    label = f"forward ({c.name})" if re.fullmatch(r"out\d*", c.name) else f"grad[{c.name}]"
+    if c.directional:
+        label += f" along {c.ref.size} random directions"
+    view = {"name": c.name, "label": label, "shape": c.shape, "stats": c.stats,
+            "directional": c.directional, "mode": None, "note": None}
+    if not full:
+        return view
+    worst = c.stats["worst_index"]
+    layout_shape = (c.ref.size,) if c.directional else c.shape
+    view.update(_numbers(c, layout_shape, worst) if c.ref.size <= SMALL else {"mode": "heat"})
+    if budget["left"] <= 0:
+        view["note"] = "heatmaps omitted to keep the report small; the arrays are in the counterexample file"
+        if view["mode"] == "heat":
+            view["mode"] = None
+        return view
+    view["maps"] = _maps(c, label, layout_shape, worst, values=view["mode"] == "heat")
+    budget["left"] -= sum(len(v) for v in view["maps"].values() if isinstance(v, str))
+    return view
+
+
+def case_evidence(rec: dict, cases_dir, out_dir: Path, budget: dict) -> dict:
+    """What the page shows of a failing cell's saved case; `budget` (bytes of SVG left) is spent."""
+    path = _case_path(rec, cases_dir, out_dir)
+    if path is None:
+        return {"available": False, "reason": "no counterexample file was recorded for this cell"}
+    href = quote(Path(os.path.relpath(path, out_dir)).as_posix())
+    case = read_case(path)
+    if case.error:
+        return {"available": False, "href": href, "file": str(rec.get("counterexample")),
+                "reason": f"{rec.get('counterexample')}: {case.error}"}
+    comps, problems = compared(case, rec)
+    # In full (numbers or maps): the phase the record names and the arrays beyond tolerance;
+    # the arrays that agree get one row each.
+    primary = phase_name(rec.get("phase"))
+    views, shown = [], 0
+    for c in comps:
+        full = shown < MAX_SHOWN_ARRAYS and (c.name == primary or (c.stats["beyond"] or 0) > 0)
+        shown += full
+        views.append(_comparison_view(c, budget, full=full))
+    return {
+        "available": True, "href": href, "file": str(rec.get("counterexample")),
+        "inputs": [_array_view(k, v) for k, v in case.inputs.items()],
+        "params": [_array_view(k, v) for k, v in case.params.items()],
+        "douts": [_array_view(f"dout[{i}]", v) for i, v in enumerate(case.douts)],
+        "comparisons": views, "problems": problems, "verdict": case.verdict,
+        "seed": case.meta.get("seed"),
+    }

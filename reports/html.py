@@ -7,30 +7,28 @@ kinks and skips grouped by reason; the environment.
 
 Size is bounded by construction: the matrix is one short cell per (op, column); evidence is
 drawn only for fail/error cells, at most MAX_DETAILED of them, with small arrays as numbers and
-large ones as heatmaps of at most HEAT_SIDE x HEAT_SIDE, and heatmaps stop (with a note) once
+large ones as heatmaps of at most evidence.HEAT_SIDE a side, and heatmaps stop (with a note) once
 PLOT_BUDGET bytes of SVG have been written.
 """
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import time
 from pathlib import Path
-from urllib.parse import quote
 
-import numpy as np
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from . import evidence as ev
 from . import svg
-from .records import SOURCE_KEY, STATUSES, cell_id, counts, overall_verdict
+from .evidence import case_evidence
+from .records import SOURCE_KEY, STATUSES, counts, normalise, overall_verdict, record_id
+from .text import fmt_duration, fmt_num, short
+
+__all__ = ["MAX_DETAILED", "build_context", "render_html"]
 
 MAX_DETAILED = 200     # failing cells with a full evidence section
 OPEN_DETAILED = 3      # evidence sections expanded on load
-HEAT_SIDE = 64         # heatmaps aggregate larger arrays to at most this many cells a side
 PLOT_BUDGET = 2_500_000  # bytes of SVG for the whole page; beyond it, numbers only
-MAX_SHOWN_ARRAYS = 3   # per failure: arrays compared in full (tables or heatmaps); others: one row
 NEAR_MISSES = 15
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -55,6 +53,8 @@ PATTERN_TEXT = {
     "missing_timestep": "a contribution is missing at one timestep (look at the error map)",
     "credit_at_ties": "the credit at tied elements is not a valid split (e.g. every tied "
                       "element gets the full gradient)",
+    "invalid_subgradient": "at a non-differentiable point the derivative taken is outside the "
+                           "subdifferential (e.g. a ReLU's derivative at 0 outside [0, 1])",
     "zero_gradient": "the reference gradient is zero where the oracle's is not",
     "tf32": "TF32 on the GPU (--allow-tf32): float32 matmuls and convolutions keep 10 mantissa bits "
             "(relative error ~1e-3); the same oracle on the CPU agrees, so the derivation is not at fault",
@@ -72,51 +72,6 @@ def _environment() -> Environment:
         _env.filters["num"] = fmt_num
         _env.filters["duration"] = fmt_duration
     return _env
-
-
-# ---- formatting ------------------------------------------------------------------------------
-
-def fmt_num(x, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.number)):
-        return str(x)
-    x = float(x)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "−inf"
-    if x == 0:
-        return "0"
-    if 1e-3 <= abs(x) < 1e5:
-        return f"{x:.{digits}g}"
-    return f"{x:.{max(digits - 1, 0)}e}"
-
-
-def fmt_duration(s) -> str:
-    if s is None:
-        return "–"
-    s = float(s)
-    if s < 60:
-        return f"{s:.1f} s"
-    m, s = divmod(int(round(s)), 60)
-    if m < 60:
-        return f"{m} min {s:02d} s"
-    h, m = divmod(m, 60)
-    return f"{h} h {m:02d} min"
-
-
-def _short(text, n: int = 80) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _fmt_value(v: float, digits: int) -> str:
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "−inf"
-    return f"{v:.{digits}g}"
 
 
 # ---- the matrix ------------------------------------------------------------------------------
@@ -170,12 +125,12 @@ def _build_matrix(records: list[dict], anchors: dict[str, str]) -> dict:
                     + (f" ({r.get('examples')} ex.)" if r.get("examples") is not None else "")
                     + (f", worst {fmt_num(r['worst_target'], 2)}× tol"
                        if r["status"] == "pass" and r.get("worst_target") is not None else "")
-                    + (f": {_short(r.get('kink') or r.get('message'))}"
+                    + (f": {short(r.get('kink') or r.get('message'))}"
                        if r["status"] in ("kink", "skip") and (r.get("kink") or r.get("message"))
                        else "")
                     for r in recs)
                 bad = [r for r in recs if r["status"] in ("fail", "error")]
-                anchor = next((anchors[cell_id(r)] for r in bad if cell_id(r) in anchors), None)
+                anchor = next((anchors[record_id(r)] for r in bad if record_id(r) in anchors), None)
                 cells.append({
                     "status": status,
                     "examples": sum(int(r.get("examples") or 0) for r in recs),
@@ -204,177 +159,6 @@ def _build_matrix(records: list[dict], anchors: dict[str, str]) -> dict:
 
 # ---- one failing cell ------------------------------------------------------------------------
 
-def _case_path(rec: dict, cases_dir, out_dir: Path) -> Path | None:
-    ce = rec.get("counterexample")
-    if not ce:
-        return None
-    ce_path = Path(str(ce))
-    candidates = []
-    if cases_dir is not None:
-        candidates.append(Path(cases_dir) / ce_path.name)
-    if rec.get(SOURCE_KEY):
-        candidates.append(Path(rec[SOURCE_KEY]) / ce_path)
-    candidates.append(out_dir / ce_path)
-    for c in candidates:
-        if c.is_file():
-            return c
-    return candidates[0]
-
-
-def _array_view(name: str, a: np.ndarray) -> dict:
-    a = np.asarray(a)
-    view = {"name": name, "shape": tuple(a.shape), "dtype": str(a.dtype), "small": a.size <= ev.SMALL}
-    if a.dtype.kind not in "biufc":
-        view["small"] = False
-        view["summary"] = f"{a.dtype} array"
-        return view
-    if view["small"]:
-        view["table"] = _grid(a, lambda v: _fmt_value(float(v), 6) if a.dtype.kind == "f"
-                              else str(v))
-    else:
-        with np.errstate(all="ignore"):
-            f = a[np.isfinite(a)] if a.dtype.kind == "f" else a
-            view["summary"] = (f"min {fmt_num(f.min())}, max {fmt_num(f.max())}, "
-                               f"mean {fmt_num(f.mean())}" if f.size else "no finite values")
-            if a.dtype.kind == "f" and f.size != a.size:
-                view["summary"] += f", {a.size - f.size} non-finite"
-    return view
-
-
-def _grid(a: np.ndarray, fmt) -> dict:
-    """A small array as rows of cells: 0-d/1-d as one row, n-d as (leading axes) x last axis."""
-    if a.ndim <= 1:
-        flat = a.reshape(-1)
-        return {"rows": [{"label": "", "cells": [fmt(v) for v in flat]}],
-                "cols": [str(i) for i in range(flat.size)] if a.ndim == 1 else [""]}
-    lead = a.shape[:-1]
-    rows = []
-    for i, idx in enumerate(np.ndindex(*lead)):
-        rows.append({"label": ",".join(map(str, idx)), "cells": [fmt(v) for v in a[idx]]})
-    return {"rows": rows, "cols": [str(i) for i in range(a.shape[-1])]}
-
-
-def _digits_for(c: ev.Comparison) -> int:
-    """Enough significant digits that two values that differ beyond tolerance print differently."""
-    rel = c.rel_err[c.beyond & np.isfinite(c.rel_err) & (c.rel_err > 0)]
-    if rel.size == 0:
-        return 6
-    return int(min(17, max(6, math.ceil(-math.log10(float(rel.min()))) + 2)))
-
-
-def _comparison_view(c: ev.Comparison, rec: dict, budget: dict, full: bool) -> dict:
-    st = c.stats
-    is_out = c.name == "out" or c.name.startswith("out/")
-    label = f"forward ({c.name})" if is_out else f"grad[{c.name}]"
-    if c.directional:
-        label += f" along {c.ref.size} random directions"
-    view = {"name": c.name, "label": label, "shape": c.shape, "stats": st,
-            "directional": c.directional, "mode": None, "note": None}
-    if not full:
-        return view
-    n = c.ref.size
-    worst = st["worst_index"]
-    layout_shape = (c.ref.size,) if c.directional else c.shape
-    if n <= ev.SMALL:
-        digits = _digits_for(c)
-        mode = "list" if len(layout_shape) <= 1 else "grid"
-        ref, ora = c.ref.reshape(layout_shape), c.oracle.reshape(layout_shape)
-        err, beyond = c.abs_err.reshape(layout_shape), c.beyond.reshape(layout_shape)
-        worst_t = tuple(worst) if worst is not None else None
-        if mode == "list":
-            rows = []
-            for i in range(n):
-                fi = (i,) if len(layout_shape) == 1 else ()
-                rows.append({"label": str(i) if fi else "", "ref": _fmt_value(float(ref[fi]), digits),
-                             "oracle": _fmt_value(float(ora[fi]), digits),
-                             "err": fmt_num(float(err[fi]), 2), "beyond": bool(beyond[fi]),
-                             "worst": worst_t is not None and tuple(worst_t) == fi})
-            view["list"] = rows
-        else:
-            lead = layout_shape[:-1]
-            rows = []
-            for idx in np.ndindex(*lead):
-                cells = []
-                for j in range(layout_shape[-1]):
-                    k = idx + (j,)
-                    cells.append({"ref": _fmt_value(float(ref[k]), digits),
-                                  "oracle": _fmt_value(float(ora[k]), digits),
-                                  "err": fmt_num(float(err[k]), 2), "beyond": bool(beyond[k]),
-                                  "worst": worst_t == k})
-                rows.append({"label": ",".join(map(str, idx)), "cells": cells})
-            view["grid"] = {"rows": rows, "cols": [str(j) for j in range(layout_shape[-1])]}
-        view["mode"] = mode
-    else:
-        view["mode"] = "heat"
-    # The |error| map, always; the value maps too when the arrays are too big for numbers.
-    if budget["left"] <= 0:
-        view["note"] = ("heatmaps omitted to keep the report small; the arrays are in the "
-                        "counterexample file")
-        if view["mode"] == "heat":
-            view["mode"] = None
-        return view
-    (rows2, cols2), how = ev.layout_2d(layout_shape)
-    err2, (fr, fc) = ev.block_reduce(ev.to_2d(c.abs_err.reshape(layout_shape)), HEAT_SIDE, "max")
-    mark = ev.index_2d(worst, layout_shape)
-    if mark is not None:
-        mark = (mark[0] // fr, mark[1] // fc)
-    seps = None
-    if fr == 1 and fc == 1:
-        if len(layout_shape) == 4:
-            seps = (layout_shape[2], layout_shape[3])
-        elif len(layout_shape) == 3:
-            seps = (layout_shape[1], 0)
-    finite = err2[np.isfinite(err2)]
-    hi = float(finite.max()) if finite.size else 1.0
-    maps = {"err": svg.heatmap(err2, palette=svg.SEQ, lo=0.0, hi=hi, mark=mark, separators=seps,
-                               label=f"|reference − oracle| of {label}"),
-            "err_hi": hi}
-    if view["mode"] == "heat":
-        ref2, _ = ev.block_reduce(ev.to_2d(c.ref.reshape(layout_shape)), HEAT_SIDE, "mean")
-        ora2, _ = ev.block_reduce(ev.to_2d(c.oracle.reshape(layout_shape)), HEAT_SIDE, "mean")
-        both = np.concatenate([ref2[np.isfinite(ref2)], ora2[np.isfinite(ora2)]])
-        vmax = float(np.abs(both).max()) if both.size else 1.0
-        vmax = vmax or 1.0
-        maps["ref"] = svg.heatmap(ref2, palette=svg.DIV, lo=-vmax, hi=vmax, mark=mark,
-                                  separators=seps, label=f"reference {label}")
-        maps["oracle"] = svg.heatmap(ora2, palette=svg.DIV, lo=-vmax, hi=vmax, mark=mark,
-                                     separators=seps, label=f"oracle {label}")
-        maps["vmax"] = vmax
-    budget["left"] -= sum(len(v) for v in maps.values() if isinstance(v, str))
-    maps.update(rows=rows2, cols=cols2, how=how if len(layout_shape) > 2 else None,
-                agg=(fr, fc) if (fr, fc) != (1, 1) else None)
-    view["maps"] = maps
-    return view
-
-
-def _evidence(rec: dict, cases_dir, out_dir: Path, budget: dict) -> dict:
-    path = _case_path(rec, cases_dir, out_dir)
-    if path is None:
-        return {"available": False, "reason": "no counterexample file was recorded for this cell"}
-    href = quote(Path(os.path.relpath(path, out_dir)).as_posix())
-    case = ev.load_case(path)
-    if case.error:
-        return {"available": False, "href": href, "file": str(rec.get("counterexample")),
-                "reason": f"{rec.get('counterexample')}: {case.error}"}
-    comps, problems = ev.comparisons(case, rec)
-    # In full (numbers or maps): the phase the record names and the arrays beyond tolerance;
-    # the arrays that agree get one row each.
-    primary = ev.phase_name(rec.get("phase"))
-    views, shown = [], 0
-    for c in comps:
-        full = shown < MAX_SHOWN_ARRAYS and (c.name == primary or c.stats["beyond"] > 0)
-        shown += full
-        views.append(_comparison_view(c, rec, budget, full=full))
-    return {
-        "available": True, "href": href, "file": str(rec.get("counterexample")),
-        "inputs": [_array_view(k, v) for k, v in case.inputs.items()],
-        "params": [_array_view(k, v) for k, v in case.params.items()],
-        "douts": [_array_view(f"dout[{k}]", v) for k, v in case.douts.items()],
-        "comparisons": views, "problems": problems,
-        "seed": case.meta.get("seed"),
-    }
-
-
 def _section(rec: dict, anchor: str, cases_dir, out_dir: Path, budget: dict, open_: bool) -> dict:
     blame = rec.get("blame")
     if blame and blame.startswith("oracle:"):
@@ -385,48 +169,18 @@ def _section(rec: dict, anchor: str, cases_dir, out_dir: Path, budget: dict, ope
     tri = rec.get("triangulation") or {}
     sides = [{"side": k, "verdict": v} for k, v in tri.items()
              if k != "agree_with_each_other" and isinstance(v, str)]
-    evid = _evidence(rec, cases_dir, out_dir, budget)
-    # Needed tolerances: the record's, else computed from the arrays.
-    need_atol, need_rtol = rec.get("needed_atol"), rec.get("needed_rtol")
-    if evid.get("comparisons") and (need_atol is None or need_rtol is None):
-        first = evid["comparisons"][0]["stats"]
-        need_atol = first["needed_atol"] if need_atol is None else need_atol
-        need_rtol = first["needed_rtol"] if need_rtol is None else need_rtol
-    ratio = None
-    if evid.get("comparisons"):
-        ratio = evid["comparisons"][0]["stats"].get("ratio")
-    shapes = rec.get("shapes") or {k: list(v["shape"]) for k, v in
-                                   ((a["name"], a) for a in evid.get("inputs", []))}
+    evid = case_evidence(rec, cases_dir, out_dir, budget)
+    verdict = evid.get("verdict") or {}
     return {
-        "r": rec, "anchor": anchor, "open": open_, "id": cell_id(rec),
+        "r": rec, "anchor": anchor, "open": open_, "id": record_id(rec),
         "blame_text": blame_text, "sides": sides,
         "agree_each_other": tri.get("agree_with_each_other"),
         "pattern_text": PATTERN_TEXT.get(rec.get("pattern") or ""),
         "kind_text": KIND_TEXT.get(rec.get("kind") or ""),
-        "ratio": ratio, "ratio_hint": _ratio_hint(ratio, shapes), "need_atol": need_atol, "need_rtol": need_rtol,
+        # the judge's words for its verdict, and the constant factor it found: shown as they are
+        "why": verdict.get("why") or [], "factor": verdict.get("factor"),
         "ev": evid,
     }
-
-
-def _ratio_hint(ratio: float | None, shapes: dict) -> str | None:
-    """Name a constant factor: −1, or an integer k (or 1/k) that is the size of some axis (a
-    missing or extra 1/N is the commonest derivation bug)."""
-    if ratio is None:
-        return None
-    if abs(ratio + 1) < 1e-6:
-        return "−1: a sign flip"
-    for value, fmt in ((abs(ratio), "{k}"), (1 / abs(ratio), "1/{k}")):
-        k = round(value)
-        if k >= 2 and abs(value - k) < 1e-6 * k:
-            axes = [f"{name}.shape[{i}]" for name, shp in (shapes or {}).items()
-                    if isinstance(shp, (list, tuple)) for i, n in enumerate(shp) if n == k]
-            text = ("−" if ratio < 0 else "") + fmt.format(k=k)
-            if axes:
-                text += " = " + ("" if fmt == "{k}" else "1/") + ", ".join(axes[:3])
-                text += (": an extra factor of that size (a missing 1/N)" if fmt == "{k}"
-                         else ": divided by that size once too often")
-            return text
-    return None
 
 
 def _priority(r: dict) -> int:
@@ -477,7 +231,7 @@ def _grouped_reasons(records: list[dict], status: str, limit: int = 40) -> list[
         if r["status"] != status:
             continue
         reason = (r.get("kink") if status == "kink" else None) or r.get("message") or "(no reason given)"
-        groups.setdefault(str(reason), []).append(cell_id(r))
+        groups.setdefault(str(reason), []).append(record_id(r))
     out = [{"reason": k, "n": len(v), "cells": v[:limit], "more": max(0, len(v) - limit)}
            for k, v in groups.items()]
     out.sort(key=lambda g: -g["n"])
@@ -499,7 +253,7 @@ def _glance(bad: list[dict], anchors: dict[str, str], max_links: int = 8) -> lis
             return sorted(t.items(), key=lambda kv: -kv[1])
         rel = [r["max_rel_err"] for r in recs if r.get("max_rel_err") is not None]
         cells = [{"label": f"{r['oracle']} {r['device']} {DTYPE_SHORT.get(r['dtype'], r['dtype'])} "
-                           f"{r['regime']}", "anchor": anchors.get(cell_id(r)), "status": r["status"]}
+                           f"{r['regime']}", "anchor": anchors.get(record_id(r)), "status": r["status"]}
                  for r in recs]
         rows.append({
             "op": op, "target": target if target and target != f"{op}_backward" else None,
@@ -513,34 +267,15 @@ def _glance(bad: list[dict], anchors: dict[str, str], max_links: int = 8) -> lis
     return rows
 
 
-# Every key of docs/result_record.md, so that a template never meets a missing one.
-RECORD_KEYS = ("target", "op", "oracle", "device", "dtype", "regime", "status", "kind", "blame",
-               "examples", "max_abs_err", "max_rel_err", "max_ulp", "pattern", "counterexample",
-               "replay", "message", "id", "family", "source", "phase", "worst_index", "atol",
-               "rtol", "tolerance_source", "needed_atol", "needed_rtol", "triangulation",
-               "shapes", "params", "kink", "mutated", "device_name", "flags", "seconds",
-               "worst_target")
-
-
-def _normalise(rec: dict) -> dict:
-    r = dict.fromkeys(RECORD_KEYS)
-    r.update(rec)
-    for key, empty in (("shapes", {}), ("params", {}), ("flags", {}), ("mutated", []),
-                       ("message", "")):
-        if r[key] is None:
-            r[key] = empty
-    return r
-
-
 def build_context(records: list[dict], run_meta: dict, out_dir: Path, *, cases_dir=None) -> dict:
-    records = [_normalise(r) for r in records]
+    records = [normalise(r) for r in records]
     bad = [r for r in records if r["status"] in ("fail", "error")]
     order = {id(r): i for i, r in enumerate(records)}
     bad.sort(key=lambda r: (_priority(r), order[id(r)]))
     detailed, listed = bad[:MAX_DETAILED], bad[MAX_DETAILED:]
-    anchors = {cell_id(r): f"f{i}" for i, r in enumerate(detailed)}
+    anchors = {record_id(r): f"f{i}" for i, r in enumerate(detailed)}
     budget = {"left": PLOT_BUDGET}
-    sections = [_section(r, anchors[cell_id(r)], cases_dir, out_dir, budget, i < OPEN_DETAILED)
+    sections = [_section(r, anchors[record_id(r)], cases_dir, out_dir, budget, i < OPEN_DETAILED)
                 for i, r in enumerate(detailed)]
     near = sorted((r for r in records if r["status"] == "pass" and r.get("worst_target") is not None),
                   key=lambda r: -float(r["worst_target"]))[:NEAR_MISSES]

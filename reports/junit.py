@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .records import counts
 
+__all__ = ["write_junit"]
+
 # Characters XML 1.0 forbids even when escaped (control characters from a user's exception).
 _XML_BAD = {c: None for c in range(0x20) if c not in (0x9, 0xA, 0xD)}
 

@@ -1,73 +1,158 @@
-"""Reading result records (``results.jsonl``) and run metadata (``run.json``).
+"""The result record (``results.jsonl``) and the run metadata (``run.json``): written and read here.
 
-The schema is docs/result_record.md. This module validates just enough for the report to be
-right: a line that is not a JSON object, or that lacks a cell coordinate or a known status, is
-an error naming the file and line. A final line without its newline that does not parse is a
-run killed mid-write: it is dropped with a warning, everything before it is kept.
+The schema is docs/result_record.md, and `SCHEMA` below is that table in code: `new_record`, the
+validation on reading and the report's normaliser all read it. A line that is not a JSON object,
+or that lacks a cell coordinate or a known status, is an error naming the file and line. A final
+line without its newline that does not parse is a run killed mid-write: it is dropped with a
+warning, everything before it is kept.
 """
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
+
+__all__ = ["COORDS", "RecordError", "RecordSink", "SCHEMA", "SOURCE_KEY", "STATUSES", "cell_id", "counts",
+           "load_records", "load_run_meta", "new_record", "normalise", "overall_verdict", "record_id",
+           "write_run_meta"]
 
 STATUSES = ("pass", "fail", "error", "skip", "kink")
 COORDS = ("op", "oracle", "device", "dtype", "regime")
 SOURCE_KEY = "_source"  # added by load_records: the report directory the record was read from
 
 
+@dataclass(frozen=True)
+class Field:
+    kind: str  # str | int | number | object | list | any: what a reader accepts (null always)
+    default: Any = None  # what a new record holds until it is set
+    required: bool = False  # a record without it (as a string) cannot be read
+
+
+# Every key of docs/result_record.md, in the order the runner writes them.
+SCHEMA: dict[str, Field] = {
+    "target": Field("str"), "op": Field("str", required=True), "oracle": Field("str", required=True),
+    "device": Field("str", required=True), "dtype": Field("str", required=True),
+    "regime": Field("str", required=True), "status": Field("str", required=True),
+    "kind": Field("str"), "blame": Field("str"), "examples": Field("int", 0),
+    "max_abs_err": Field("number"), "max_rel_err": Field("number"), "max_ulp": Field("number"),
+    "pattern": Field("str"), "counterexample": Field("str"), "replay": Field("str"), "message": Field("str", ""),
+    "id": Field("str"), "family": Field("str"), "source": Field("str"), "phase": Field("str"),
+    "worst_index": Field("list"), "atol": Field("number"), "rtol": Field("number"),
+    "tolerance_source": Field("str"), "needed_atol": Field("number"), "needed_rtol": Field("number"),
+    "triangulation": Field("object"), "shapes": Field("object", {}), "params": Field("object", {}),
+    "kink": Field("str"), "mutated": Field("list", []), "device_name": Field("str"), "flags": Field("object", {}),
+    "seconds": Field("number"), "worst_target": Field("number"),
+}
+_TYPES = {"str": (str,), "int": (int,), "number": (int, float), "object": (dict,), "list": (list,)}
+_NAMES = {"str": "a string", "int": "an integer", "number": "a number", "object": "an object", "list": "a list"}
+
+
 def new_record(**fields) -> dict:
-    """A result record with every key of docs/result_record.md, unset ones at their empty value;
-    `fields` fill in the rest. The runner, the audit's own records and the demo all start here."""
-    rec = {"target": None, "op": None, "oracle": None, "device": None, "dtype": None, "regime": None,
-           "status": None, "kind": None, "blame": None, "examples": 0, "max_abs_err": None, "max_rel_err": None,
-           "max_ulp": None, "pattern": None, "counterexample": None, "replay": None, "message": "", "id": None,
-           "family": None, "source": None, "phase": None, "worst_index": None, "atol": None, "rtol": None,
-           "tolerance_source": None, "needed_atol": None, "needed_rtol": None, "triangulation": None,
-           "shapes": {}, "params": {}, "kink": None, "mutated": [], "device_name": None, "flags": {},
-           "worst_target": None}
+    """A result record with every key of the schema at its default; `fields` fill in the rest."""
+    rec = {k: copy.copy(f.default) for k, f in SCHEMA.items()}
     rec.update(fields)
     return rec
+
+
+def normalise(rec: dict) -> dict:
+    """Every schema key present (a template never meets a missing one); a missing text or container
+    is its empty default, a missing figure stays None (shown as "–")."""
+    out = {k: rec.get(k) for k in SCHEMA}
+    for k, f in SCHEMA.items():
+        if out[k] is None and f.kind in ("str", "object", "list") and f.default is not None:
+            out[k] = copy.copy(f.default)
+    out.update((k, v) for k, v in rec.items() if k not in SCHEMA)
+    return out
+
+
+def cell_id(*, op: str, oracle: str, device: str, dtype: str, regime: str, target: str | None = None) -> str:
+    """The id of a cell: `op-oracle-device-dtype-regime`, with the target in place of the op when it
+    is not the op's own `<op>_backward` (an audited function, a planted bug)."""
+    head = op if target in (None, f"{op}_backward") else target
+    return f"{head}-{oracle}-{device}-{dtype}-{regime}"
+
+
+def record_id(rec: dict) -> str:
+    """The record's ``id``, or the id its cell would have been given."""
+    rid = rec.get("id")
+    if isinstance(rid, str) and rid:
+        return rid
+    return cell_id(target=rec.get("target"), **{k: str(rec.get(k)) for k in COORDS})
 
 
 class RecordError(ValueError):
     """A results.jsonl line that cannot be used: the message names file, line and problem."""
 
 
-def cell_id(rec: dict) -> str:
-    """The record's ``id``, or the id the runner would have given it (op-oracle-device-dtype-regime)."""
-    rid = rec.get("id")
-    if isinstance(rid, str) and rid:
-        return rid
-    return "-".join(str(rec.get(k)) for k in COORDS)
-
-
 def _check(rec: object, where: str) -> dict:
     if not isinstance(rec, dict):
         raise RecordError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-    missing = [k for k in COORDS + ("status",) if not isinstance(rec.get(k), str)]
+    missing = [k for k, f in SCHEMA.items() if f.required and not isinstance(rec.get(k), str)]
     if missing:
         raise RecordError(f"{where}: missing or non-string key(s) {', '.join(missing)}")
     if rec["status"] not in STATUSES:
-        raise RecordError(
-            f"{where}: unknown status {rec['status']!r} (expected one of {', '.join(STATUSES)})")
-    for key in ("examples",):
-        if rec.get(key) is not None and not isinstance(rec[key], int):
-            raise RecordError(f"{where}: {key!r} must be an integer, got {rec[key]!r}")
-    for key in ("max_abs_err", "max_rel_err", "max_ulp", "worst_target", "atol", "rtol",
-                "needed_atol", "needed_rtol", "seconds"):
+        raise RecordError(f"{where}: unknown status {rec['status']!r} (expected one of {', '.join(STATUSES)})")
+    for key, f in SCHEMA.items():
         val = rec.get(key)
-        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, float))):
-            raise RecordError(f"{where}: {key!r} must be a number or null, got {val!r}")
-    for key, typ, name in (("shapes", dict, "an object"), ("params", dict, "an object"),
-                           ("flags", dict, "an object"), ("triangulation", dict, "an object"),
-                           ("mutated", list, "a list"), ("worst_index", list, "a list")):
-        if rec.get(key) is not None and not isinstance(rec[key], typ):
-            raise RecordError(f"{where}: {key!r} must be {name} or null, got {rec[key]!r}")
+        if val is None or f.required or f.kind == "str":
+            continue
+        if isinstance(val, bool) or not isinstance(val, _TYPES[f.kind]):
+            raise RecordError(f"{where}: {key!r} must be {_NAMES[f.kind]} or null, got {val!r}")
     return rec
 
+
+# ---- writing -------------------------------------------------------------------------------------
+
+class RecordSink:
+    """Appends one JSON line per record, each with a single write() on an O_APPEND descriptor: a killed
+    run keeps every finished cell, and several worker processes can share one results.jsonl."""
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, record: dict) -> None:
+        line = json.dumps(_json_safe(record), allow_nan=False, default=str) + "\n"
+        os.write(self._fd, line.encode("utf-8"))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RecordSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _json_safe(v):
+    """Infinity/NaN are not JSON (jq and JSON.parse reject them): write null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def write_run_meta(report_dir: str | os.PathLike, meta: dict) -> Path:
+    """``report_dir/run.json`` (written at the start of a run and again at its end)."""
+    path = Path(report_dir) / "run.json"
+    path.write_text(json.dumps(_json_safe(meta), indent=1, default=str), encoding="utf-8")
+    return path
+
+
+# ---- reading -------------------------------------------------------------------------------------
 
 def _results_path(path: str | os.PathLike) -> Path:
     p = Path(path)
@@ -116,7 +201,7 @@ def load_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     merged: dict[str, dict] = {}
     for path in paths:
         for rec in _read_one(_results_path(path)):
-            merged[cell_id(rec)] = rec
+            merged[record_id(rec)] = rec
     return list(merged.values())
 
 

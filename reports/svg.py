@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from markupsafe import Markup, escape
 
+__all__ = ["DIV", "SEQ", "gradient_css", "heatmap"]
+
 # matplotlib YlOrRd sampled at 12 points: 0 error is pale, the worst is dark red.
 SEQ = ("#ffffcc", "#fff2ac", "#ffe48d", "#fed36f", "#feb54f", "#fd9a42", "#fd7636", "#fa4a29",
        "#e7231e", "#ce0c22", "#ac0026", "#800026")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from .records import STATUSES, counts, overall_verdict
 
+__all__ = ["terminal_summary"]
+
 _COLOURS = {"pass": "32", "fail": "31", "error": "35", "skip": "33", "kink": "36"}
 
 

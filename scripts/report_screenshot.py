@@ -1,9 +1,10 @@
-"""Render the demo report (a synthetic run with the classic derivation bugs) and screenshot it
-in headless Chromium: the first failure's evidence section, cropped, for docs/.
+"""Render the report of a real run with planted bugs (tests/planted_run.py: the catalogue's ops with
+classic derivation bugs, judged by the real oracles) and screenshot it in headless Chromium: the
+first failure's evidence section, cropped, for docs/.
 
     python scripts/report_screenshot.py [--out docs/report-failure.png] [--full]
 
-Needs /usr/bin/chromium (Debian package ``chromium``) and Pillow (a matplotlib dependency).
+Needs torch, jax, /usr/bin/chromium (Debian package ``chromium``) and Pillow.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import reports  # noqa: E402
-from reports.demo import write_demo  # noqa: E402
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WIDTH = 1280
@@ -74,13 +75,15 @@ def crop_to_first_failure(png: Path, out: Path, *, height: int = 1500) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "report-failure.png"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "report-failure.png"))
     ap.add_argument("--full", action="store_true", help="the whole page, not the failure section")
-    ap.add_argument("--keep", help="render the demo report into this directory and keep it")
+    ap.add_argument("--keep", help="run and render into this directory, and keep it")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        d = Path(args.keep or tmp)
-        write_demo(d)
+        from planted_run import planted_run
+
+        d = Path(args.keep or tmp) / "run"
+        planted_run(d)
         page = reports.render_html(reports.load_records(d), reports.load_run_meta(d), d)
         raw = Path(tmp) / "page.png"
         screenshot(page, raw, height=2000 if args.full else 6000)

@@ -4,10 +4,24 @@
 fixtures come from gradaudit's pytest plugin (gradaudit/pytest_plugin.py). An installed gradaudit
 registers it through its `pytest11` entry point; a bare checkout (or PYTEST_DISABLE_PLUGIN_AUTOLOAD)
 does not, so it is registered here then — once: the same plugin twice would add its options twice.
+
+`planted_report`: a real run with planted bugs (tests/planted_run.py), for the report's tests.
 """
+import pytest
+
 import gradaudit.pytest_plugin
 
 
 def pytest_addoption(parser, pluginmanager):
     if not pluginmanager.is_registered(gradaudit.pytest_plugin):
         pluginmanager.register(gradaudit.pytest_plugin, "gradaudit")
+
+
+@pytest.fixture(scope="session")
+def planted_report(tmp_path_factory):
+    """A real run of the catalogue with planted bugs (tests/planted_run.py): (report dir, records).
+    Shared by the report's tests (they keep to one xdist group, so one worker runs it once)."""
+    from planted_run import planted_run
+
+    d = tmp_path_factory.mktemp("planted-run")
+    return d, planted_run(d)

@@ -46,6 +46,21 @@ def naive_softmax_cross_entropy_backward(dout, cache):
     return dx * (dout / p.shape[0])
 
 
+def conv2d_backward_overwrites_overlaps(dout, cache):
+    x_shape, xp_shape, win, w, stride, pad = cache
+    dw = np.einsum("nfij,ncijuv->fcuv", dout, win)
+    db = dout.sum(axis=(0, 2, 3))
+    dwin = np.einsum("nfij,fcuv->ncijuv", dout, w)
+    dxp = np.zeros(xp_shape, dtype=dout.dtype)
+    _, _, ho, wo, hh, ww = dwin.shape
+    for u in range(hh):
+        for v in range(ww):
+            rows = slice(u, u + stride * (ho - 1) + 1, stride)
+            cols = slice(v, v + stride * (wo - 1) + 1, stride)
+            dxp[:, :, rows, cols] = dwin[..., u, v]  # `=` for `+=`: overlapping windows keep one contribution
+    return dxp[:, :, pad:pad + x_shape[2], pad:pad + x_shape[3]].copy(), dw, db
+
+
 def relu_backward_mutates_dout(dout, cache):
     x = cache
     dx = dout
@@ -63,6 +78,8 @@ PLANTED = {
     "softmax-ce-no-max-shift": ("softmax_cross_entropy", naive_softmax_cross_entropy_forward,
                                 naive_softmax_cross_entropy_backward, "softmax without the max shift"),
     "relu-mutates-dout": ("relu", ref.relu_forward, relu_backward_mutates_dout, "dout modified in place"),
+    "conv-overlaps-overwrite": ("conv2d", ref.conv2d_forward, conv2d_backward_overwrites_overlaps,
+                                "overlapping windows overwrite dx instead of adding up"),
 }
 
 

@@ -24,7 +24,7 @@ def gradaudit(*args, env=None, timeout=600):
 def n_regimes(op):
     from properties import catalogue
 
-    return len(catalogue.CATALOGUE[op].regimes)
+    return len(catalogue.load()[op].regimes)
 
 
 def records(report_dir):

@@ -97,3 +97,49 @@ def test_no_pattern_for_unstructured_error():
     rng = np.random.default_rng(3)
     b = rng.standard_normal((4, 5))
     assert patterns.recognise(b + rng.standard_normal((4, 5)), b) is None
+
+
+def test_a_constant_factor_is_named_once_with_the_axis_of_that_size():
+    b = np.random.default_rng(4).standard_normal((3, 5))
+    found = patterns.recognise(b / 3, b, name="grad[x]", shapes={"x": [3, 5], "w": [5, 2]})
+    assert found.pattern == "constant_factor" and found.factor == pytest.approx(1 / 3)
+    assert "1/3" in found.why and "3 = x.shape[0]: divided by that size once too often" in found.why
+
+
+def test_projections_show_a_constant_factor_only_through_two_directions_or_more():
+    rng = np.random.default_rng(5)
+    g, dirs = rng.standard_normal(40), rng.standard_normal((3, 40))
+    values = dirs @ g * (1 + 1e-9 * rng.standard_normal(3))  # finite differences, nearly exact
+    allowed = 1e-5 * (np.abs(values) + np.abs(dirs) @ np.abs(g))
+    found = patterns.recognise_projection(dirs @ (g / 2), values, allowed, name="grad[b]", shapes={"b": [2, 20]})
+    assert found.pattern == "constant_factor" and found.factor == pytest.approx(0.5, rel=1e-6)
+    assert patterns.recognise_projection(-(dirs @ g), values, allowed).pattern == "sign_flip"
+    assert patterns.recognise_projection(dirs[:1] @ (g / 2), values[:1], allowed[:1]) is None  # one number
+    wrong = g.copy()
+    wrong[:5] *= 3  # not a multiple of the right gradient: the three ratios differ
+    assert patterns.recognise_projection(dirs @ wrong, values, allowed) is None
+
+
+def test_a_failed_subgradient_test_names_what_it_found():
+    """Credit at ties for a tie; a derivative outside [0, 1] at a kink otherwise; and a gradient that is
+    wrong away from the kinks is no kink problem at all."""
+    from properties import subgradient
+
+    d, x = np.array([1.0, -2.0, 3.0]), np.array([0.0, 1.0, -1.0])
+    assert subgradient.fraction_of(2 * d, d, x == 0, name="x", what="x = 0").pattern == "invalid_subgradient"
+    assert subgradient.agrees(2 * d, d * (x > 0), x != 0, name="x", what="away").pattern is None
+    tied = subgradient.shared_credit(np.array([1.0, 1.0]), [(1.0, [0, 1])], name="x", what="a max")
+    assert not tied.ok and tied.pattern == "credit_at_ties"
+    assert subgradient.shared_credit(np.array([0.5, 0.5]), [(1.0, [0, 1])], name="x", what="a max").ok
+
+
+def test_a_comparison_keeps_the_allowed_error_of_every_element():
+    pol = tolerances.policy("float64", size=4, oracle="torch")
+    a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.5, 3.0, 4.0])
+    c = compare(a, b, pol, ulp_dtype="float64")
+    assert c.beyond.tolist() == [False, True, False, False] and c.allowed.shape == a.shape
+    assert c.ratio == pytest.approx(float(np.max(c.err / c.allowed)))
+    dirs = np.random.default_rng(6).standard_normal((3, 4))
+    p = compare_projection(a, dirs, dirs @ a, tolerances.policy("float64", size=4, oracle="numeric"),
+                           ulp_dtype="float64")
+    assert p.directional and p.ok and not p.beyond.any() and p.allowed.shape == (3,)

@@ -11,10 +11,14 @@ from pathlib import Path
 import pytest
 
 import oracles
-from properties import catalogue  # noqa: F401
-from properties.runner import RecordSink, RunConfig, prepare_process, run_target_cells
-from properties.spec import CATALOGUE
+from properties import catalogue
+from properties.config import RunConfig
+from properties.runner import run_target_cells
+from properties.session import prepare_process
 from properties.target import Target
+from reports.records import RecordSink
+
+CATALOGUE = catalogue.load()
 
 DTYPES = ("float64", "float32")
 

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from planted import PLANTED
-from properties import catalogue  # noqa: F401
-from properties.runner import RecordSink, RunConfig, run_target_cells
-from properties.spec import CATALOGUE
+from properties import catalogue
+from properties.config import RunConfig
+from properties.runner import run_target_cells
 from properties.target import Target
+from reports.records import RecordSink
+
+CATALOGUE = catalogue.load()
 
 
 @pytest.mark.parametrize("name", sorted(PLANTED))

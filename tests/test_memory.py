@@ -2,12 +2,13 @@
 (the thorough profile runs hundreds): per cell only the worst passing and the failing examples."""
 import gc
 
-from properties import catalogue  # noqa: F401
+from properties import catalogue
 from properties import evaluate as evaluate_module
 from properties import runner
-from properties.runner import RecordSink, RunConfig, run_target_cells
-from properties.spec import CATALOGUE
+from properties.config import RunConfig
+from properties.runner import run_target_cells
 from properties.target import Target
+from reports.records import RecordSink
 
 
 def _peak_live_evaluations(monkeypatch, tmp_path, examples):
@@ -21,7 +22,7 @@ def _peak_live_evaluations(monkeypatch, tmp_path, examples):
         return ev
 
     monkeypatch.setattr(runner, "evaluate", counting)
-    spec = CATALOGUE["affine"]
+    spec = catalogue.load()["affine"]
     cfg = RunConfig(profile="dev", examples=examples, oracles=("numeric",), dtypes=("float64",), report_dir=tmp_path)
     sink = RecordSink(tmp_path / "results.jsonl")
     run_target_cells(spec, Target.reference(spec), spec.inputs, ("typical",), cfg, sink)

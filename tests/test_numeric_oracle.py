@@ -6,10 +6,12 @@ from planted import PLANTED
 
 from oracles import numeric
 from oracles.base import Projection
-from properties import catalogue  # noqa: F401
+from properties import catalogue
 from properties.evaluate import evaluate
-from properties.spec import CATALOGUE, Case
+from properties.spec import Case
 from properties.target import Target
+
+CATALOGUE = catalogue.load()
 
 AFFINE_BUGS = sorted(n for n, (op, *_) in PLANTED.items() if op == "affine")
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # A test in the tiny project writes records as the runner does: one O_APPEND write per record.
 RECORDS_HELPER = """
     import os
-    from properties.runner import RecordSink
+    from reports.records import RecordSink
 
     def write(report_dir, op, status="pass", message="ok"):
         assert report_dir is not None and report_dir.is_absolute()
@@ -125,16 +125,17 @@ def test_planted_wrong_derivation_fails_the_session_and_is_in_the_report(project
     """)
     project.makepyfile(test_planted="""
         import reference_impl as ref
-        from properties import catalogue  # noqa: F401
-        from properties.runner import RecordSink, RunConfig, run_target_cells
-        from properties.spec import CATALOGUE
+        from properties import catalogue
+        from properties.config import RunConfig
+        from properties.runner import run_target_cells
         from properties.target import Target
+        from reports.records import RecordSink
 
         def relu_backward_sign(dout, cache):
             return -ref.relu_backward(dout, cache)
 
         def test_relu_audit(gradaudit_report_dir):
-            spec = CATALOGUE["relu"]
+            spec = catalogue.load()["relu"]
             cfg = RunConfig(oracles=("numeric",), dtypes=("float64",), profile="ci",
                             report_dir=gradaudit_report_dir)
             sink = RecordSink(gradaudit_report_dir / "results.jsonl")

@@ -15,16 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from planted_run import bulk, rewrite
+
 import reports
-from reports.demo import write_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from report_screenshot import find_chromium  # noqa: E402
 
 CHROMIUM = find_chromium() or (shutil.which("/usr/bin/chromium"))
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)"),
+              pytest.mark.xdist_group("planted-report")]  # the planted run, shared with test_reports.py
 
 FLAGS = ["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
          "--disable-extensions", "--hide-scrollbars"]
@@ -42,12 +43,12 @@ def console_messages(stderr: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("browser")
-    recs = write_demo(d)
-    recs[6]["message"] += " <script>console.error('injected')</script>"
-    import json
-    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+def report(planted_report, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("browser") / "run"
+    shutil.copytree(planted_report[0], d)
+    recs = [dict(r) for r in planted_report[1]]
+    next(r for r in recs if r["status"] == "error")["message"] += " <script>console.error('injected')</script>"
+    rewrite(d, recs)
     return reports.render_html(reports.load_records(d), reports.load_run_meta(d), d)
 
 
@@ -57,7 +58,7 @@ def test_loads_without_console_messages_and_shows_the_evidence(report):
     assert console_messages(res.stderr) == []
     dom = res.stdout
     assert "softmax_cross_entropy" in dom and "constant_factor" in dom
-    assert "gradaudit replay softmax_cross_entropy-torch-cpu-float64-typical" in dom
+    assert "gradaudit replay softmax_cross_entropy_backward_no_mean-torch-cpu-float64-typical" in dom
     assert "Blame: reference" in dom and "<svg" in dom
     assert "&lt;script&gt;console.error('injected')" in dom
     # The progressive-enhancement script ran: its toggle is visible.
@@ -80,7 +81,7 @@ def test_readable_without_javascript(report, tmp_path):
     nojs = report.with_name("nojs.html")
     nojs.write_text(stripped, encoding="utf-8")
     res = chromium("--dump-dom", nojs.as_uri())
-    assert "Blame: reference" in res.stdout and "missing_timestep" in res.stdout
+    assert "Blame: reference" in res.stdout and "Mutated in place" in res.stdout
     assert '<label id="only-bad" class="js-only">' in res.stdout
     Image = pytest.importorskip("PIL.Image")
     with_js = Image.open(_screenshot(report, tmp_path / "js.png")).convert("L")
@@ -104,9 +105,10 @@ def test_screenshot_is_not_blank(report, tmp_path):
     assert len(colours) > 50  # text, the verdict box, the matrix colours
 
 
-def test_thorough_sized_report_opens_at_once(tmp_path):
-    write_demo(tmp_path, bulk_records=5000, bulk_failures=100)
-    page = reports.render_html(reports.load_records(tmp_path), {}, tmp_path)
+def test_thorough_sized_report_opens_at_once(planted_report, tmp_path):
+    shutil.copytree(planted_report[0], tmp_path / "run")
+    bulk(tmp_path / "run", planted_report[1], 5000, 100)
+    page = reports.render_html(reports.load_records(tmp_path / "run"), {}, tmp_path / "run")
     blank = tmp_path / "blank.html"
     blank.write_text("<!DOCTYPE html><title>x</title><p>x")
     t0 = time.perf_counter()

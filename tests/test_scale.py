@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import reference_impl as ref
-from gradaudit.cli import build_parser, config_from_args, main, run_session
+from gradaudit.cli import build_parser, config_from_args, main
 
 # a few ops with small bounded shape sets (few JAX compiles), both dtypes: 8 (op, dtype) jobs,
 # which 3 shards split unevenly (3, 3, 2)
@@ -107,32 +107,34 @@ def affine_backward_wrong_for_three(dout, cache):
     return dx, dw, (dout.mean(axis=0) if dout.shape[0] == 3 else db)
 
 
-def _planted_job(sink, cfg):
-    from properties import catalogue  # noqa: F401
+def _planted_job(sink, cfg, done=()):
+    from properties import catalogue
     from properties.runner import run_target_cells
-    from properties.spec import CATALOGUE
     from properties.target import Target
 
-    spec = CATALOGUE["affine"]
+    spec = catalogue.load()["affine"]
     target = Target("affine_backward_wrong_for_three", "affine", ref.affine_forward, affine_backward_wrong_for_three)
-    return run_target_cells(spec, target, spec.inputs, ("typical",), cfg, sink)
+    return run_target_cells(spec, target, spec.inputs, ("typical",), cfg, sink, done=done)
 
 
-def _other_job(sink, cfg):
-    from properties.runner import catalogue_job
+def _other_job(sink, cfg, done=()):
+    from properties.session import catalogue_jobs
 
-    return catalogue_job("sigmoid_neuron", "float64")(sink, cfg)
+    (_, job), = catalogue_jobs(["sigmoid_neuron"], ["float64"])
+    return job(sink, cfg, done)
 
 
 def _run_shard(jobs, shard, db, report_dir):
     """`gradaudit run`'s session (sharding, example database, records) over our own jobs. No --seed:
     Hypothesis runs a seeded test without its database (`@seed` sets database=None), and neither
     does the ci profile use one (derandomized, database=None): the campaign uses dev or thorough."""
+    from gradaudit.cli import parse_shard
+    from properties.session import run_session
+
     args = build_parser().parse_args(
         ["run", "--profile", "dev", "--examples", "60", "--dtypes", "float64",
          "--oracles", "torch,numeric", "--example-db", db, "--shard", shard, "--report", str(report_dir), "--json"])
-    cfg = config_from_args(args)
-    run_session(args, cfg, jobs, what=["affine"], progress=False)
+    run_session(config_from_args(args), jobs, shard=parse_shard(args.shard), what=["affine"])
     recs = [json.loads(line) for line in (report_dir / "results.jsonl").read_text().splitlines()]
     return [r for r in recs if r["target"] == "affine_backward_wrong_for_three"]
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from properties import catalogue  # noqa: F401
-from properties.runner import BREADTH, PROFILES
-from properties.spec import CATALOGUE
-from properties.strategies import breadth
+from properties import catalogue
+from properties.config import BREADTH, PROFILES
+
+CATALOGUE = catalogue.load()
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_MAX_KEYS = 3  # an edge geometry, a rich one, and at most one more
@@ -32,15 +32,14 @@ def compile_key(case) -> tuple:
 
 def drawn_keys(op: str, profile: str, regimes, examples: int) -> set:
     spec, seen = CATALOGUE[op], set()
-    with breadth(BREADTH[profile]):
-        for regime in regimes:
-            @settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-                      suppress_health_check=list(HealthCheck))
-            @given(spec.inputs(regime))
-            def draw(case):
-                seen.add(compile_key(case))
+    for regime in regimes:
+        @settings(max_examples=examples, derandomize=True, database=None, deadline=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(spec.inputs(regime, BREADTH[profile]))
+        def draw(case):
+            seen.add(compile_key(case))
 
-            draw()
+        draw()
     return seen
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from ..strategies import dim, geometry, shapes  # noqa: F401  (geometry: re-exported)
+from ..strategies import dim, geometry, shapes  # re-exported for the family modules
+
+__all__ = ["ELEMENTWISE_CI", "PROJECTION_SPREAD", "dim", "elementwise_full", "elementwise_shapes", "float32_exact",
+           "geometry", "kink_tol", "shapes"]
 
 # The numeric oracle moves an element by at most its step h (`tol` / 2 for the largest element)
 # when it builds the full Jacobian, but by h * u with u ~ N(0, 1) along every element at once when
@@ -23,9 +26,9 @@ def elementwise_full(max_rank: int = 3) -> st.SearchStrategy[tuple[int, ...]]:
     return st.lists(dim(3, 1, 2), min_size=0, max_size=max_rank).map(tuple)
 
 
-def elementwise_shapes(max_rank: int = 3) -> st.SearchStrategy[tuple[int, ...]]:
+def elementwise_shapes(breadth: str, max_rank: int = 3) -> st.SearchStrategy[tuple[int, ...]]:
     """`elementwise_full`; at narrow breadth one of ELEMENTWISE_CI."""
-    return shapes(ELEMENTWISE_CI, elementwise_full(max_rank))
+    return shapes(breadth, ELEMENTWISE_CI, elementwise_full(max_rank))
 
 
 def kink_tol(case, tol: float) -> float:

@@ -1,8 +1,9 @@
 """2-D convolution (cross-correlation), NCHW, stride and zero padding."""
 from hypothesis import strategies as st
 
-from ..spec import Case, OpSpec, register
+from ..spec import Case, OpSpec
 from ..strategies import float_arrays
+from . import register
 from ._common import geometry
 
 
@@ -29,10 +30,10 @@ for _g in GEOMETRIES:  # a bad table fails at import, not as an invalid example
     input_size(_g[6][0], _g[3][0], _g[4], _g[5], _g[7][0]), input_size(_g[6][1], _g[3][1], _g[4], _g[5], _g[7][1])
 
 
-def _conv_cases(regime):
+def _conv_cases(regime, breadth):
     @st.composite
     def cases(draw):
-        n, c, f, (hh, ww), stride, pad, (ho, wo), (rh, rw) = draw(geometry(*GEOMETRIES))
+        n, c, f, (hh, ww), stride, pad, (ho, wo), (rh, rw) = draw(geometry(breadth, *GEOMETRIES))
         h, w = input_size(ho, hh, stride, pad, rh), input_size(wo, ww, stride, pad, rw)
         return Case({"x": draw(float_arrays((n, c, h, w), regime)),
                      "w": draw(float_arrays((f, c, hh, ww), "typical", scale=0.5)),

@@ -2,17 +2,18 @@
 import numpy as np
 from hypothesis import strategies as st
 
-from ..spec import Case, OpSpec, register
+from ..spec import Case, OpSpec
 from ..strategies import dim, float_arrays, shapes
 from ..subgradient import shared_credit
+from . import register
 from ._common import elementwise_shapes, kink_tol
 
 
 def _same_shape(*names):
-    def inputs(regime):
+    def inputs(regime, breadth):
         @st.composite
         def cases(draw):
-            s = draw(elementwise_shapes())
+            s = draw(elementwise_shapes(breadth))
             return Case({n: draw(float_arrays(s, regime)) for n in names})
         return cases()
     return inputs
@@ -33,10 +34,10 @@ def _max_gate_subgradient(case, douts, grads):
     return shared_credit(both, groups, name="x, y", what="max(x, y)")
 
 
-def _neuron_cases(regime):
+def _neuron_cases(regime, breadth):
     @st.composite
     def cases(draw):
-        n = draw(shapes((1, 3), dim(3, 1, 5)))  # ci: batch 1, and 3
+        n = draw(shapes(breadth, (1, 3), dim(3, 1, 5)))  # ci: batch 1, and 3
         return Case({"w": draw(float_arrays((3,), "typical")), "x": draw(float_arrays((n, 2), regime))})
     return cases()
 

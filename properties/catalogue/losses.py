@@ -2,26 +2,27 @@
 import numpy as np
 from hypothesis import strategies as st
 
-from ..spec import Case, OpSpec, register
+from ..spec import Case, OpSpec
 from ..strategies import dim, float_arrays, labels, shapes
 from ..subgradient import agrees, fraction_of
+from . import register
 from ._common import elementwise_shapes, float32_exact, kink_tol
 
 
-def _scores_and_labels(regime):
+def _scores_and_labels(regime, breadth):
     @st.composite
     def cases(draw):
         # C = 1: a single class (loss 0, gradient 0). ci: one row of 4, 2 rows of 7 (a missing 1/N
         # shows), 5 rows of 1
-        n, c = draw(shapes(((1, 4), (2, 7), (5, 1)), st.tuples(dim(1, 2, 5), dim(4, 1, 7))))
+        n, c = draw(shapes(breadth, ((1, 4), (2, 7), (5, 1)), st.tuples(dim(1, 2, 5), dim(4, 1, 7))))
         return Case({"x": draw(float_arrays((n, c), regime))}, {"y": draw(labels(n, c))})
     return cases()
 
 
-def _mse_cases(regime):
+def _mse_cases(regime, breadth):
     @st.composite
     def cases(draw):
-        s = draw(elementwise_shapes())
+        s = draw(elementwise_shapes(breadth))
         return Case({"a": draw(float_arrays(s, regime))}, {"y": float32_exact(draw(float_arrays(s, regime)))})
     return cases()
 
@@ -47,14 +48,14 @@ def _hinge_subgradient(case, douts, grads):
     m, other = _margins(case)
     g, d = grads["x"], float(douts[0]) / m.shape[0]
     on = other & (m == 0)
-    for ok, why in (
+    for check in (
             agrees(g, d * (m > 0), other & ~on, name="x", what="at the other classes off the hinge"),
             agrees(g, -np.where(other, g.astype(np.float64), 0).sum(axis=1, keepdims=True), ~other,
                    name="x", what="at the label (minus the row's other entries)"),
             fraction_of(g, d, on, name="x", what="margin 0")):
-        if not ok:
-            return ok, why
-    return ok, why
+        if not check.ok:
+            return check
+    return check
 
 
 register(OpSpec(name="softmax_cross_entropy", family="losses", source="seed 003 § softmax ce loss; seed 000 § Softmax",

@@ -2,15 +2,16 @@
 import numpy as np
 from hypothesis import strategies as st
 
-from ..spec import Case, OpSpec, Tolerance, register
+from ..spec import Case, OpSpec, Tolerance
 from ..strategies import dim, float_arrays, shapes
+from . import register
 
 
 def _norm_cases(batch_sizes, feature_sizes, ci):
-    def inputs(regime):
+    def inputs(regime, breadth):
         @st.composite
         def cases(draw):
-            n, d = draw(shapes(ci, st.tuples(dim(*batch_sizes), dim(*feature_sizes))))
+            n, d = draw(shapes(breadth, ci, st.tuples(dim(*batch_sizes), dim(*feature_sizes))))
             return Case({"x": draw(float_arrays((n, d), regime)),
                          "gamma": draw(float_arrays((d,), "typical")),
                          "beta": draw(float_arrays((d,), "typical"))},

@@ -3,9 +3,10 @@ import numpy as np
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..spec import Case, OpSpec, register
+from ..spec import Case, OpSpec
 from ..strategies import float_arrays
 from ..subgradient import shared_credit
+from . import register
 from ._common import geometry, kink_tol
 from .conv import input_size
 
@@ -23,10 +24,10 @@ for _g in GEOMETRIES:
     input_size(_g[4][0], _g[2][0], _g[3], 0, _g[5][0]), input_size(_g[4][1], _g[2][1], _g[3], 0, _g[5][1])
 
 
-def _pool_cases(regime):
+def _pool_cases(regime, breadth):
     @st.composite
     def cases(draw):
-        n, c, (ph, pw), stride, (ho, wo), (rh, rw) = draw(geometry(*GEOMETRIES))
+        n, c, (ph, pw), stride, (ho, wo), (rh, rw) = draw(geometry(breadth, *GEOMETRIES))
         h, w = input_size(ho, ph, stride, 0, rh), input_size(wo, pw, stride, 0, rw)
         return Case({"x": draw(float_arrays((n, c, h, w), regime))},
                     {"pool_height": ph, "pool_width": pw, "stride": stride})

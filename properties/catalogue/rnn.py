@@ -2,8 +2,9 @@
 cross-entropy at every step. Row-vector batches (cs231n layout: x_t (N, D) times wx (D, H))."""
 from hypothesis import strategies as st
 
-from ..spec import Case, OpSpec, register
+from ..spec import Case, OpSpec
 from ..strategies import float_arrays, labels
+from . import register
 from ._common import geometry
 
 W_SCALE = 0.5  # weights ~ N(0, 1/4): typical states stay in tanh's responsive range
@@ -22,10 +23,10 @@ STEP_GEOMETRIES = ((1, 3, 2), (2, 4, 3), (3, 2, 4))
 SEQ_GEOMETRIES = ((1, 1, 3, 2), (2, 3, 4, 5), (3, 4, 1, 4))
 
 
-def _step_cases(regime):
+def _step_cases(regime, breadth):
     @st.composite
     def cases(draw):
-        n, d, h = draw(geometry(*STEP_GEOMETRIES))
+        n, d, h = draw(geometry(breadth, *STEP_GEOMETRIES))
         return Case({"x": draw(float_arrays((n, d), regime)),
                      "prev_h": draw(float_arrays((n, h), "typical", scale=W_SCALE)), **weights(draw, d, h)})
     return cases()
@@ -33,10 +34,10 @@ def _step_cases(regime):
 
 def seq_cases(gates=1):
     """Sequences x (N, T, D) from h0 (N, H) through `gates` blocks of H (1: tanh RNN, 4: LSTM)."""
-    def inputs(regime):
+    def inputs(regime, breadth):
         @st.composite
         def cases(draw):
-            n, t, d, h = draw(geometry(*SEQ_GEOMETRIES))
+            n, t, d, h = draw(geometry(breadth, *SEQ_GEOMETRIES))
             return Case({"x": draw(float_arrays((n, t, d), regime)),
                          "h0": draw(float_arrays((n, h), "typical", scale=W_SCALE)), **weights(draw, d, h, gates)})
         return cases()
@@ -48,7 +49,7 @@ def seq_cases(gates=1):
 SOFTMAX_SEQ_GEOMETRIES = ((1, 1, 3, 2, 3), (2, 3, 4, 5, 6), (2, 3, 4, 3, 1), (3, 4, 1, 4, 5))
 
 
-def _softmax_seq_cases(regime):
+def _softmax_seq_cases(regime, breadth):
     # saturated: the inputs drive tanh to ±1. large / overflow: the class offsets c put the scores
     # z_t = h_t v + c where exp overflows (float32 / float64) and a naive softmax gives inf/NaN;
     # v stays typical. (A large v would make the scores |v| times more sensitive to every upstream
@@ -57,7 +58,7 @@ def _softmax_seq_cases(regime):
     # numeric oracle, not a property of the derivation.)
     @st.composite
     def cases(draw):
-        n, t, d, h, c = draw(geometry(*SOFTMAX_SEQ_GEOMETRIES))
+        n, t, d, h, c = draw(geometry(breadth, *SOFTMAX_SEQ_GEOMETRIES))
         xr = regime if regime == "saturated" else "typical"
         cr = regime if regime in ("large", "overflow") else "typical"
         arrays = {"x": draw(float_arrays((n, t, d), xr)),

@@ -3,17 +3,18 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ..spec import Case, OpSpec, register
+from ..spec import Case, OpSpec
 from ..strategies import dim, float_arrays, labels, shapes
+from . import register
 
 NT = ((1, 1), (2, 3), (3, 2))  # (N, T): batch 1 with T = 1 first
 
 
-def _affine_cases(regime):
+def _affine_cases(regime, breadth):
     @st.composite
     def cases(draw):
         # ci (N, T, D, M): one step of one sequence; N, T, D, M distinct
-        n, t, d, m = draw(shapes(((1, 1, 3, 2), (2, 3, 4, 5)),
+        n, t, d, m = draw(shapes(breadth, ((1, 1, 3, 2), (2, 3, 4, 5)),
                                  st.tuples(st.sampled_from(NT), st.sampled_from(((3, 2), (2, 4), (4, 1))))
                                  .map(lambda g: (*g[0], *g[1]))))
         return Case({"x": draw(float_arrays((n, t, d), regime)), "w": draw(float_arrays((d, m), "typical")),
@@ -21,11 +22,11 @@ def _affine_cases(regime):
     return cases()
 
 
-def _loss_cases(regime):
+def _loss_cases(regime, breadth):
     @st.composite
     def cases(draw):
         # V = 1: a single class. ci (N, T, V): one step of 4 classes; N, T, V distinct; one class
-        n, t, v = draw(shapes(((1, 1, 4), (2, 3, 4), (3, 2, 1)),
+        n, t, v = draw(shapes(breadth, ((1, 1, 4), (2, 3, 4), (3, 2, 1)),
                               st.tuples(st.sampled_from(NT), dim(4, 1, 6)).map(lambda g: (*g[0], g[1]))))
         y = draw(labels(n * t, v)).reshape(n, t)
         mask = draw(hnp.arrays(np.bool_, (n, t)))  # zeros included; an all-zero mask gives loss 0

@@ -1,0 +1,88 @@
+"""What a run is asked to do: the sides, dtypes and Hypothesis profile (`RunConfig`), and what each
+profile means (the examples per cell, the shape breadth, the Hypothesis settings)."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import oracles
+
+__all__ = ["BREADTH", "DTYPES", "PROFILES", "RunConfig", "default_profile", "hypothesis_settings"]
+
+DTYPES = ("float64", "float32")
+
+PROFILES = {
+    # derandomized: the same examples on every CI run; no database, so no state leaks between runs.
+    # 12 examples per (op, regime, dtype) over each op's 2-3 ci geometries (BREADTH below): JAX
+    # compiles ~140 shapes for the whole catalogue, and 91% of its calls hit its jit cache.
+    "ci": dict(max_examples=12, derandomize=True, database=None),
+    "dev": dict(max_examples=25),
+    "thorough": dict(max_examples=200),
+}
+# Shape breadth per profile (properties.strategies): ci draws each op's edge and rich geometries
+# only, so a derandomized run compiles ~2 JAX shapes per (op, dtype); dev and thorough draw from
+# every bounded set.
+BREADTH = {"ci": "narrow", "dev": "full", "thorough": "full"}
+
+
+def default_profile() -> str:
+    """ci under CI (the CI environment variable set), else dev."""
+    return "ci" if os.environ.get("CI") else "dev"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    oracles: tuple[str, ...] = oracles.ORACLES
+    devices: tuple[str, ...] = ("cpu",)
+    dtypes: tuple[str, ...] = DTYPES
+    profile: str = "dev"
+    examples: int | None = None  # per cell; None: the profile's
+    seed: int | None = None
+    report_dir: Path = Path("gradaudit-report")
+    database: str | None = None  # example database: a directory, or redis://host:port/db (None: none)
+    allow_tf32: bool = False
+
+    def sides(self) -> list[tuple[str, str]]:
+        """(oracle, device) pairs; finite differences run on the CPU only."""
+        return [(o, d) for o in self.oracles for d in self.devices if not (o == "numeric" and d != "cpu")]
+
+    @property
+    def breadth(self) -> str:
+        return BREADTH.get(self.profile, "full")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(oracles=list(self.oracles), devices=list(self.devices), dtypes=list(self.dtypes),
+                 report_dir=str(self.report_dir))
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RunConfig":
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for k in ("oracles", "devices", "dtypes"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        if "report_dir" in kw:
+            kw["report_dir"] = Path(kw["report_dir"])
+        return cls(**kw)
+
+
+def hypothesis_settings(cfg: RunConfig, database=None):
+    """The Hypothesis settings of a group's search under `cfg` (`database`: an example database)."""
+    from hypothesis import HealthCheck, Phase, settings
+
+    kw = dict(PROFILES[cfg.profile])
+    if cfg.examples is not None:
+        kw["max_examples"] = cfg.examples
+    if database is not None:
+        kw["database"] = database
+    # Every phase but `explain`: explain re-runs the shrunk failing example under sys.settrace, and
+    # re-runs it with parts varied, to annotate Hypothesis's own "Falsifying example" printout, which
+    # the runner never shows (it catches the failure and records, triangulates and saves the case
+    # itself). Measured on five of tests/planted.py's wrong derivations (dev profile): 15 s of CPU
+    # with it, 3 s without.
+    phases = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
+    # an LSTM example takes ~10 ms and medium arrays are large: neither is a problem here
+    return settings(deadline=None, print_blob=False, report_multiple_bugs=False, phases=phases,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], **kw)

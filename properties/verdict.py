@@ -1,0 +1,94 @@
+"""What the judge decided about one side of one case, as fields, and `describe`: the one place a
+verdict is put into words (torch's gradcheck keeps its messages in one place too). Layers above add
+fields (triangulation adds a blame and notes, an audit names the user's functions through the
+Target), never edit the sentence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from oracles.base import OracleResult
+
+from .compare import Comparison
+
+__all__ = ["CodeUnderTestError", "Side", "Verdict", "describe", "raised"]
+
+Side = tuple[str, str]  # (oracle, device)
+
+
+class CodeUnderTestError(Exception):
+    """An error whose message already names the function of the code under test and what it did
+    (raised by what wraps user code: gradaudit's guard, the cs231n adapter). Quoted as it is."""
+
+
+def raised(who: str, e: BaseException, *, named_alone: bool = False) -> str:
+    """`who raised Type: message`; for a CodeUnderTestError its own words (after `who:` unless
+    `named_alone`: the error names the function itself)."""
+    if isinstance(e, CodeUnderTestError):
+        return str(e) if named_alone else f"{who}: {e}"
+    return f"{who} raised {type(e).__name__}: {e}"
+
+
+@dataclass
+class Verdict:
+    status: str  # pass | fail | error | skip | kink
+    what: str = ""  # the target's name
+    side: Side = ("", "")
+    dtype: str = ""
+    kind: str | None = None  # on fail: gradient | forward | nonfinite | mutation
+    phase: str | None = None  # which: forward | grad[<name>]
+    cmp: Comparison | None = None  # where and how far: the worst array compared
+    judged: dict[str, Comparison] = field(default_factory=dict)  # every array compared (`out`, `out1` forwards)
+    result: OracleResult | None = None
+    kink: str | None = None  # on kink: why the case sits on a non-differentiable point
+    pattern: str | None = None
+    factor: float | None = None  # reference = factor x oracle, with the pattern constant_factor or sign_flip
+    tolerance_source: str = ""
+    blame: str | None = None  # set by triangulation on a fail
+    triangulation: dict | None = None
+    why: list[str] = field(default_factory=list)  # explanations after the figures: the pattern's, the kink's
+    notes: list[str] = field(default_factory=list)  # remarks in parentheses: TF32, an inherited forward
+    fault: str | None = None  # skip and error: the whole reason
+    out_shapes: tuple | None = None  # forwards of different shapes: (the target's, the oracle's)
+    modified: list[str] = field(default_factory=list)  # mutation: what the code under test wrote into
+    forward_name: str | None = None  # names a forward mismatch (an audit: the user's forward)
+
+    @property
+    def message(self) -> str:
+        return describe(self)
+
+
+def _shape(a) -> str:
+    return f"{np.asarray(a).dtype}{list(np.shape(a))}"
+
+
+def _difference(c: Comparison) -> str:
+    if c.nonfinite_mismatch:
+        return f"NaN/Inf on one side only, first at index {c.worst_index}"
+    return (f"greatest absolute difference {c.max_abs:.3g} at index {c.worst_index} "
+            f"(up to {c.atol:.3g} + {c.rtol:.3g}*|expected| allowed; greatest relative difference {c.max_rel:.3g})")
+
+
+def describe(v: Verdict) -> str:
+    """One line a person can act on: what, against which side, which gradient, how far and where, why."""
+    if v.fault is not None:
+        return v.fault
+    if v.status == "kink":
+        return f"{v.kink}: {' — '.join(v.why)}" if v.why else str(v.kink)
+    if v.status == "pass" and v.kind is None:
+        return ""
+    oracle, device = v.side
+    label = f"{v.what} vs {oracle} ({device}, {v.dtype})"
+    if v.kind == "mutation":
+        text = f"{label}: modified its input(s) in place: {', '.join(v.modified)}"
+    elif v.out_shapes is not None:
+        mine, theirs = v.out_shapes
+        text = f"{label}, forward: output {[_shape(m) for m in mine]}, expected {[_shape(t) for t in theirs]}"
+    else:
+        text = f"{label}, {v.phase}: {_difference(v.cmp)}"
+    text += "".join(f" — {w}" for w in v.why) + "".join(f" ({n})" for n in v.notes)
+    if v.status == "fail" and v.phase == "forward" and v.forward_name:
+        text = f"forward_mismatch in {v.forward_name}: {text}"
+    return text
