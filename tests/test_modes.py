@@ -120,6 +120,19 @@ def test_a_backward_that_branches_on_test_mode_is_judged_there(tmp_path):
     assert "batchnorm_backward's gradient judged" in bad[0]["message"], bad[0]["message"]
 
 
+def test_a_backward_that_refuses_test_mode_leaves_it_to_the_forward(tmp_path):
+    refuses = _swap(BN_WITH_TEST_BACKWARD, "return dout * gamma / np.sqrt(var + eps), dgamma, dbeta",
+                    'raise NotImplementedError("no backward in test mode")')
+    assert all(r["status"] == "pass" for r in of(audit(tmp_path, refuses), "batchnorm_forward"))
+    # with a wrong test-mode forward, the fail says what was judged, and why
+    wrong = _swap(refuses, "x_hat = (x - running_mean) / np.sqrt(running_var + eps)",
+                  "x_hat = (x - running_mean) / np.sqrt(running_var + eps) ** 2")
+    bad = fails(audit(tmp_path, wrong, "wrong_test_forward.py"), "batchnorm_forward")
+    assert bad and all(r["phase"] == "forward" for r in bad), bad
+    assert "output judged, not the gradient; batchnorm_backward fails on a test-mode cache " \
+           "(NotImplementedError: no backward in test mode)" in bad[0]["message"], bad[0]["message"]
+
+
 # ---- wrong running statistics: a forward fail on batchnorm_forward, naming the statistic ----------
 
 RUNNING_BUGS = {
