@@ -449,7 +449,9 @@ def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
     def forward(x, gamma, beta, *, running_mean, running_var, momentum, eps):
         test_mode_backward()
         m = float(momentum)
-        _, _, trained = call(x, gamma, beta, "train", running_mean, running_var, m, eps)
+        # copies: a train-mode call that writes into x must not change the test-mode input (the batchnorm
+        # pair reports such writes); the test-mode call gets the harness's own arrays, for the same check
+        _, _, trained = call(x.copy(), gamma.copy(), beta.copy(), "train", running_mean, running_var, m, eps)
         written = []
         for key in ("running_mean", "running_var"):
             if key not in trained:
