@@ -9,6 +9,8 @@ misbehaving function becomes an `error` that names it, the gradient, and expecte
 """
 from __future__ import annotations
 
+import inspect
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -16,6 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from properties.verdict import CodeUnderTestError
+from ._guard import clean
+
 
 __all__ = ["AdapterError", "BY_TARGET", "Pair", "audit_target", "build_target", "dropout_seed", "functions_in",
            "plan"]
@@ -41,10 +45,15 @@ class Pair:
     op: str  # the catalogue op
     call: Callable | None  # (arrays, params) -> the user's forward's arguments; None: a special adapter
     outputs: int = 1  # arrays the forward returns before its cache
+    optional: tuple[str, ...] = ()  # used when the file defines them; the pair is checked without them
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return (self.target,) if self.forward is None else (self.forward, self.target)
 
     @property
     def functions(self) -> tuple[str, ...]:
-        return (self.target,) if self.forward is None else (self.forward, self.target)
+        return self.required + self.optional
 
 
 def _a(*names):
@@ -76,13 +85,17 @@ PAIRS: tuple[Pair, ...] = (
     Pair("word_embedding_backward", "word_embedding_forward", "embedding", lambda a, p: (p["idx"], a["w"])),
     Pair("temporal_affine_backward", "temporal_affine_forward", "temporal_affine", _a("x", "w", "b")),
     Pair("temporal_softmax_loss", None, "temporal_softmax_loss", lambda a, p: (a["x"], p["y"], p["mask"])),
-    # checked as batchnorm over the N·H·W positions of each channel: see _spatial_batchnorm_target
-    Pair("spatial_batchnorm_backward", "spatial_batchnorm_forward", "batchnorm", None),
+    Pair("spatial_batchnorm_backward", "spatial_batchnorm_forward", "spatial_batchnorm",
+         lambda a, p: (a["x"], a["gamma"], a["beta"], {"mode": "train", "eps": p["eps"], "momentum": 0.9})),
+    Pair("spatial_groupnorm_backward", "spatial_groupnorm_forward", "spatial_groupnorm",
+         lambda a, p: (a["x"], a["gamma"], a["beta"], p["G"], {"eps": p["eps"]})),
+    # batchnorm_forward's test mode and the running statistics its train mode writes: see
+    # _batchnorm_modes_target. (layernorm has no mode: cs231n's ln_param carries eps only.)
+    Pair("batchnorm_forward", None, "batchnorm_running", None, optional=("batchnorm_backward",)),
 )
-# cs231n functions with no catalogue op yet: reported as skipped when the file defines them
-UNSUPPORTED = {
-    "spatial_groupnorm_backward": ("spatial_groupnorm_forward", "no catalogue op for group normalisation yet"),
-}
+# cs231n functions with no catalogue op yet, {backward: (forward, why)}: reported as skipped when
+# the file defines them
+UNSUPPORTED: dict[str, tuple[str, str]] = {}
 BY_TARGET = {p.target: p for p in PAIRS}
 
 
@@ -90,11 +103,11 @@ def plan(names: set[str]) -> tuple[list[Pair], list[tuple[str, str]], list[str]]
     """(pairs to check, (function, why skipped) for half-present pairs, absent pairs)."""
     run, skipped, absent = [], [], []
     for p in PAIRS:
-        have = [f for f in p.functions if f in names]
-        if len(have) == len(p.functions):
+        have = [f for f in p.required if f in names]
+        if len(have) == len(p.required):
             run.append(p)
         elif have:
-            missing = [f for f in p.functions if f not in names]
+            missing = [f for f in p.required if f not in names]
             skipped.append((p.target, f"{', '.join(missing)} is not defined (only {', '.join(have)} is): "
                                       f"{p.target} skipped"))
         else:
@@ -169,8 +182,8 @@ def build_target(pair: Pair, fns: dict[str, Callable], notes: dict[str, str] | N
     names = spec.array_names
     if pair.op == "dropout":
         return _dropout_target(pair, fns, spec, notes)
-    if pair.target == "spatial_batchnorm_backward":
-        return _spatial_batchnorm_target(pair, fns, spec)
+    if pair.op == "batchnorm_running":
+        return _batchnorm_modes_target(pair, fns, spec, notes)
     if pair.forward is None:
         loss_fn = fns[pair.target]
 
@@ -299,57 +312,158 @@ def _dropout_target(pair: Pair, fns, spec, notes):
     return audit_target(pair.target, pair.op, forward, backward, spec.forward), inputs
 
 
-# -- spatial batchnorm: batchnorm over the N·H·W positions of each channel ----------------------
+# -- batchnorm_forward's test mode and the running statistics of its train mode -----------------
+#
+# The batchnorm pair checks the train-mode output and batchnorm_backward. This target checks what
+# that pair never sees, against the catalogue op batchnorm_running, whose three outputs are
+#   out       the test-mode output, bn_param = {"mode": "test", "running_mean", "running_var", "eps"}
+#             given the same running statistics as torch's F.batch_norm(training=False);
+#   mean, var what a train-mode call on the same batch writes into bn_param["running_mean"] and
+#             bn_param["running_var"], against momentum·old + (1 − momentum)·batch statistic.
+# A wrong value in any of them is a `forward` fail on batchnorm_forward. cs231n's batchnorm_backward
+# assumes train mode (the course never backpropagates through test mode), so the gradient is the
+# user's only where their backward handles a test-mode cache (`test_mode_backward` decides, once);
+# otherwise the target's gradient is the catalogue's, and its fail and error records say that the
+# forward alone was judged.
 
-# rows of the 2-D batchnorm case -> (N, H, W) of the spatial input; H != W, N > 1 where possible
-SPATIAL_LAYOUT = {2: (2, 1, 1), 6: (1, 2, 3), 12: (2, 3, 2)}
+PROBE_SEED = 231
 
 
-def _spatial_batchnorm_target(pair: Pair, fns, spec):
-    from hypothesis import strategies as st
+def _explain_running(x, running_mean, running_var, momentum, written) -> str | None:
+    """Which slip, if any, explains the running statistics a train-mode call wrote (a sentence)."""
+    # loose: the verdict is the judge's (batchnorm_running's forward against the frameworks); this only
+    # names a slip that is far beyond rounding
+    loose = 1e-4 if np.asarray(x).dtype == np.float32 else 1e-9
+    x = np.asarray(x, dtype=np.float64)
+    n, m = x.shape[0], momentum
+    old = {"running_mean": np.asarray(running_mean, np.float64), "running_var": np.asarray(running_var, np.float64)}
+    batch = {"running_mean": x.mean(axis=0), "running_var": x.var(axis=0)}
+    parts = []
+    for key, got in zip(("running_mean", "running_var"), written):
+        got = np.asarray(got, dtype=np.float64)
+        stat = "mean(x)" if key == "running_mean" else "var(x)"
+        want = m * old[key] + (1 - m) * batch[key]
 
-    from properties.spec import Case
-    from properties.strategies import float_arrays
+        def close(a):
+            a = np.asarray(a, np.float64)
+            scale = max(1.0, float(np.abs(want).max(initial=0.0)), float(np.abs(x).max(initial=0.0)) ** 2)
+            return a.shape == want.shape and bool(np.allclose(got, a, rtol=loose, atol=loose * scale))
 
-    fwd, bwd = fns[pair.forward], fns[pair.target]
+        if got.shape != want.shape or not close(want):
+            slips = [("still the value passed in (not updated)", old[key]),
+                     (f"the batch's {stat} alone (no running average)", batch[key]),
+                     (f"(1 − momentum)·{key} + momentum·{stat}: momentum weighs the batch instead of the old value",
+                      (1 - m) * old[key] + m * batch[key])]
+            if key == "running_var":
+                if n > 1:
+                    slips.append(("computed with the unbiased variance (ddof=1); cs231n's is the biased one",
+                                  m * old[key] + (1 - m) * batch[key] * n / (n - 1)))
+                slips.append(("computed with the standard deviation instead of the variance",
+                              m * old[key] + (1 - m) * np.sqrt(batch[key])))
+            what = next((why for why, value in slips if got.shape == want.shape and close(value)),
+                        "none of the usual slips" if got.shape == want.shape else
+                        f"of shape {list(got.shape)}, expected {list(want.shape)}")
+            if key == "running_var" and n == 1 and np.isnan(got).any():
+                what = ("NaN: the unbiased variance (ddof=1) of a batch of one divides by N − 1 = 0; "
+                        "cs231n's is the biased one")
+            parts.append(f"bn_param['{key}'] after a train-mode call is not momentum·{key} + "
+                         f"(1 − momentum)·{stat}{' (biased)' if key == 'running_var' else ''}: it is {what}")
+    return "; ".join(parts) or None
 
-    def to4(a2):
-        n, h, w = SPATIAL_LAYOUT[a2.shape[0]]
-        return np.ascontiguousarray(a2.reshape(n, h, w, a2.shape[1]).transpose(0, 3, 1, 2))
 
-    def to2(a4):
-        a4 = np.asarray(a4)
-        return a4.transpose(0, 2, 3, 1).reshape(-1, a4.shape[1])
+def _names_test_mode(fn) -> bool:
+    """Does the function's source name the test mode ('test' as a string)?"""
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return False
+    return re.search(r"""["']test["']""", source) is not None
 
-    def inputs(regime, breadth):
-        @st.composite
-        def cases(draw):
-            rows, c = draw(st.sampled_from(tuple(SPATIAL_LAYOUT))), draw(st.sampled_from((3, 1, 4)))
-            return Case({"x": draw(float_arrays((rows, c), regime)), "gamma": draw(float_arrays((c,), "typical")),
-                         "beta": draw(float_arrays((c,), "typical"))}, {"eps": 1e-5})
-        return cases()
 
-    def forward(x, gamma, beta, *, eps):
-        out, cache = _unpack(pair.forward, fwd(to4(x), gamma, beta, {"mode": "train", "eps": eps, "momentum": 0.9}),
-                             2, "out, cache")
-        if not isinstance(out, np.ndarray) or out.ndim != 4:
-            raise AdapterError(f"{pair.forward} returned out = {_kind(out)}, expected an array of shape "
-                               f"{list(to4(x).shape)}")
-        if out.shape != to4(x).shape:
-            raise AdapterError(f"{pair.forward} returned out of shape {list(out.shape)}, expected {list(to4(x).shape)}")
-        out2 = to2(out)
-        return out2, _Cache(cache, _finite(x, gamma, beta, out2))
+def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
+    name = pair.target
+    fwd, bwd = fns[name], fns.get("batchnorm_backward")
+    judge_forward, judge_backward = spec.forward, spec.backward
+    state: dict[str, Any] = {}
 
-    def backward(dout, cache):
-        grads = bwd(to4(dout), cache.user)
-        if isinstance(grads, (tuple, list)) and len(grads) == 3 and isinstance(grads[0], np.ndarray) \
-                and grads[0].ndim == 4:
-            grads = (to2(grads[0]), *grads[1:])
+    def call(x, gamma, beta, mode, running_mean, running_var, momentum, eps):
+        bn_param = {"mode": mode, "eps": eps, "momentum": momentum,
+                    "running_mean": running_mean.copy(), "running_var": running_var.copy()}
+        out, cache = _unpack(name, fwd(x, gamma, beta, bn_param), 2, "out, cache")
+        return out, cache, bn_param
+
+    def test_mode_backward() -> bool:
+        """Is the user's backward judged in test mode? Decided once, on a fixed float64 probe. Yes when
+        it returns test mode's gradient (dx = dout·gamma/σ_running), or another without raising while
+        its source names the test mode (it means to handle that cache: a wrong test-mode branch is a
+        finding). No when it raises on a test-mode cache, or returns another gradient without naming
+        the mode: it assumes train mode, as the course's does."""
+        if "backward" in state:
+            return state["backward"]
+        why = None
+        if bwd is None:
+            why = "is not defined"
+        else:
+            rng = np.random.default_rng(PROBE_SEED)
+            x, gamma, beta, mean, dout = (rng.standard_normal(s) for s in ((4, 3), 3, 3, 3, (4, 3)))
+            params = dict(running_mean=mean, running_var=rng.uniform(0.5, 2.0, 3), momentum=0.9, eps=1e-5)
+            try:
+                _, cache, _ = call(x, gamma, beta, "test", **params)
+            except Exception:  # noqa: BLE001  every example calls it again and reports what it does
+                cache, why = None, "could not be tried: batchnorm_forward fails in test mode"
+            if why is None:
+                try:
+                    got = _unpack("batchnorm_backward", bwd(dout, cache), 3, "dx, dgamma, dbeta")
+                    _, ref_cache = judge_forward(x, gamma, beta, **params)
+                    want = judge_backward(dout, np.zeros(3), np.zeros(3), ref_cache)
+                    if not _names_test_mode(bwd) and not all(
+                            np.shape(g) == np.shape(w) and np.allclose(np.asarray(g, np.float64), w, rtol=1e-6, atol=1e-9)
+                            for g, w in zip(got, want)):
+                        why = "gives another gradient than test mode's on a test-mode cache"
+                except Exception as e:  # noqa: BLE001  the user's code, on a cache it need not expect
+                    raised = str(e).removeprefix("batchnorm_backward raised ")
+                    why = f"fails on a test-mode cache ({clean(raised, 160)})"
+        state["backward"] = why is None
+        state["note"] = ("test mode: batchnorm_forward's output and batchnorm_backward's gradient judged" if why is None
+                         else f"test mode: batchnorm_forward's output judged, not the gradient; batchnorm_backward "
+                              f"{why}" + ("" if bwd is None else " and assumes train mode, as the course's does"))
+        notes[name] = state["note"]
+        return state["backward"]
+
+    def forward(x, gamma, beta, *, running_mean, running_var, momentum, eps):
+        test_mode_backward()
+        m = float(momentum)
+        # copies: a train-mode call that writes into x must not change the test-mode input (the batchnorm
+        # pair reports such writes); the test-mode call gets the harness's own arrays, for the same check
+        _, _, trained = call(x.copy(), gamma.copy(), beta.copy(), "train", running_mean, running_var, m, eps)
+        written = []
+        for key in ("running_mean", "running_var"):
+            if key not in trained:
+                raise AdapterError(f"{name} in train mode removed bn_param[{key!r}]: cs231n keeps the running "
+                                   f"statistics there for test mode")
+            written.append(np.asarray(trained[key]))
+        slip = _explain_running(x, running_mean, running_var, m, written)
+        if slip:
+            notes[name] = f"{slip}; {state['note']}"
+        out, cache, _ = call(x, gamma, beta, "test", running_mean, running_var, m, eps)
+        _, ref_cache = judge_forward(x, gamma, beta, running_mean=running_mean, running_var=running_var,
+                                     momentum=momentum, eps=eps)
+        return (out, *written), _Cache((cache, ref_cache), _finite(x, gamma, beta, out, *written))
+
+    def backward(dout, dmean, dvar, cache):
+        user_cache, ref_cache = cache.user
+        if not state["backward"]:
+            return judge_backward(dout, dmean, dvar, ref_cache)
+        grads = bwd(dout, user_cache)
         seq = grads if isinstance(grads, (tuple, list)) else (grads,)
-        _check_finite(pair.target, seq, ("x", "gamma", "beta"), cache, (dout,))
-        return grads
+        _check_finite("batchnorm_backward", seq, ("x", "gamma", "beta"), cache, (dout,))
+        if len(seq) == 3 and isinstance(seq[0], np.ndarray) and seq[0].shape == dout.shape:
+            # the running statistics' share of dx: no user function computes it
+            stats_dx = judge_backward(np.zeros_like(dout), dmean, dvar, ref_cache)[0]
+            return (seq[0] + stats_dx, *seq[1:])
+        return grads  # malformed: the runner names it
 
-    return audit_target(pair.target, pair.op, forward, backward, spec.forward), inputs
+    return audit_target(name, pair.op, forward, backward, spec.forward), spec.inputs
 
 
 def functions_in(module) -> dict[str, Any]:

@@ -210,3 +210,33 @@ def two_layer_net(x, w1, b1, w2, b2, *, y, reg):
     hidden = jax.nn.relu(jnp.dot(x, w1) + b1)  # gradient 0 at 0 (CONVENTIONS row 1)
     loss = jnp.mean(_nll(jax.nn.log_softmax(jnp.dot(hidden, w2) + b2, axis=1), y))
     return loss + reg * (jnp.sum(jnp.square(w1)) + jnp.sum(jnp.square(w2)))
+
+
+# --- spatial normalisation, and batchnorm's running statistics --------------------------------
+# JAX has no normalisation layers of its own (jax.nn has standardize only): these follow flax's
+# BatchNorm and GroupNorm (statistics over the reduced axes, (x - mean) * rsqrt(var + eps), then
+# scale and bias), with the two-pass jnp.var, i.e. flax's use_fast_variance=False: flax's default
+# E[x²] - E[x]² cancels on near-constant inputs (CONVENTIONS row 13), and these are judges.
+
+def spatial_batchnorm(x, gamma, beta, *, eps):
+    axes = (0, 2, 3)  # flax BatchNorm(axis=1): every axis but the channel's
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.var(x, axis=axes, keepdims=True)
+    return (x - mean) * lax.rsqrt(var + eps) * gamma.reshape(1, -1, 1, 1) + beta.reshape(1, -1, 1, 1)
+
+
+def spatial_groupnorm(x, gamma, beta, *, G, eps):
+    n, c, h, w = x.shape
+    xg = x.reshape(n, G, c // G, h, w)  # flax GroupNorm: channels split into G consecutive groups
+    mean = jnp.mean(xg, axis=(2, 3, 4), keepdims=True)
+    var = jnp.var(xg, axis=(2, 3, 4), keepdims=True)
+    return ((xg - mean) * lax.rsqrt(var + eps)).reshape(x.shape) * gamma + beta
+
+
+def batchnorm_running(x, gamma, beta, *, running_mean, running_var, momentum, eps):
+    # flax BatchNorm: use_running_average=True normalises with the running statistics; in training it
+    # updates them as momentum * old + (1 - momentum) * batch statistic (biased variance): cs231n's convention
+    out = (x - running_mean) * lax.rsqrt(running_var + eps) * gamma + beta
+    new_mean = momentum * running_mean + (1 - momentum) * jnp.mean(x, axis=0)
+    new_var = momentum * running_var + (1 - momentum) * jnp.var(x, axis=0)
+    return out, new_mean, new_var

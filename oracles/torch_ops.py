@@ -206,3 +206,26 @@ def two_layer_net(x, w1, b1, w2, b2, *, y, reg):
     scores = F.linear(hidden, w2.T, b2)
     loss = F.cross_entropy(scores, y.long(), reduction="mean")
     return loss + reg * (torch.sum(torch.square(w1)) + torch.sum(torch.square(w2)))
+
+
+# --- spatial normalisation, and batchnorm's running statistics --------------------------------
+
+def spatial_batchnorm(x, gamma, beta, *, eps):
+    # F.batch_norm on a 4-d input normalises each channel over its N·H·W values (biased variance)
+    return F.batch_norm(x, None, None, gamma, beta, training=True, momentum=0.0, eps=eps)
+
+
+def spatial_groupnorm(x, gamma, beta, *, G, eps):
+    # gamma, beta (1, C, 1, 1) as in cs231n; F.group_norm wants (C,). Biased variance per group.
+    return F.group_norm(x, G, gamma.reshape(-1), beta.reshape(-1), eps=eps)
+
+
+def batchnorm_running(x, gamma, beta, *, running_mean, running_var, momentum, eps):
+    # test mode: F.batch_norm with training=False normalises with the running statistics it is given
+    # (and leaves them alone). The train-mode update is cs231n's, not torch's buffer update: torch
+    # weighs the old value by 1 - momentum and feeds its buffer the UNBIASED variance, so it is
+    # written with torch's reductions (their derivatives are torch's own).
+    out = F.batch_norm(x, running_mean, running_var, gamma, beta, training=False, eps=eps)
+    new_mean = momentum * running_mean + (1 - momentum) * torch.mean(x, dim=0)
+    new_var = momentum * running_var + (1 - momentum) * torch.var(x, dim=0, correction=0)
+    return out, new_mean, new_var

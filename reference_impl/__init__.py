@@ -8,7 +8,7 @@ Ops are found by name: ``NAME_forward`` / ``NAME_backward`` (see docs/op_contrac
     regularization  l2_regularization, dropout
     conv            conv2d, max_pool2d, avg_pool2d
     rnn             rnn_step, rnn, rnn_softmax_sequence, lstm_step, lstm
-    norm            batchnorm, layernorm
+    norm            batchnorm, layernorm, spatial_batchnorm, spatial_groupnorm, batchnorm_running
     temporal        embedding, temporal_affine, temporal_softmax_loss
     nets            mlp_sigmoid_mse, two_layer_net
 """

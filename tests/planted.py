@@ -143,3 +143,127 @@ FAMILY_BUGS = {
 }
 for _what, (_op, _f, _b) in FAMILY_BUGS.items():
     PLANTED[_what] = (_op, _f, _b, _what)
+
+
+# --- height/width swaps in naive (loop) convolution and pooling, written the way students write them --
+# Each mutant swaps height and width at ONE place of an otherwise correct implementation: a size
+# formula (H' from W, or from the kernel's width; W' likewise), the loop bounds, the window's extent,
+# the backward's crop of the padding, max-pool's argmax unravelled with (width, height). Geometries
+# where the floor division gives the same size either way hide the size-formula swaps; the catalogue's
+# conv and pooling geometries are chosen so that none can hide (properties/catalogue/conv.py).
+
+_BOTH, _ALL = ("forward", "backward"), ("conv2d", "max_pool2d", "avg_pool2d")
+SWAPS = {  # site -> (the functions it can be in, the ops that have it)
+    "H' from W": (_BOTH, _ALL), "H' from the kernel width": (_BOTH, _ALL),
+    "W' from H": (_BOTH, _ALL), "W' from the kernel height": (_BOTH, _ALL),
+    "loops over (W', H')": (_BOTH, _ALL), "window rows span the kernel width": (_BOTH, _ALL),
+    "window columns span the kernel height": (_BOTH, _ALL),
+    "padding cropped as (W, H)": (("backward",), ("conv2d",)),
+    "argmax unravelled as (width, height)": (("backward",), ("max_pool2d",)),
+}
+
+
+def _sizes(h, w, kh, kw, stride, pad, swap):
+    """cs231n's H' = 1 + (H + 2 pad - HH) // stride, W' likewise, with one swap."""
+    rows = 1 + ((w if swap == "H' from W" else h) + 2 * pad - (kw if swap == "H' from the kernel width" else kh)) // stride
+    cols = 1 + ((h if swap == "W' from H" else w) + 2 * pad - (kh if swap == "W' from the kernel height" else kw)) // stride
+    return rows, cols
+
+
+def _loops(rows, cols, swap):
+    return (cols, rows) if swap == "loops over (W', H')" else (rows, cols)
+
+
+def _span(kh, kw, swap):
+    return (kw if swap == "window rows span the kernel width" else kh,
+            kh if swap == "window columns span the kernel height" else kw)
+
+
+def naive_conv(swap=None, where="forward"):
+    """conv_forward_naive / conv_backward_naive as a student writes them (loops over output positions,
+    np.zeros allocations), with `swap` in the `where` function; (forward, backward)."""
+    fs, bs = (swap, None) if where == "forward" else (None, swap)
+
+    def forward(x, w, b, *, stride, pad):
+        n, c, h, wd = x.shape
+        f, _, hh, ww = w.shape
+        h_out, w_out = _sizes(h, wd, hh, ww, stride, pad, fs)
+        xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        out = np.zeros((n, f, h_out, w_out), dtype=x.dtype)
+        rows, cols = _loops(h_out, w_out, fs)
+        sh, sw = _span(hh, ww, fs)
+        for i in range(rows):
+            for j in range(cols):
+                window = xp[:, :, i * stride:i * stride + sh, j * stride:j * stride + sw]
+                out[:, :, i, j] = np.tensordot(window, w, axes=([1, 2, 3], [1, 2, 3])) + b
+        return out, (x, w, stride, pad)
+
+    def backward(dout, cache):
+        x, w, stride, pad = cache
+        _, _, h, wd = x.shape
+        _, _, hh, ww = w.shape
+        h_out, w_out = _sizes(h, wd, hh, ww, stride, pad, bs)  # recomputed from the shapes, not read off dout
+        xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+        rows, cols = _loops(h_out, w_out, bs)
+        sh, sw = _span(hh, ww, bs)
+        for i in range(rows):
+            for j in range(cols):
+                window = xp[:, :, i * stride:i * stride + sh, j * stride:j * stride + sw]
+                dw += np.tensordot(dout[:, :, i, j], window, axes=([0], [0]))
+                dxp[:, :, i * stride:i * stride + sh, j * stride:j * stride + sw] += \
+                    np.tensordot(dout[:, :, i, j], w, axes=([1], [0]))
+        crop_h, crop_w = (wd, h) if bs == "padding cropped as (W, H)" else (h, wd)
+        return dxp[:, :, pad:pad + crop_h, pad:pad + crop_w], dw, dout.sum(axis=(0, 2, 3))
+
+    forward.__name__, backward.__name__ = "conv_forward_naive", "conv_backward_naive"
+    return forward, backward
+
+
+def naive_pool(kind, swap=None, where="forward"):
+    """max_pool_forward_naive / its backward (kind "max") or the average-pooling pair (kind "avg")."""
+    fs, bs = (swap, None) if where == "forward" else (None, swap)
+
+    def forward(x, *, pool_height, pool_width, stride):
+        n, c, h, w = x.shape
+        h_out, w_out = _sizes(h, w, pool_height, pool_width, stride, 0, fs)
+        out = np.zeros((n, c, h_out, w_out), dtype=x.dtype)
+        rows, cols = _loops(h_out, w_out, fs)
+        sh, sw = _span(pool_height, pool_width, fs)
+        for i in range(rows):
+            for j in range(cols):
+                window = x[:, :, i * stride:i * stride + sh, j * stride:j * stride + sw]
+                out[:, :, i, j] = window.max(axis=(2, 3)) if kind == "max" else window.mean(axis=(2, 3))
+        return out, (x, pool_height, pool_width, stride)
+
+    def backward(dout, cache):
+        x, ph, pw, stride = cache
+        n, c, h, w = x.shape
+        h_out, w_out = _sizes(h, w, ph, pw, stride, 0, bs)
+        dx = np.zeros_like(x)
+        rows, cols = _loops(h_out, w_out, bs)
+        sh, sw = _span(ph, pw, bs)
+        for i in range(rows):
+            for j in range(cols):
+                hs, ws = i * stride, j * stride
+                if kind == "avg":
+                    dx[:, :, hs:hs + sh, ws:ws + sw] += dout[:, :, i, j][:, :, None, None] / (ph * pw)
+                    continue
+                for a in range(n):
+                    for ch in range(c):
+                        window = x[a, ch, hs:hs + sh, ws:ws + sw]
+                        shape = (pw, ph) if bs == "argmax unravelled as (width, height)" else window.shape
+                        u, v = np.unravel_index(np.argmax(window), shape)
+                        dx[a, ch, hs + u, ws + v] += dout[a, ch, i, j]
+        return dx
+
+    forward.__name__, backward.__name__ = f"{kind}_pool_forward_naive", f"{kind}_pool_backward_naive"
+    return forward, backward
+
+
+NAIVE = {"conv2d": naive_conv, "max_pool2d": lambda *a, **k: naive_pool("max", *a, **k),
+         "avg_pool2d": lambda *a, **k: naive_pool("avg", *a, **k)}
+
+# "op function: site" -> (op, forward, backward, what): every swap in every function that can have it
+HW_SWAPS = {f"{op} {where}: {site}": (op, *NAIVE[op](site, where), f"{site} in the naive {op} {where}")
+            for site, (functions, ops) in SWAPS.items() for op in ops for where in functions}

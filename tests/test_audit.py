@@ -24,7 +24,8 @@ CS231N_TARGETS = {
     "affine_backward", "relu_backward", "softmax_loss", "svm_loss", "batchnorm_backward",
     "batchnorm_backward_alt", "layernorm_backward", "dropout_backward", "conv_backward_naive",
     "max_pool_backward_naive", "rnn_step_backward", "rnn_backward", "lstm_step_backward", "lstm_backward",
-    "word_embedding_backward", "temporal_affine_backward", "temporal_softmax_loss", "spatial_batchnorm_backward"}
+    "word_embedding_backward", "temporal_affine_backward", "temporal_softmax_loss", "spatial_batchnorm_backward",
+    "batchnorm_forward"}  # batchnorm_forward: its test mode and running statistics (tests/test_modes.py)
 
 
 def audit(path, report, *extra, timeout=600):

@@ -78,6 +78,16 @@ def _cases() -> dict[str, list[tuple[tuple[np.ndarray, ...], dict]]]:
                  ((r(1, 1, D), r(1, H), r(D, 4 * H), r(H, 4 * H), r(4 * H)), {})]
     c["batchnorm"] = [((r(4, 3) * 3 + 1, r(3), r(3)), {"eps": 1e-5}), ((r(2, 5), r(5), r(5)), {"eps": 1e-3})]
     c["layernorm"] = [((r(4, 3) * 3 + 1, r(3), r(3)), {"eps": 1e-5}), ((r(1, 5), r(5), r(5)), {"eps": 1e-3})]
+    c["spatial_batchnorm"] = [((r(2, 3, 4, 2) * 3 + 1, r(3), r(3)), {"eps": 1e-5}),
+                              ((r(1, 2, 2, 3), r(2), r(2)), {"eps": 1e-3})]
+    c["spatial_groupnorm"] = [((r(2, 6, 3, 2) * 3 + 1, r(1, 6, 1, 1), r(1, 6, 1, 1)), {"G": 3, "eps": 1e-5}),
+                              ((r(1, 4, 2, 3), r(1, 4, 1, 1), r(1, 4, 1, 1)), {"G": 1, "eps": 1e-5}),
+                              ((r(2, 3, 1, 2), r(1, 3, 1, 1), r(1, 3, 1, 1)), {"G": 3, "eps": 1e-3})]
+    c["batchnorm_running"] = [((r(4, 3) * 3 + 1, r(3), r(3)),
+                               {"running_mean": r(3), "running_var": r(3) ** 2, "momentum": np.asarray(0.9),
+                                "eps": 1e-5}),
+                              ((r(1, 5), r(5), r(5)), {"running_mean": r(5), "running_var": np.zeros(5),
+                                                       "momentum": np.asarray(0.0), "eps": 1e-3})]
     c["embedding"] = [((r(7, 3),), {"idx": np.array([[0, 2, 2, 6], [6, 6, 1, 0]])}),
                       ((r(4, 5),), {"idx": np.array([[3]])})]
     c["temporal_softmax_loss"] = [

@@ -61,6 +61,14 @@ CASES = {
     "lstm": _arrays((2, 3, 5), (2, 4), (5, 16), (4, 16), (16,)),
     "batchnorm": lambda rng, dt: ([_a(rng, dt, 4, 3), _a(rng, dt, 3), _a(rng, dt, 3)], {"eps": 1e-5}),
     "layernorm": lambda rng, dt: ([_a(rng, dt, 4, 3), _a(rng, dt, 3), _a(rng, dt, 3)], {"eps": 1e-5}),
+    "spatial_batchnorm": lambda rng, dt: ([_a(rng, dt, 2, 3, 4, 2), _a(rng, dt, 3), _a(rng, dt, 3)], {"eps": 1e-5}),
+    "spatial_groupnorm": lambda rng, dt: (
+        [_a(rng, dt, 2, 6, 3, 2), _a(rng, dt, 1, 6, 1, 1), _a(rng, dt, 1, 6, 1, 1)], {"G": 3, "eps": 1e-5}),
+    # running statistics as float64 params on purpose (as y of mse): a float32 op stays float32
+    "batchnorm_running": lambda rng, dt: (
+        [_a(rng, dt, 4, 3), _a(rng, dt, 3), _a(rng, dt, 3)],
+        {"running_mean": _a(rng, np.float64, 3), "running_var": _a(rng, np.float64, 3) ** 2,
+         "momentum": 0.9, "eps": 1e-5}),
     "embedding": lambda rng, dt: ([_a(rng, dt, 5, 3)], {"idx": np.array([[0, 2, 0, 4], [2, 2, 1, 0]])}),
     "temporal_affine": _arrays((2, 3, 4), (4, 5), (5,)),
     "temporal_softmax_loss": lambda rng, dt: (

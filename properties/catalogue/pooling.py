@@ -8,20 +8,23 @@ from ..strategies import float_arrays
 from ..subgradient import shared_credit
 from . import register
 from ._common import geometry, kink_tol
-from .conv import input_size
+from .conv import hidden_swaps, input_size
 
 # (N, C, (pool_height, pool_width), stride, (H', W'), slack (h, w)). The first two (the ci
-# profile's) are the edge and the rich geometry.
+# profile's) are the edge and the rich geometry; the rich one hides no height/width swap
+# (conv.hidden_swaps, checked below): stride 2, a remainder in H and none in W.
 GEOMETRIES = (
     (1, 1, (2, 2), 2, (1, 2), (0, 0)),  # batch 1, non-overlapping windows
-    (2, 3, (3, 2), 2, (3, 2), (1, 1)),  # overlapping in H only, stride != 1; the floor drops a row and a column
+    (2, 3, (3, 2), 2, (3, 2), (1, 0)),  # overlapping in H only, stride != 1; the floor drops a row
     (2, 3, (3, 2), 1, (4, 3), (0, 0)),  # overlapping in both directions
     (2, 1, (1, 2), 3, (2, 1), (2, 1)),  # stride larger than the window: some inputs in no window
     (2, 2, (3, 2), 1, (1, 1), (0, 0)),  # one window covering the whole input
     (1, 2, (2, 3), 2, (3, 2), (1, 1)),  # overlapping in W only; the floor drops a row and a column
 )
-for _g in GEOMETRIES:
-    input_size(_g[4][0], _g[2][0], _g[3], 0, _g[5][0]), input_size(_g[4][1], _g[2][1], _g[3], 0, _g[5][1])
+for _i, _g in enumerate(GEOMETRIES):
+    _h, _w = input_size(_g[4][0], _g[2][0], _g[3], 0, _g[5][0]), input_size(_g[4][1], _g[2][1], _g[3], 0, _g[5][1])
+    _hidden = hidden_swaps(_h, _w, *_g[2], stride=_g[3], pad=0)
+    assert _i != 1 or not _hidden, (_g, _hidden)
 
 
 def _pool_cases(regime, breadth):
@@ -58,6 +61,9 @@ def _pool_subgradient(case, douts, grads):
     # windows adding up: a convex combination per window, checked by shared_credit
     vals, ids = _windows(case)
     d = np.asarray(douts[0], np.float64)
+    if d.shape != vals.shape[:4]:  # the target's forward gave an output of another shape: no windows to credit
+        return False, (f"the upstream gradient has the target's output shape {list(d.shape)}, not the "
+                       f"pooling windows' {list(vals.shape[:4])}: the forward's output has the wrong shape")
     vmax = vals.max(axis=-1, keepdims=True)
     flat_v, flat_i, flat_d = vals.reshape(-1, vals.shape[-1]), ids.reshape(-1, ids.shape[-1]), d.reshape(-1)
     is_max = flat_v == vmax.reshape(-1, 1)
