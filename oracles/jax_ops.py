@@ -240,3 +240,14 @@ def batchnorm_running(x, gamma, beta, *, running_mean, running_var, momentum, ep
     new_mean = momentum * running_mean + (1 - momentum) * jnp.mean(x, axis=0)
     new_var = momentum * running_var + (1 - momentum) * jnp.var(x, axis=0)
     return out, new_mean, new_var
+
+
+# --- linear classifiers of assignment 1: s = X W, W differentiated -----------------------------
+
+def linear_svm(W, *, X, y, reg, reg_scale=1.0):
+    return svm_hinge(jnp.dot(X.astype(W.dtype), W), y=y) + reg_scale * reg * jnp.sum(jnp.square(W))
+
+
+def linear_softmax(W, *, X, y, reg, reg_scale=1.0):
+    return softmax_cross_entropy(jnp.dot(X.astype(W.dtype), W), y=y) + reg_scale * reg * jnp.sum(jnp.square(W))
+

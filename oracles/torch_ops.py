@@ -229,3 +229,14 @@ def batchnorm_running(x, gamma, beta, *, running_mean, running_var, momentum, ep
     new_mean = momentum * running_mean + (1 - momentum) * torch.mean(x, dim=0)
     new_var = momentum * running_var + (1 - momentum) * torch.var(x, dim=0, correction=0)
     return out, new_mean, new_var
+
+
+# --- linear classifiers of assignment 1: s = X W, W differentiated -----------------------------
+
+def linear_svm(W, *, X, y, reg, reg_scale=1.0):
+    return svm_hinge(torch.matmul(X.to(W.dtype), W), y=y) + reg_scale * reg * torch.sum(torch.square(W))
+
+
+def linear_softmax(W, *, X, y, reg, reg_scale=1.0):
+    return softmax_cross_entropy(torch.matmul(X.to(W.dtype), W), y=y) + reg_scale * reg * torch.sum(torch.square(W))
+
