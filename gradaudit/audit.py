@@ -44,8 +44,15 @@ WORKER = "gradaudit._audit_worker"
 
 def import_file(path: Path):
     """Import a user's .py file as a fresh module (its folder goes at the END of sys.path, so its
-    sibling imports work without shadowing anything gradaudit needs)."""
+    sibling imports work without shadowing anything gradaudit needs). A file inside a package
+    (`cs231n/classifiers/fc_net.py` with `from ..layers import *` or `from cs231n.layers import *`)
+    is imported by its dotted name, with the folder above the package at the end of sys.path."""
     path = Path(path).resolve()
+    dotted = _package_name(path)
+    if dotted is not None:
+        module = importlib.import_module(dotted)
+        if Path(getattr(module, "__file__", "") or "").resolve() == path:
+            return module  # (else an installed package of that name came first: import the file itself)
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
     name = f"_gradaudit_user_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{digest}"
     folder = str(path.parent)
@@ -58,6 +65,20 @@ def import_file(path: Path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _package_name(path: Path) -> str | None:
+    """`a.b.c` for .../root/a/b/c.py when a/ and a/b/ are packages (have an __init__.py) and root/ is
+    not; root goes at the end of sys.path. None for a file outside any package."""
+    parts, folder = [path.stem], path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if len(parts) == 1 or not all(p.isidentifier() for p in parts):
+        return None
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    return ".".join(parts)
 
 
 def derivation_files(path: Path) -> list[Path]:
@@ -166,8 +187,9 @@ def build(job: Job, modules: Modules, guard: Guard, notes: dict):
         from properties import catalogue
 
         module = modules.get(job.file)
-        pair = cs231n.BY_TARGET[job.name]
-        fns = {n: guard.wrap(f, n) for n, f in cs231n.functions_in(module).items() if n in pair.functions}
+        functions = cs231n.functions_in(module)
+        pair = cs231n.resolve(cs231n.BY_TARGET[job.name], set(functions))
+        fns = {n: guard.wrap(f, n) for n, f in functions.items() if n in pair.functions}
         target, inputs = cs231n.build_target(pair, fns, notes)
         # a forward mismatch is named after the user's forward (a loss function is its own)
         target = dataclasses.replace(target, forward_name=job.forward or job.target)

@@ -9,6 +9,7 @@ misbehaving function becomes an `error` that names it, the gradient, and expecte
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 import zlib
@@ -92,6 +93,12 @@ PAIRS: tuple[Pair, ...] = (
     # batchnorm_forward's test mode and the running statistics its train mode writes: see
     # _batchnorm_modes_target. (layernorm has no mode: cs231n's ln_param carries eps only.)
     Pair("batchnorm_forward", None, "batchnorm_running", None, optional=("batchnorm_backward",)),
+    # assignment 1: `loss, dW = f(W, X, y, reg)`; the optional function is the partner that must agree
+    # with it on every example (naive against vectorized): see _linear_classifier_target
+    Pair("svm_loss_naive", None, "linear_svm", None, optional=("svm_loss_vectorized",)),
+    Pair("svm_loss_vectorized", None, "linear_svm", None, optional=("svm_loss_naive",)),
+    Pair("softmax_loss_naive", None, "linear_softmax", None, optional=("softmax_loss_vectorized",)),
+    Pair("softmax_loss_vectorized", None, "linear_softmax", None, optional=("softmax_loss_naive",)),
 )
 # cs231n functions with no catalogue op yet, {backward: (forward, why)}: reported as skipped when
 # the file defines them
@@ -99,10 +106,19 @@ UNSUPPORTED: dict[str, tuple[str, str]] = {}
 BY_TARGET = {p.target: p for p in PAIRS}
 
 
+def resolve(pair: Pair, names: set[str]) -> Pair:
+    """The pair as this file has it: an `*_alt` backward goes with the file's own `*_forward_alt`
+    when it defines one (`batchnorm_backward_alt` with `batchnorm_forward_alt`)."""
+    alt = f"{pair.forward}_alt" if pair.forward else None
+    if pair.target.endswith("_alt") and alt in names:
+        return dataclasses.replace(pair, forward=alt)
+    return pair
+
+
 def plan(names: set[str]) -> tuple[list[Pair], list[tuple[str, str]], list[str]]:
     """(pairs to check, (function, why skipped) for half-present pairs, absent pairs)."""
     run, skipped, absent = [], [], []
-    for p in PAIRS:
+    for p in (resolve(p, names) for p in PAIRS):
         have = [f for f in p.required if f in names]
         if len(have) == len(p.required):
             run.append(p)
@@ -184,6 +200,8 @@ def build_target(pair: Pair, fns: dict[str, Callable], notes: dict[str, str] | N
         return _dropout_target(pair, fns, spec, notes)
     if pair.op == "batchnorm_running":
         return _batchnorm_modes_target(pair, fns, spec, notes)
+    if pair.op in ("linear_svm", "linear_softmax"):
+        return _linear_classifier_target(pair, fns, spec, notes)
     if pair.forward is None:
         loss_fn = fns[pair.target]
 
@@ -464,6 +482,162 @@ def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
         return grads  # malformed: the runner names it
 
     return audit_target(name, pair.op, forward, backward, spec.forward), spec.inputs
+
+
+# -- assignment 1's linear classifiers: `loss, dW = f(W, X, y, reg)` ----------------------------
+
+def first_oracle() -> str | None:
+    """The oracle that settles a question on the side (naive vs vectorized, a layer's probe)."""
+    import oracles
+
+    for name in ("torch", "jax", "numeric"):
+        try:
+            oracles.get(name).check_available("cpu")
+            return name
+        except oracles.OracleUnavailable:
+            continue
+    return None
+
+
+def reg_convention(fname: str, ratio: float, what: str) -> tuple[float, str]:
+    """(reg_scale, a sentence) from how much a loss grows with reg, in units of reg·Σ W²: 1 is the
+    convention reg·Σ W² (gradient 2·reg·W), 0.5 is ½·reg·Σ W² (gradient reg·W). A gradient is judged
+    against the loss it comes with, whichever year's convention that is."""
+    if np.isfinite(ratio) and abs(ratio - 1) < 1e-6:
+        return 1.0, f"(Regularisation read from the loss value: reg·Σ W² over {what}, so the gradient carries 2·reg·W.)"
+    if np.isfinite(ratio) and abs(ratio - 0.5) < 1e-6:
+        return 0.5, f"(Regularisation read from the loss value: ½·reg·Σ W² over {what}, so the gradient carries reg·W.)"
+    return 1.0, (f"{fname}'s loss grows by {ratio:.4g}·reg·Σ W² over {what} when reg is added: neither reg·Σ W² "
+                 f"nor ½·reg·Σ W²; judged as reg·Σ W².")
+
+
+def _linear_reg_scale(fname: str, fn) -> tuple[float, str]:
+    rng = np.random.default_rng(20)
+    W, X, y, reg = rng.standard_normal((4, 3)), rng.standard_normal((5, 4)), np.array([0, 2, 1, 1, 0]), 0.5
+    try:
+        loss = [float(_unpack(fname, fn(W.copy(), X.copy(), y.copy(), r), 2, "loss, dW")[0]) for r in (reg, 0.0)]
+    except Exception:
+        return 1.0, ""  # the check itself calls the function again and reports what it does
+    return reg_convention(fname, (loss[0] - loss[1]) / (reg * float((W * W).sum())), "W")
+
+
+class _Agreement:
+    """A function against its partner (naive against vectorized) on every example it is checked on:
+    they must agree in loss and dW. On the first disagreement an oracle says which one is out. The
+    tally becomes a sentence in the target's notes (shown with its fails)."""
+
+    def __init__(self, pair: Pair, partner, notes: dict, convention: str):
+        self.pair, self.partner, self.notes, self.convention = pair, partner, notes, convention
+        self.target = None  # set once built: the oracle differentiates its op
+        self.examples = self.disagreements = 0
+        self.first: str | None = None
+
+    def check(self, W, X, y, reg, reg_scale, loss, dW) -> None:
+        try:
+            theirs = _unpack(self.pair.optional[0], self.partner(W.copy(), X.copy(), y.copy(), reg), 2, "loss, dW")
+        except Exception:
+            return  # the partner's own check reports what it does
+        self.examples += 1
+        what = self._difference((loss, dW), theirs, W.dtype, W, X)
+        if what:
+            self.disagreements += 1
+            if self.first is None:
+                self.first = what + self._decide(W, X, y, reg, reg_scale, (loss, dW), theirs)
+        self.notes[self.pair.target] = f"{self.sentence()} {self.convention}".strip()
+
+    @staticmethod
+    def _difference(mine, theirs, dtype, W, X) -> str | None:
+        from properties import tolerances
+        from properties.compare import compare
+
+        pol = tolerances.policy(str(dtype), size=max(W.size, X.size), oracle="torch",
+                                input_max=max(float(np.abs(W).max(initial=0)), float(np.abs(X).max(initial=0))))
+        for label, a, b in (("the loss", mine[0], theirs[0]), ("dW", mine[1], theirs[1])):
+            a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+            if a.shape != b.shape:
+                return f"{label} of shape {list(a.shape)} against {list(b.shape)}"
+            c = compare(a, b, pol, ulp_dtype=str(dtype))
+            if not c.ok:
+                if a.ndim and c.worst_index is None:
+                    return f"{label} differs"
+                i = tuple(int(k) for k in c.worst_index) if a.ndim else ()
+                return f"{label}{f' at index {i}' if i else ''}: {_short(a[i])} against {_short(b[i])}"
+        return None
+
+    def _decide(self, W, X, y, reg, reg_scale, mine, theirs) -> str:
+        import oracles
+        from properties import tolerances
+        from properties.compare import compare
+
+        oracle = first_oracle()
+        if oracle is None or self.target is None:
+            return ""
+        try:
+            res = oracles.get(oracle).vjp(self.target, {"W": W}, {"X": X, "y": y, "reg": reg, "reg_scale": reg_scale},
+                                          (np.asarray(1.0, dtype=W.dtype),), dtype=str(W.dtype), device="cpu")
+        except Exception:
+            return ""
+        pol = tolerances.policy(str(W.dtype), size=max(W.size, X.size), oracle=oracle,
+                                input_max=max(float(np.abs(W).max(initial=0)), float(np.abs(X).max(initial=0))),
+                                noise=res.info.get("noise", 0.0))
+
+        def right(result):
+            loss, dw = (np.asarray(r, dtype=np.float64) for r in result)
+            dtype = str(W.dtype)
+            if dw.shape != W.shape or (res.out is not None and not compare(loss, np.asarray(res.out), pol,
+                                                                          ulp_dtype=dtype).ok):
+                return False
+            return compare(dw, np.asarray(res.grads["W"], dtype=np.float64), pol, ulp_dtype=dtype).ok
+
+        me, partner = self.pair.target, self.pair.optional[0]
+        verdict = {(True, False): f"{partner} is the one that is out", (False, True): f"{me} is the one that is out",
+                   (True, True): "both are within tolerance of it", (False, False): "neither agrees with it"}
+        return f"; {oracle} decides: {verdict[(right(mine), right(theirs))]}"
+
+    def sentence(self) -> str:
+        me, partner = self.pair.target, self.pair.optional[0]
+        if self.disagreements:
+            return (f"{me} and {partner} disagree on {self.disagreements} of {self.examples} examples (first: "
+                    f"{self.first}).")
+        return (f"{me} and {partner} agree on all {self.examples} examples: they share this result, so checking "
+                f"one against the other cannot catch it.")
+
+
+def _short(v) -> str:
+    return f"{float(v):.6g}"
+
+
+def _linear_classifier_target(pair: Pair, fns, spec, notes):
+    from properties.spec import Case
+
+    fn = fns[pair.target]
+    reg_scale, convention = _linear_reg_scale(pair.target, fn)
+    if convention:
+        notes[pair.target] = convention
+    partner = fns.get(pair.optional[0]) if pair.optional else None
+    agreement = _Agreement(pair, partner, notes, convention) if partner is not None else None
+
+    def forward(W, *, X, y, reg, reg_scale):
+        originals = (W.copy(), X.copy(), y.copy())  # the partner gets them even if fn writes into its own
+        loss, dW = _unpack(pair.target, fn(W, X, y, reg), 2, "loss, dW")
+        if agreement is not None:
+            agreement.check(*originals, reg, reg_scale, loss, dW)
+        return loss, _Cache(dW, _finite(W, X, loss))
+
+    def backward(dout, cache):
+        dW = cache.user
+        if not isinstance(dW, np.ndarray) or dW.dtype.kind != "f":
+            return dW  # the runner names it: "grad[W] is NoneType, expected an array of shape ..."
+        _check_finite(pair.target, (dW,), ("W",), cache, (dout,))
+        return dW * dout  # the loss's gradient, times the upstream scalar
+
+    def inputs(regime):  # the convention the user's loss has, not the catalogue's draw
+        return spec.inputs(regime).map(lambda c: Case(c.arrays, {**c.params, "reg_scale": reg_scale}))
+
+    target = audit_target(pair.target, pair.op, forward, backward, spec.forward)
+    if agreement is not None:
+        agreement.target = target
+    return target, inputs
 
 
 def functions_in(module) -> dict[str, Any]:
