@@ -142,14 +142,15 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
         for target, why in skipped:
             op = cs231n.BY_TARGET[target].op if target in cs231n.BY_TARGET else target.replace("_backward", "")
             jobs.append(Job(target, op, "cs231n", path, target, ["-"], skip=why, source=Path(path).name))
+        jobs += _model_jobs(module, path, guard)
         return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": absent}
     jobs = []
     hint = None
     if not derivations_in(module):
-        from . import cs231n
+        from . import cs231n, models
 
-        if cs231n.plan(set(cs231n.functions_in(module)))[0]:
-            hint = f"{Path(path).name} has cs231n-named functions: audit them with --convention cs231n"
+        if cs231n.plan(set(cs231n.functions_in(module)))[0] or models.models_in(module):
+            hint = f"{Path(path).name} has cs231n-named functions or classes: audit them with --convention cs231n"
     for d in derivations_in(module):
         target = qualified(path, d.target_name, folder)
         op = qualified(path, d.name, folder)
@@ -157,6 +158,13 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
         jobs.append(Job(target, op, "derivation", path, d.name, list(d.regimes), d.name,
                         source=d.source or Path(path).name, skip=skip, formula=d.formula))
     return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": [], "hint": hint}
+
+
+def _model_jobs(module, path: str, guard: Guard) -> list[Job]:
+    """The cs231n model classes of the module (gradaudit/models.py), one job per configuration."""
+    from . import models
+
+    return [Job(**j, convention="cs231n", file=path, source=Path(path).name) for j in models.plan(module, guard)]
 
 
 class Modules:
@@ -187,6 +195,10 @@ def build(job: Job, modules: Modules, guard: Guard, notes: dict):
         from properties import catalogue
 
         module = modules.get(job.file)
+        if job.name not in cs231n.BY_TARGET:  # a model class
+            from . import models
+
+            return models.build(job.name, module, guard, notes)
         functions = cs231n.functions_in(module)
         pair = cs231n.resolve(cs231n.BY_TARGET[job.name], set(functions))
         fns = {n: guard.wrap(f, n) for n, f in functions.items() if n in pair.functions}
@@ -584,6 +596,7 @@ def _plan_module(module, file: str, convention: str | None) -> list[dict]:
                     source=Path(file).name) for p in run]
         jobs += [Job(t, cs231n.BY_TARGET[t].op if t in cs231n.BY_TARGET else t, "cs231n", file, t, ["-"],
                      skip=why, source=Path(file).name) for t, why in skipped]
+        jobs += _model_jobs(module, file, Guard())
         return [dataclasses.asdict(j) for j in jobs]
     return [dataclasses.asdict(Job(d.target_name, d.name, "derivation", file, d.name, list(d.regimes), d.name,
                                    source=d.source or Path(file).name, formula=d.formula,
