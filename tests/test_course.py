@@ -252,6 +252,22 @@ def test_a_model_wrong_because_its_layer_is_points_at_the_layer(models_buggy):
         assert "see word_embedding_backward's own verdict" in rec["message"]
 
 
+def test_finite_differences_of_a_float32_cell_run_the_class_in_float64(tmp_path):
+    # the conv layer allocates its output by x.dtype: given the float32 cell's data, the class would
+    # compute in float32 under the finite differences' float64 steps, and its quotients would be noise
+    source = f"""
+    import sys
+    sys.path.insert(0, {str(EXAMPLES)!r})
+    from models_correct import ThreeLayerConvNet
+    """
+    path = tmp_path / "convnet.py"
+    path.write_text(textwrap.dedent(source))
+    recs = gradaudit.check(path, convention="cs231n", oracles=("numeric",), dtypes=("float32",),
+                           report=tmp_path / "report", raise_on_failure=False)
+    assert {r["target"] for r in recs} == {"ThreeLayerConvNet", "ThreeLayerConvNet.test_mode"}
+    assert statuses(recs) == {"pass"}, [r["message"] for r in recs]
+
+
 def test_a_package_layout_with_relative_and_absolute_sibling_imports(tmp_path):
     r = audit(EXAMPLES / "assignment2" / "cs231n" / "classifiers" / "fc_net.py", tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
