@@ -8,12 +8,12 @@ from ..strategies import float_arrays, labels
 from ..subgradient import in_affine_box
 from ._common import geometry, kink_tol
 
-# (N, D, C, reg): D != C; reg dyadic (the same value in float32 and float64) and static for JAX, so
-# tied to a shape. The ci profile draws the first two: batch 1, and all dims distinct with N > 1 (a
-# missing 1/N shows). Then reg = 0, and C = 1 (a single class: the data loss is 0).
-GEOMETRIES = ((1, 3, 4, 0.5), (4, 3, 5, 0.25), (5, 2, 3, 0.0), (3, 4, 1, 0.125))
-# reg·ΣW² (2·reg·W) and 0.5·reg·ΣW² (reg·W): the two conventions of the assignment's years
-REG_SCALES = (1.0, 0.5)
+# (N, D, C, reg, reg_scale): D != C; reg dyadic (the same value in float32 and float64); reg_scale 1
+# (reg·ΣW², gradient 2·reg·W) or 0.5 (½·reg·ΣW², gradient reg·W), the conventions of the assignment's
+# years. Both are static for JAX, so tied to a shape. The ci profile draws the first two: batch 1, and
+# all dims distinct with N > 1 (a missing 1/N shows), one per convention. Then reg = 0, and C = 1 (a
+# single class: the data loss is 0).
+GEOMETRIES = ((1, 3, 4, 0.5, 1.0), (4, 3, 5, 0.25, 0.5), (5, 2, 3, 0.0, 1.0), (3, 4, 1, 0.125, 0.5))
 
 
 def _cases(regime):
@@ -23,10 +23,10 @@ def _cases(regime):
 
     @st.composite
     def cases(draw):
-        n, d, c, reg = draw(geometry(*GEOMETRIES))
+        n, d, c, reg, reg_scale = draw(geometry(*GEOMETRIES))
         return Case({"W": draw(float_arrays((d, c), wr))},
                     {"X": draw(float_arrays((n, d), regime)), "y": draw(labels(n, c)), "reg": reg,
-                     "reg_scale": draw(st.sampled_from(REG_SCALES))})
+                     "reg_scale": reg_scale})
     return cases()
 
 
