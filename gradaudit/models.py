@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import sys
-from typing import Callable
 
 import numpy as np
 
-from . import cs231n
+from . import course, cs231n
 from .cs231n import AdapterError, _Cache, _finite, _kind, _unpack
+from .diagnosis import layer_verdicts, traced_calls, wrong_params
 
 KEEP = 0.75  # dropout: the keep probability (or the strength, in older years) the class is built with
 SEED = 231  # dropout_param["seed"]: the class's dropout is then deterministic
@@ -199,77 +198,6 @@ class _Instances:
         return self.guard.call(obj.loss, f"{self.model.cls}.loss", args, kwargs)
 
 
-# ---- what the class's loss calls, and how those layers fare on their own -----------------------
-
-def traced_calls(fn: Callable[[], object]) -> dict[str, Callable]:
-    """The cs231n-named functions that fn() calls, directly or through helpers (layer_utils), by name."""
-    wanted = {f for p in cs231n.PAIRS for f in (*p.functions, p.forward and f"{p.forward}_alt") if f}
-    seen: dict[str, Callable] = {}
-
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code.co_name in wanted:
-            f = frame.f_globals.get(frame.f_code.co_name)
-            if getattr(f, "__code__", None) is frame.f_code:
-                seen.setdefault(frame.f_code.co_name, f)
-
-    previous = sys.getprofile()
-    sys.setprofile(profile)
-    try:
-        fn()
-    finally:
-        sys.setprofile(previous)
-    return seen
-
-
-def draw_cases(strategy, n: int) -> list:
-    """n cases of a strategy, the same ones every time (a derandomized Hypothesis run)."""
-    from hypothesis import HealthCheck, Phase, given, settings
-
-    out = []
-
-    @settings(max_examples=n, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
-    @given(strategy)
-    def collect(case):
-        out.append(case)
-
-    collect()
-    return out[:n]
-
-
-_LAYER_VERDICTS: dict = {}  # (pair target, function objects) -> (ok, why): one check per process
-
-
-def layer_verdicts(called: dict[str, Callable], guard, oracle: str) -> dict[str, tuple[bool, str]]:
-    """Each cs231n pair whose functions `called` holds, checked on a few typical cases against `oracle`."""
-    from properties import catalogue  # noqa: F401
-    from properties.evaluate import evaluate
-    from properties.spec import CATALOGUE
-
-    names = set(called)
-    out = {}
-    for pair in cs231n.PAIRS:
-        pair = cs231n.resolve(pair, names)
-        if pair.op not in CATALOGUE or not all(f in names for f in pair.functions):
-            continue
-        key = (pair.target, tuple(id(called[f]) for f in pair.functions))
-        if key not in _LAYER_VERDICTS:
-            fns = {f: guard.wrap(called[f], f) for f in pair.uses if f in called}
-            verdict = (True, "")
-            try:
-                target, inputs = cs231n.build_target(pair, fns, {})
-                for case in draw_cases(inputs("typical"), 3):
-                    v = evaluate(CATALOGUE[pair.op], target, case, "float64", [(oracle, "cpu")]).sides[(oracle, "cpu")]
-                    if v.status in ("fail", "error"):
-                        verdict = (False, v.message)
-                        break
-            except Exception as e:  # its check could not even be set up: that is its verdict
-                verdict = (False, f"{type(e).__name__}: {e}")
-            _LAYER_VERDICTS[key] = verdict
-        out[pair.target] = _LAYER_VERDICTS[key]
-    return out
-
-
 # ---- the targets -------------------------------------------------------------------------------
 
 def _shape_key(shapes, data_shape) -> tuple:
@@ -441,7 +369,7 @@ def _reg_convention(model, net, instances) -> tuple[float, str]:
     except Exception:
         return 1.0, ""  # the check itself calls the loss again and reports what it does
     ratio = (losses[0] - losses[1]) / (reg * penalty)
-    return cs231n.reg_convention(f"{model.cls}.loss", ratio, "the weights")
+    return course.reg_convention(f"{model.cls}.loss", ratio, "the weights")
 
 
 def _dropout_masks(model, net, instances) -> dict:
@@ -484,7 +412,7 @@ def _train_call(model, net, instances, obj, g, seed=5):
 
 def _diagnose(model, net, instances, target, inputs, guard) -> str:
     """What a failure of this model means: a layer it calls that fails on its own, or its wiring."""
-    oracle = cs231n.first_oracle()
+    oracle = course.first_oracle()
     if oracle is None:
         return ""
     g = net.geometries[0]
@@ -509,7 +437,7 @@ def _diagnose(model, net, instances, target, inputs, guard) -> str:
             return f"{fname} calls none of the assignment's layer functions, so the bug is in {where}."
         return f"Every layer function {fname} calls passes its own check ({', '.join(sorted(layers))}): the bug " \
                f"is in {where}."
-    wrong = _wrong_params(target, inputs, oracle, net.geometries[1:2])
+    wrong = wrong_params(target, inputs, oracle, net.geometries[1:2])
     where = ""
     if wrong:
         where = (f"; on a probe, {', '.join(f'grad[{n}] ({net.role(n)})' for n in wrong)} "
@@ -518,31 +446,3 @@ def _diagnose(model, net, instances, target, inputs, guard) -> str:
         return f"{fname} calls none of the assignment's layer functions, so the bug is in {fname} itself{where}."
     return (f"Every layer function {fname} calls passes its own check ({', '.join(sorted(layers))}): a wiring "
             f"bug in {fname}{where}.")
-
-
-def _wrong_params(target, inputs, oracle, geometries) -> list[str]:
-    import oracles
-    from properties import tolerances
-    from properties.compare import compare, compare_projection
-    from oracles.base import Projection
-    from properties.evaluate import run_target
-
-    try:  # the rich geometry: a batch of 2 hides things (one of two units after a batch norm is off)
-        case = draw_cases(inputs("typical", geometries), 1)[0]
-        ev = run_target(target, case, "float64", douts=(np.float64(1.0),))
-        if ev.error:
-            return []
-        res = oracles.get(oracle).vjp(target, ev.arrays, ev.case.params, ev.douts, dtype="float64", device="cpu")
-    except Exception:
-        return []
-    size = max(a.size for a in ev.arrays.values())
-    pol = tolerances.policy("float64", size=size, oracle=oracle, input_max=max(
-        float(np.abs(a).max()) for a in ev.arrays.values()), noise=res.info.get("noise", 0.0))
-    wrong = []
-    for n in ev.grads:
-        theirs = res.grads[n]
-        c = (compare_projection(ev.grads[n], theirs.dirs, theirs.values, pol, ulp_dtype="float64")
-             if isinstance(theirs, Projection) else compare(ev.grads[n], theirs, pol, ulp_dtype="float64"))
-        if not c.ok:
-            wrong.append(n)
-    return wrong

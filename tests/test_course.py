@@ -426,7 +426,7 @@ def _jax_vjp(op, arrays, params, dout):
 
 def _model_cases():
     from properties.catalogue import _models as M
-    from gradaudit.models import draw_cases
+    from gradaudit.diagnosis import draw_cases
 
     out = []
     for net, variants in ((M.FULLY_CONNECTED_NET, ("", "batchnorm", "layernorm", "dropout")), (M.CONV_NET, ("",)),
