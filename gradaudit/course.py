@@ -103,7 +103,8 @@ class Agreement:
         if oracle is None or self.target is None:
             return ""
         try:
-            res = oracles.get(oracle).vjp(self.target, {"W": W}, {"X": X, "y": y, "reg": reg, "reg_scale": reg_scale},
+            res = oracles.get(oracle).vjp(self.target.oracle_forward(oracle), {"W": W},
+                                          {"X": X, "y": y, "reg": reg, "reg_scale": reg_scale},
                                           (np.asarray(1.0, dtype=W.dtype),), dtype=str(W.dtype), device="cpu")
         except Exception:
             return ""

@@ -52,15 +52,14 @@ _LAYER_VERDICTS: dict = {}  # (pair target, function objects) -> (ok, why): one 
 
 def layer_verdicts(called: dict[str, Callable], guard, oracle: str) -> dict[str, tuple[bool, str]]:
     """Each cs231n pair whose functions `called` holds, checked on a few typical cases against `oracle`."""
-    from properties import catalogue  # noqa: F401
+    from properties import catalogue
     from properties.evaluate import evaluate
-    from properties.spec import CATALOGUE
 
-    names = set(called)
+    names, ops = set(called), catalogue.load()
     out = {}
     for pair in cs231n.PAIRS:
         pair = cs231n.resolve(pair, names)
-        if pair.op not in CATALOGUE or not all(f in names for f in pair.functions):
+        if pair.op not in ops or not all(f in names for f in pair.functions):
             continue
         key = (pair.target, tuple(id(called[f]) for f in pair.functions))
         if key not in _LAYER_VERDICTS:
@@ -68,8 +67,8 @@ def layer_verdicts(called: dict[str, Callable], guard, oracle: str) -> dict[str,
             verdict = (True, "")
             try:
                 target, inputs = cs231n.build_target(pair, fns, {})
-                for case in draw_cases(inputs("typical"), 3):
-                    v = evaluate(CATALOGUE[pair.op], target, case, "float64", [(oracle, "cpu")]).sides[(oracle, "cpu")]
+                for case in draw_cases(inputs("typical", "full"), 3):
+                    v = evaluate(ops[pair.op], target, case, "float64", [(oracle, "cpu")]).sides[(oracle, "cpu")]
                     if v.status in ("fail", "error"):
                         verdict = (False, v.message)
                         break
@@ -84,26 +83,18 @@ def wrong_params(target, inputs, oracle: str, geometries) -> list[str]:
     """The params whose gradient disagrees with `oracle` on one case of `geometries`."""
     import oracles
     from properties import tolerances
-    from properties.compare import compare, compare_projection
-    from oracles.base import Projection
-    from properties.evaluate import run_target
+    from properties.evaluate import compare_any, run_target
 
     try:  # the rich geometry: a batch of 2 hides things (one of two units after a batch norm is off)
-        case = draw_cases(inputs("typical", geometries), 1)[0]
+        case = draw_cases(inputs("typical", "full", geometries), 1)[0]
         ev = run_target(target, case, "float64", douts=(np.float64(1.0),))
         if ev.error:
             return []
-        res = oracles.get(oracle).vjp(target, ev.arrays, ev.case.params, ev.douts, dtype="float64", device="cpu")
+        res = oracles.get(oracle).vjp(target.oracle_forward(oracle), ev.arrays, ev.case.params, ev.douts,
+                                      dtype="float64", device="cpu")
     except Exception:
         return []
-    size = max(a.size for a in ev.arrays.values())
-    pol = tolerances.policy("float64", size=size, oracle=oracle, input_max=max(
-        float(np.abs(a).max()) for a in ev.arrays.values()), noise=res.info.get("noise", 0.0))
-    wrong = []
-    for n in ev.grads:
-        theirs = res.grads[n]
-        c = (compare_projection(ev.grads[n], theirs.dirs, theirs.values, pol, ulp_dtype="float64")
-             if isinstance(theirs, Projection) else compare(ev.grads[n], theirs, pol, ulp_dtype="float64"))
-        if not c.ok:
-            wrong.append(n)
-    return wrong
+    pol = tolerances.policy("float64", size=max(a.size for a in ev.arrays.values()), oracle=oracle,
+                            input_max=max(float(np.abs(a).max()) for a in ev.arrays.values()),
+                            noise=res.info.get("noise", 0.0))
+    return [n for n in ev.grads if not compare_any(ev.grads[n], res.grads[n], pol, "float64").ok]

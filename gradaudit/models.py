@@ -22,7 +22,7 @@ import inspect
 import numpy as np
 
 from . import course, cs231n
-from .cs231n import AdapterError, _Cache, _finite, _kind, _unpack
+from .cs231n import AdapterError, UserCache, all_finite, describe_value, unpack
 from .diagnosis import layer_verdicts, traced_calls, wrong_params
 
 KEEP = 0.75  # dropout: the keep probability (or the strength, in older years) the class is built with
@@ -182,7 +182,7 @@ class _Instances:
         have = getattr(obj, "params", None)
         what = f"{self.model.cls}({self.model.variant or ''})".replace("()", "")
         if not isinstance(have, dict):
-            raise AdapterError(f"{what}.params is {_kind(have)}, expected a dict of parameter arrays")
+            raise AdapterError(f"{what}.params is {describe_value(have)}, expected a dict of parameter arrays")
         if set(have) != set(want):
             extra, missing = sorted(set(have) - set(want)), sorted(set(want) - set(have))
             hint = (" (normalisation not implemented?)" if any(n.startswith(("gamma", "beta")) for n in missing)
@@ -259,13 +259,13 @@ def build(name: str, module, guard, notes: dict):
             scores = call(obj, names, arrays, params)
             n, c = np.shape(params[data_key])[0], net.layout(g, model.variant)[names[-1]][0]
             if not isinstance(scores, np.ndarray) or scores.shape != (n, c):
-                raise AdapterError(f"{fname}(X) returned {_kind(scores)} in test mode, expected the scores, "
+                raise AdapterError(f"{fname}(X) returned {describe_value(scores)} in test mode, expected the scores, "
                                    f"an array of shape {[n, c]}")
             return scores, tuple(np.zeros_like(a) for a in arrays)  # the "gradient": see backward
-        loss, grads = _unpack(fname, call(obj, names, arrays, params), 2, "loss, grads")
+        loss, grads = unpack(fname, call(obj, names, arrays, params), 2, "loss, grads")
         if np.ndim(loss) != 0:
             raise AdapterError(f"{fname} returned a loss of shape {list(np.shape(loss))}, expected a scalar")
-        cache = _Cache(grads, _finite(*arrays, loss))
+        cache = UserCache(grads, all_finite(*arrays, loss))
         cache.names = names
         return loss, cache
 
@@ -274,7 +274,7 @@ def build(name: str, module, guard, notes: dict):
             return cache
         grads, names = cache.user, cache.names
         if not isinstance(grads, dict):
-            raise AdapterError(f"{fname} returned grads = {_kind(grads)}, expected a dict keyed like params")
+            raise AdapterError(f"{fname} returned grads = {describe_value(grads)}, expected a dict keyed like params")
         missing = [n for n in names if n not in grads]
         if missing:
             raise AdapterError(f"{fname} returned grads without {', '.join(missing)} (it has {sorted(grads)})")
@@ -282,52 +282,29 @@ def build(name: str, module, guard, notes: dict):
         for n in names:
             g = grads[n]
             out.append(g * dout if isinstance(g, np.ndarray) and g.dtype.kind == "f" else g)
-        cs231n._check_finite(fname, out, names, cache, (dout,))
+        cs231n.check_finite(fname, out, names, cache, (dout,))
         return tuple(out)
 
-    if model.test:
-        target = _TestModeTarget(name, net.op, forward, backward)
-    else:
-        target = Target(name, net.op, forward, backward)
+    judge = None
+    if model.test:  # the finite differences see a constant, as the frameworks' stopped gradient does
+        def judge(*arrays, **params):
+            return np.zeros(np.shape(forward(*arrays, **params)[0])), None
+    target = Target(name, net.op, forward, backward, judge_forward=judge, forward_name=f"{fname}(X)" if model.test
+                    else fname)
 
-    def inputs(regime, geometries=None):
+    def inputs(regime, breadth, geometries=None):
         def complete(case):
             g = geometry_of(case.arrays.values(), case.params[data_key])
             extra = dict(masks.get(g, {}))
             if not model.test and "reg" in case.params:
                 extra["reg_scale"] = penalty_scale
             return dataclasses.replace(case, params={**case.params, **extra}) if extra else case
-        return M.cases(net, model.variant, regime, model.test, geometries).map(complete)
+        return M.cases(net, model.variant, regime, model.test, breadth, geometries).map(complete)
 
     notes[name] = " ".join(s for s in (_diagnose(model, net, instances, target, inputs, guard), notes.get(name)) if s)
     spec = OpSpec(name=net.op, family="models", source=f"cs231n ({model.cls})", inputs=inputs,
                   regimes=("typical",), kinks=net.kinks, tolerance=net.tolerance)
     return spec, target, inputs, ("typical",)
-
-
-def _test_mode_target_class():
-    from properties.target import Target
-
-    @dataclasses.dataclass(frozen=True)
-    class TestModeTarget(Target):
-        """The scores of test mode: the finite differences see a constant, as the frameworks' stopped
-        gradient does; the forward is what is judged."""
-
-        def forward_fn(self, *arrays, **params):
-            out = self.forward(*arrays, **params)[0]
-            return np.zeros(np.shape(out))
-
-    return TestModeTarget
-
-
-def _TestModeTarget(*args):
-    global _TEST_MODE_TARGET
-    if _TEST_MODE_TARGET is None:
-        _TEST_MODE_TARGET = _test_mode_target_class()
-    return _TEST_MODE_TARGET(*args)
-
-
-_TEST_MODE_TARGET = None
 
 
 def _data_shape(net, g, variant):
@@ -364,7 +341,7 @@ def _reg_convention(model, net, instances) -> tuple[float, str]:
             obj = instances.get(g, np.float64, r)
             obj.params.update(zip(names, (a.copy() for a in arrays)))
             kw = {"reg": r} if instances.loss_takes_reg else {}
-            losses.append(float(_unpack(f"{model.cls}.loss", instances.loss(obj, x.copy(), y.copy(), **kw), 2,
+            losses.append(float(unpack(f"{model.cls}.loss", instances.loss(obj, x.copy(), y.copy(), **kw), 2,
                                         "loss, grads")[0]))
     except Exception:
         return 1.0, ""  # the check itself calls the loss again and reports what it does
@@ -384,7 +361,7 @@ def _dropout_masks(model, net, instances) -> dict:
         losses = []
         for _ in range(2):
             called = traced_calls(lambda: losses.append(
-                _unpack(f"{model.cls}.loss", _train_call(model, net, instances, obj, g), 2, "loss, grads")[0]))
+                unpack(f"{model.cls}.loss", _train_call(model, net, instances, obj, g), 2, "loss, grads")[0]))
         if not np.array_equal(np.asarray(losses[0], float), np.asarray(losses[1], float), equal_nan=True):
             raise AdapterError(f"{model.cls}.loss with dropout gives another loss on every call with the same "
                                f"dropout_param['seed']: seed the generator with it (np.random.seed(seed))")
@@ -394,7 +371,7 @@ def _dropout_masks(model, net, instances) -> dict:
         masks = {}
         for layer, h in enumerate(g[2], 1):
             res = instances.guard.call(drop, "dropout_forward", (np.ones((g[0], h)), dict(param, mode="train")))
-            masks[f"mask{layer}"] = np.asarray(_unpack("dropout_forward", res, 2, "out, cache")[0], np.float64)
+            masks[f"mask{layer}"] = np.asarray(unpack("dropout_forward", res, 2, "out, cache")[0], np.float64)
         out[g] = masks
     return out
 

@@ -119,15 +119,15 @@ def test_finite_differences_of_linear_softmax_at_overflow_scale_are_judged_with_
     the policy's 1e-5 relative; the op's tolerance factor (h·|X|)²/(10·rtol) covers it, and only it."""
     import dataclasses
 
-    from properties import catalogue  # noqa: F401
+    from properties import catalogue
     from properties.evaluate import evaluate
-    from properties.spec import CATALOGUE, Case
+    from properties.spec import Case
     from properties.target import Target
 
     X = np.array([[925.73022109, 667.89513671], [1440.42265044, 904.90011715], [264.33062684, 1161.59505491],
                   [2104.00004513, 1747.08096313], [96.26476419, -465.42147105]])
     case = Case({"W": np.full((2, 3), 3.0)}, {"X": X, "y": np.array([0, 1, 2, 0, 1]), "reg": 0.0, "reg_scale": 1.0})
-    spec, side = CATALOGUE["linear_softmax"], ("numeric", "cpu")
+    spec, side = catalogue.load()["linear_softmax"], ("numeric", "cpu")
     for s, want in ((spec, "pass"), (dataclasses.replace(spec, tolerance=None), "fail")):
         v = evaluate(s, Target.reference(s), case, "float64", [side], douts=(np.float64(1.455),)).sides[side]
         assert v.status == want, v.message
@@ -330,7 +330,7 @@ def test_batchnorm_amplified_rounding_is_within_the_models_tolerance_and_only_th
     import dataclasses
 
     from gradaudit._guard import Guard
-    from gradaudit.audit import Job, _Modules, build
+    from gradaudit.audit import Job, Modules, build
     from properties.evaluate import evaluate
     from properties.spec import Case
 
@@ -340,7 +340,7 @@ def test_batchnorm_amplified_rounding_is_within_the_models_tolerance_and_only_th
     job = Job("FullyConnectedNet.batchnorm", "fc_net", "cs231n", str(EXAMPLES / "models_correct.py"),
               "FullyConnectedNet.batchnorm", ["typical"])
     guard = Guard()
-    spec, target, _, _ = build(job, _Modules(guard), guard, {})
+    spec, target, _, _ = build(job, Modules(guard), guard, {})
     side = ("torch", "cpu")
     assert evaluate(spec, target, case, "float64", [side], douts=(d["dout/0"],)).sides[side].status == "pass"
     without = dataclasses.replace(spec, tolerance=None)
@@ -434,7 +434,7 @@ def _model_cases():
         for variant in variants:
             # test mode where it differs from train mode: batch norm's running statistics, no dropout
             for test in (False, True) if variant in ("batchnorm", "dropout") else (False,):
-                case = draw_cases(M.cases(net, variant, "typical", test, geometries=net.geometries[1:2]), 1)[0]
+                case = draw_cases(M.cases(net, variant, "typical", test, "full", geometries=net.geometries[1:2]), 1)[0]
                 if "captions" in case.params:  # words that are not all <NULL>: a loss to differentiate
                     n, t = case.params["captions"].shape
                     case.params["captions"] = np.arange(n * t).reshape(n, t) % net.geometries[1][5]

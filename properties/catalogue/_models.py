@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 import reference_impl as R
 
 from ..spec import Case, Tolerance
-from ..strategies import float_arrays, labels
-from ._common import geometry, kink_tol
+from ..strategies import float_arrays, geometry, labels
+from ._common import kink_tol
 
 NULL = 0  # the <NULL> token of the captioning vocabulary
 EPS = 1e-5  # the assignments' batch/layer norm eps (bn_param.get("eps", 1e-5))
@@ -55,12 +55,13 @@ def _param_draw(draw, shapes: dict, fan_in: dict) -> dict:
     return out
 
 
-def cases(net: Network, variant: str, regime: str, test: bool, geometries: tuple | None = None):
+def cases(net: Network, variant: str, regime: str, test: bool, breadth: str, geometries: tuple | None = None):
     """Cases of `net` in `variant` (a normalisation, "dropout", a cell type, or ""): params are the
-    differentiable arrays; data, labels and static settings are params."""
+    differentiable arrays; data, labels and static settings are params. `breadth`: see
+    properties.strategies.geometry; `geometries` (default the network's) to draw from."""
     @st.composite
     def draw_case(draw):
-        g = draw(geometry(*(geometries or net.geometries)))
+        g = draw(geometry(breadth, *(geometries or net.geometries)))
         shapes = net.layout(g, variant)
         fan_in = {n: int(np.prod(s[1:])) if len(s) == 4 else s[0] for n, s in shapes.items() if len(s) > 1}
         return Case(_param_draw(draw, shapes, fan_in), net.data(draw, g, variant, regime, test))

@@ -5,11 +5,12 @@ from hypothesis import strategies as st
 
 from oracles.numeric import STEP
 
-from ..spec import Case, OpSpec, Tolerance, register
-from ..strategies import float_arrays, labels
+from ..spec import Case, OpSpec, Tolerance
+from ..strategies import float_arrays, geometry, labels
 from ..subgradient import in_affine_box
 from ..tolerances import NUMERIC_RTOL
-from ._common import geometry, kink_tol
+from . import register
+from ._common import kink_tol
 
 # (N, D, C, reg, reg_scale): D != C; reg dyadic (the same value in float32 and float64); reg_scale 1
 # (reg·ΣW², gradient 2·reg·W) or 0.5 (½·reg·ΣW², gradient reg·W), the conventions of the assignment's
@@ -19,14 +20,14 @@ from ._common import geometry, kink_tol
 GEOMETRIES = ((1, 3, 4, 0.5, 1.0), (4, 3, 5, 0.25, 0.5), (5, 2, 3, 0.0, 1.0), (3, 4, 1, 0.125, 0.5))
 
 
-def _cases(regime):
+def _cases(regime, breadth):
     # the scores follow the regime through X (overflow: logits ~1e3 apart); W stays typical, except
     # at kinks, where integer X and W give integer scores and so exact hinge margins of 0
     wr = "kinks" if regime == "kinks" else "typical"
 
     @st.composite
     def cases(draw):
-        n, d, c, reg, reg_scale = draw(geometry(*GEOMETRIES))
+        n, d, c, reg, reg_scale = draw(geometry(breadth, *GEOMETRIES))
         return Case({"W": draw(float_arrays((d, c), wr))},
                     {"X": draw(float_arrays((n, d), regime)), "y": draw(labels(n, c)), "reg": reg,
                      "reg_scale": reg_scale})
