@@ -162,7 +162,7 @@ class UserCache:
         self.user, self.finite = user_cache, finite
 
 
-def allall_finite(*xs) -> bool:
+def all_finite(*xs) -> bool:
     for x in xs:
         for a in (x if isinstance(x, tuple) else (x,)):
             try:
@@ -174,10 +174,10 @@ def allall_finite(*xs) -> bool:
     return True
 
 
-def checkall_finite(fname: str, grads, names, cache: UserCache, douts):
+def check_finite(fname: str, grads, names, cache: UserCache, douts):
     """A NaN/Inf gradient although the inputs, dout and the function's own forward are finite is
     not a numerical accident: the function misbehaves."""
-    if not cache.finite or not allall_finite(*douts):
+    if not cache.finite or not all_finite(*douts):
         return
     for n, g in zip(names, grads):
         if isinstance(g, np.ndarray) and g.dtype.kind == "f" and not np.isfinite(g).all():
@@ -209,13 +209,13 @@ def build_target(pair: Pair, fns: dict[str, Callable], notes: dict[str, str] | N
 
         def forward(*arrays, **params):
             loss, dx = unpack(pair.target, loss_fn(*pair.call(dict(zip(names, arrays)), params)), 2, "loss, dx")
-            return loss, UserCache(dx, allall_finite(*arrays, loss))
+            return loss, UserCache(dx, all_finite(*arrays, loss))
 
         def backward(dout, cache):
             dx = cache.user
             if not isinstance(dx, np.ndarray) or dx.dtype.kind != "f":
                 return dx  # the runner names it: "grad[x] is NoneType, expected an array of shape ..."
-            checkall_finite(pair.target, (dx,), names, cache, (dout,))
+            check_finite(pair.target, (dx,), names, cache, (dout,))
             return dx * dout  # the loss's gradient, times the upstream scalar
 
         return audit_target(pair.target, pair.op, forward, backward, spec.forward), spec.inputs
@@ -227,13 +227,13 @@ def build_target(pair: Pair, fns: dict[str, Callable], notes: dict[str, str] | N
     def forward(*arrays, **params):
         res = unpack(pair.forward, fwd(*pair.call(dict(zip(names, arrays)), params)), n_out + 1, what)
         out = res[:n_out] if n_out > 1 else res[0]
-        return out, UserCache(res[n_out], allall_finite(*arrays, *res[:n_out]))
+        return out, UserCache(res[n_out], all_finite(*arrays, *res[:n_out]))
 
     def backward(*args):
         *douts, cache = args
         grads = bwd(*douts, cache.user)
         seq = grads if isinstance(grads, (tuple, list)) else (grads,)
-        checkall_finite(pair.target, seq, names, cache, tuple(douts))
+        check_finite(pair.target, seq, names, cache, tuple(douts))
         return grads
 
     return audit_target(pair.target, pair.op, forward, backward, spec.forward), spec.inputs
@@ -322,11 +322,11 @@ def _dropout_target(pair: Pair, fns, spec, notes):
             if err:
                 raise AdapterError(err)
         out, cache = run(x, p, mode, dropout_seed(x.shape, p))
-        return out, UserCache(cache, allall_finite(x, out))
+        return out, UserCache(cache, all_finite(x, out))
 
     def backward(dout, cache):
         grads = bwd(dout, cache.user)
-        checkall_finite(pair.target, (grads,), ("x",), cache, (dout,))
+        check_finite(pair.target, (grads,), ("x",), cache, (dout,))
         return grads
 
     return audit_target(pair.target, pair.op, forward, backward, spec.forward), inputs
@@ -476,7 +476,7 @@ def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
             return judge_backward(dout, dmean, dvar, ref_cache)
         grads = bwd(dout, user_cache)
         seq = grads if isinstance(grads, (tuple, list)) else (grads,)
-        checkall_finite("batchnorm_backward", seq, ("x", "gamma", "beta"), cache, (dout,))
+        check_finite("batchnorm_backward", seq, ("x", "gamma", "beta"), cache, (dout,))
         if len(seq) == 3 and isinstance(seq[0], np.ndarray) and seq[0].shape == dout.shape:
             # the running statistics' share of dx: no user function computes it
             stats_dx = judge_backward(np.zeros_like(dout), dmean, dvar, ref_cache)[0]
@@ -506,13 +506,13 @@ def _linear_classifier_target(pair: Pair, fns, spec, notes):
         loss, dW = unpack(pair.target, fn(W, X, y, reg), 2, "loss, dW")
         if agreement is not None:
             agreement.check(*originals, reg, reg_scale, loss, dW)
-        return loss, UserCache(dW, allall_finite(W, X, loss))
+        return loss, UserCache(dW, all_finite(W, X, loss))
 
     def backward(dout, cache):
         dW = cache.user
         if not isinstance(dW, np.ndarray) or dW.dtype.kind != "f":
             return dW  # the runner names it: "grad[W] is NoneType, expected an array of shape ..."
-        checkall_finite(pair.target, (dW,), ("W",), cache, (dout,))
+        check_finite(pair.target, (dW,), ("W",), cache, (dout,))
         return dW * dout  # the loss's gradient, times the upstream scalar
 
     def inputs(regime, breadth):  # the convention the user's loss has, not the catalogue's draw

@@ -59,11 +59,11 @@ def layer_verdicts(called: dict[str, Callable], guard, oracle: str) -> dict[str,
     out = {}
     for pair in cs231n.PAIRS:
         pair = cs231n.resolve(pair, names)
-        if pair.op not in ops or not all(f in names for f in pair.functions):
+        if pair.op not in ops or not all(f in names for f in pair.required):
             continue
-        key = (pair.target, tuple(id(called[f]) for f in pair.functions))
+        key = (pair.target, tuple(id(called[f]) for f in pair.functions if f in called))
         if key not in _LAYER_VERDICTS:
-            fns = {f: guard.wrap(called[f], f) for f in pair.uses if f in called}
+            fns = {f: guard.wrap(called[f], f) for f in pair.functions if f in called}
             verdict = (True, "")
             try:
                 target, inputs = cs231n.build_target(pair, fns, {})
