@@ -44,8 +44,15 @@ WORKER = "gradaudit._audit_worker"
 
 def import_file(path: Path):
     """Import a user's .py file as a fresh module (its folder goes at the END of sys.path, so its
-    sibling imports work without shadowing anything gradaudit needs)."""
+    sibling imports work without shadowing anything gradaudit needs). A file inside a package
+    (`cs231n/classifiers/fc_net.py` with `from ..layers import *` or `from cs231n.layers import *`)
+    is imported by its dotted name, with the folder above the package at the end of sys.path."""
     path = Path(path).resolve()
+    dotted = _package_name(path)
+    if dotted is not None:
+        module = importlib.import_module(dotted)
+        if Path(getattr(module, "__file__", "") or "").resolve() == path:
+            return module  # (else an installed package of that name came first: import the file itself)
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
     name = f"_gradaudit_user_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{digest}"
     folder = str(path.parent)
@@ -58,6 +65,20 @@ def import_file(path: Path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _package_name(path: Path) -> str | None:
+    """`a.b.c` for .../root/a/b/c.py when a/ and a/b/ are packages (have an __init__.py) and root/ is
+    not; root goes at the end of sys.path. None for a file outside any package."""
+    parts, folder = [path.stem], path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if len(parts) == 1 or not all(p.isidentifier() for p in parts):
+        return None
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    return ".".join(parts)
 
 
 def derivation_files(path: Path) -> list[Path]:
@@ -121,14 +142,15 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
         for target, why in skipped:
             op = cs231n.BY_TARGET[target].op if target in cs231n.BY_TARGET else target.replace("_backward", "")
             jobs.append(Job(target, op, "cs231n", path, target, ["-"], skip=why, source=Path(path).name))
+        jobs += _model_jobs(module, path, guard)
         return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": absent}
     jobs = []
     hint = None
     if not derivations_in(module):
-        from . import cs231n
+        from . import cs231n, models
 
-        if cs231n.plan(set(cs231n.functions_in(module)))[0]:
-            hint = f"{Path(path).name} has cs231n-named functions: audit them with --convention cs231n"
+        if cs231n.plan(set(cs231n.functions_in(module)))[0] or models.models_in(module):
+            hint = f"{Path(path).name} has cs231n-named functions or classes: audit them with --convention cs231n"
     for d in derivations_in(module):
         target = qualified(path, d.target_name, folder)
         op = qualified(path, d.name, folder)
@@ -136,6 +158,13 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
         jobs.append(Job(target, op, "derivation", path, d.name, list(d.regimes), d.name,
                         source=d.source or Path(path).name, skip=skip, formula=d.formula))
     return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": [], "hint": hint}
+
+
+def _model_jobs(module, path: str, guard: Guard) -> list[Job]:
+    """The cs231n model classes of the module (gradaudit/models.py), one job per configuration."""
+    from . import models
+
+    return [Job(**j, convention="cs231n", file=path, source=Path(path).name) for j in models.plan(module, guard)]
 
 
 class Modules:
@@ -166,8 +195,13 @@ def build(job: Job, modules: Modules, guard: Guard, notes: dict):
         from properties import catalogue
 
         module = modules.get(job.file)
-        pair = cs231n.BY_TARGET[job.name]
-        fns = {n: guard.wrap(f, n) for n, f in cs231n.functions_in(module).items() if n in pair.functions}
+        if job.name not in cs231n.BY_TARGET:  # a model class
+            from . import models
+
+            return models.build(job.name, module, guard, notes)
+        functions = cs231n.functions_in(module)
+        pair = cs231n.resolve(cs231n.BY_TARGET[job.name], set(functions))
+        fns = {n: guard.wrap(f, n) for n, f in functions.items() if n in pair.functions}
         target, inputs = cs231n.build_target(pair, fns, notes)
         # a forward mismatch is named after the user's forward (a loss function is its own)
         target = dataclasses.replace(target, forward_name=job.forward or job.target)
@@ -562,6 +596,7 @@ def _plan_module(module, file: str, convention: str | None) -> list[dict]:
                     source=Path(file).name) for p in run]
         jobs += [Job(t, cs231n.BY_TARGET[t].op if t in cs231n.BY_TARGET else t, "cs231n", file, t, ["-"],
                      skip=why, source=Path(file).name) for t, why in skipped]
+        jobs += _model_jobs(module, file, Guard())
         return [dataclasses.asdict(j) for j in jobs]
     return [dataclasses.asdict(Job(d.target_name, d.name, "derivation", file, d.name, list(d.regimes), d.name,
                                    source=d.source or Path(file).name, formula=d.formula,

@@ -9,6 +9,7 @@ misbehaving function becomes an `error` that names it, the gradient, and expecte
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 import zlib
@@ -21,8 +22,10 @@ from properties.verdict import CodeUnderTestError
 from ._guard import clean
 
 
-__all__ = ["AdapterError", "BY_TARGET", "Pair", "audit_target", "build_target", "dropout_seed", "functions_in",
-           "plan"]
+from .course import Agreement, linear_reg_scale
+
+__all__ = ["AdapterError", "BY_TARGET", "Pair", "UserCache", "all_finite", "audit_target", "build_target",
+           "check_finite", "describe_value", "dropout_seed", "functions_in", "plan", "resolve", "unpack"]
 
 
 class AdapterError(CodeUnderTestError):
@@ -92,6 +95,12 @@ PAIRS: tuple[Pair, ...] = (
     # batchnorm_forward's test mode and the running statistics its train mode writes: see
     # _batchnorm_modes_target. (layernorm has no mode: cs231n's ln_param carries eps only.)
     Pair("batchnorm_forward", None, "batchnorm_running", None, optional=("batchnorm_backward",)),
+    # assignment 1: `loss, dW = f(W, X, y, reg)`; the optional function is the partner that must agree
+    # with it on every example (naive against vectorized): see _linear_classifier_target
+    Pair("svm_loss_naive", None, "linear_svm", None, optional=("svm_loss_vectorized",)),
+    Pair("svm_loss_vectorized", None, "linear_svm", None, optional=("svm_loss_naive",)),
+    Pair("softmax_loss_naive", None, "linear_softmax", None, optional=("softmax_loss_vectorized",)),
+    Pair("softmax_loss_vectorized", None, "linear_softmax", None, optional=("softmax_loss_naive",)),
 )
 # cs231n functions with no catalogue op yet, {backward: (forward, why)}: reported as skipped when
 # the file defines them
@@ -99,10 +108,19 @@ UNSUPPORTED: dict[str, tuple[str, str]] = {}
 BY_TARGET = {p.target: p for p in PAIRS}
 
 
+def resolve(pair: Pair, names: set[str]) -> Pair:
+    """The pair as this file has it: an `*_alt` backward goes with the file's own `*_forward_alt`
+    when it defines one (`batchnorm_backward_alt` with `batchnorm_forward_alt`)."""
+    alt = f"{pair.forward}_alt" if pair.forward else None
+    if pair.target.endswith("_alt") and alt in names:
+        return dataclasses.replace(pair, forward=alt)
+    return pair
+
+
 def plan(names: set[str]) -> tuple[list[Pair], list[tuple[str, str]], list[str]]:
     """(pairs to check, (function, why skipped) for half-present pairs, absent pairs)."""
     run, skipped, absent = [], [], []
-    for p in PAIRS:
+    for p in (resolve(p, names) for p in PAIRS):
         have = [f for f in p.required if f in names]
         if len(have) == len(p.required):
             run.append(p)
@@ -120,7 +138,7 @@ def plan(names: set[str]) -> tuple[list[Pair], list[tuple[str, str]], list[str]]
 
 # ---- validation of what the user's code returns ----------------------------------------------
 
-def _kind(v) -> str:
+def describe_value(v) -> str:
     if v is None:
         return "None"
     if isinstance(v, np.ndarray):
@@ -130,21 +148,21 @@ def _kind(v) -> str:
     return type(v).__name__
 
 
-def _unpack(fname: str, result, n: int, what: str):
+def unpack(fname: str, result, n: int, what: str):
     """`result` must be a tuple/list of n values (named by `what`)."""
     if not isinstance(result, (tuple, list)) or len(result) != n:
-        raise AdapterError(f"{fname} returned {_kind(result)}, expected ({what})")
+        raise AdapterError(f"{fname} returned {describe_value(result)}, expected ({what})")
     return tuple(result)
 
 
-class _Cache:
+class UserCache:
     """The user's cache, plus whether everything that went into the forward and came out was finite."""
 
     def __init__(self, user_cache, finite: bool):
         self.user, self.finite = user_cache, finite
 
 
-def _finite(*xs) -> bool:
+def all_finite(*xs) -> bool:
     for x in xs:
         for a in (x if isinstance(x, tuple) else (x,)):
             try:
@@ -156,10 +174,10 @@ def _finite(*xs) -> bool:
     return True
 
 
-def _check_finite(fname: str, grads, names, cache: _Cache, douts):
+def check_finite(fname: str, grads, names, cache: UserCache, douts):
     """A NaN/Inf gradient although the inputs, dout and the function's own forward are finite is
     not a numerical accident: the function misbehaves."""
-    if not cache.finite or not _finite(*douts):
+    if not cache.finite or not all_finite(*douts):
         return
     for n, g in zip(names, grads):
         if isinstance(g, np.ndarray) and g.dtype.kind == "f" and not np.isfinite(g).all():
@@ -184,18 +202,20 @@ def build_target(pair: Pair, fns: dict[str, Callable], notes: dict[str, str] | N
         return _dropout_target(pair, fns, spec, notes)
     if pair.op == "batchnorm_running":
         return _batchnorm_modes_target(pair, fns, spec, notes)
+    if pair.op in ("linear_svm", "linear_softmax"):
+        return _linear_classifier_target(pair, fns, spec, notes)
     if pair.forward is None:
         loss_fn = fns[pair.target]
 
         def forward(*arrays, **params):
-            loss, dx = _unpack(pair.target, loss_fn(*pair.call(dict(zip(names, arrays)), params)), 2, "loss, dx")
-            return loss, _Cache(dx, _finite(*arrays, loss))
+            loss, dx = unpack(pair.target, loss_fn(*pair.call(dict(zip(names, arrays)), params)), 2, "loss, dx")
+            return loss, UserCache(dx, all_finite(*arrays, loss))
 
         def backward(dout, cache):
             dx = cache.user
             if not isinstance(dx, np.ndarray) or dx.dtype.kind != "f":
                 return dx  # the runner names it: "grad[x] is NoneType, expected an array of shape ..."
-            _check_finite(pair.target, (dx,), names, cache, (dout,))
+            check_finite(pair.target, (dx,), names, cache, (dout,))
             return dx * dout  # the loss's gradient, times the upstream scalar
 
         return audit_target(pair.target, pair.op, forward, backward, spec.forward), spec.inputs
@@ -205,15 +225,15 @@ def build_target(pair: Pair, fns: dict[str, Callable], notes: dict[str, str] | N
     what = ", ".join([*(f"out{i}" for i in range(n_out))] if n_out > 1 else ["out"]) + ", cache"
 
     def forward(*arrays, **params):
-        res = _unpack(pair.forward, fwd(*pair.call(dict(zip(names, arrays)), params)), n_out + 1, what)
+        res = unpack(pair.forward, fwd(*pair.call(dict(zip(names, arrays)), params)), n_out + 1, what)
         out = res[:n_out] if n_out > 1 else res[0]
-        return out, _Cache(res[n_out], _finite(*arrays, *res[:n_out]))
+        return out, UserCache(res[n_out], all_finite(*arrays, *res[:n_out]))
 
     def backward(*args):
         *douts, cache = args
         grads = bwd(*douts, cache.user)
         seq = grads if isinstance(grads, (tuple, list)) else (grads,)
-        _check_finite(pair.target, seq, names, cache, tuple(douts))
+        check_finite(pair.target, seq, names, cache, tuple(douts))
         return grads
 
     return audit_target(pair.target, pair.op, forward, backward, spec.forward), spec.inputs
@@ -236,7 +256,7 @@ def _dropout_target(pair: Pair, fns, spec, notes):
     probes: dict[tuple, tuple] = {}
 
     def run(x, p, mode, seed):
-        out, cache = _unpack(pair.forward, fwd(x, {"p": p, "mode": mode, "seed": seed}), 2, "out, cache")
+        out, cache = unpack(pair.forward, fwd(x, {"p": p, "mode": mode, "seed": seed}), 2, "out, cache")
         return out, cache
 
     def probe(shape, p) -> tuple[np.ndarray | None, str | None]:
@@ -302,11 +322,11 @@ def _dropout_target(pair: Pair, fns, spec, notes):
             if err:
                 raise AdapterError(err)
         out, cache = run(x, p, mode, dropout_seed(x.shape, p))
-        return out, _Cache(cache, _finite(x, out))
+        return out, UserCache(cache, all_finite(x, out))
 
     def backward(dout, cache):
         grads = bwd(dout, cache.user)
-        _check_finite(pair.target, (grads,), ("x",), cache, (dout,))
+        check_finite(pair.target, (grads,), ("x",), cache, (dout,))
         return grads
 
     return audit_target(pair.target, pair.op, forward, backward, spec.forward), inputs
@@ -389,7 +409,7 @@ def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
     def call(x, gamma, beta, mode, running_mean, running_var, momentum, eps):
         bn_param = {"mode": mode, "eps": eps, "momentum": momentum,
                     "running_mean": running_mean.copy(), "running_var": running_var.copy()}
-        out, cache = _unpack(name, fwd(x, gamma, beta, bn_param), 2, "out, cache")
+        out, cache = unpack(name, fwd(x, gamma, beta, bn_param), 2, "out, cache")
         return out, cache, bn_param
 
     def test_mode_backward() -> bool:
@@ -413,7 +433,7 @@ def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
                 cache, why = None, "could not be tried: batchnorm_forward fails in test mode"
             if why is None:
                 try:
-                    got = _unpack("batchnorm_backward", bwd(dout, cache), 3, "dx, dgamma, dbeta")
+                    got = unpack("batchnorm_backward", bwd(dout, cache), 3, "dx, dgamma, dbeta")
                     _, ref_cache = judge_forward(x, gamma, beta, **params)
                     want = judge_backward(dout, np.zeros(3), np.zeros(3), ref_cache)
                     if not _names_test_mode(bwd) and not all(
@@ -448,7 +468,7 @@ def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
         out, cache, _ = call(x, gamma, beta, "test", running_mean, running_var, m, eps)
         _, ref_cache = judge_forward(x, gamma, beta, running_mean=running_mean, running_var=running_var,
                                      momentum=momentum, eps=eps)
-        return (out, *written), _Cache((cache, ref_cache), _finite(x, gamma, beta, out, *written))
+        return (out, *written), UserCache((cache, ref_cache), all_finite(x, gamma, beta, out, *written))
 
     def backward(dout, dmean, dvar, cache):
         user_cache, ref_cache = cache.user
@@ -456,7 +476,7 @@ def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
             return judge_backward(dout, dmean, dvar, ref_cache)
         grads = bwd(dout, user_cache)
         seq = grads if isinstance(grads, (tuple, list)) else (grads,)
-        _check_finite("batchnorm_backward", seq, ("x", "gamma", "beta"), cache, (dout,))
+        check_finite("batchnorm_backward", seq, ("x", "gamma", "beta"), cache, (dout,))
         if len(seq) == 3 and isinstance(seq[0], np.ndarray) and seq[0].shape == dout.shape:
             # the running statistics' share of dx: no user function computes it
             stats_dx = judge_backward(np.zeros_like(dout), dmean, dvar, ref_cache)[0]
@@ -464,6 +484,44 @@ def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
         return grads  # malformed: the runner names it
 
     return audit_target(name, pair.op, forward, backward, spec.forward), spec.inputs
+
+
+# -- assignment 1's linear classifiers: `loss, dW = f(W, X, y, reg)` ----------------------------
+
+def _linear_classifier_target(pair: Pair, fns, spec, notes):
+    """The loss adapter, with the user's regularisation convention and its partner's agreement
+    (gradaudit/course.py)."""
+    from properties.spec import Case
+
+    fn = fns[pair.target]
+    reg_scale, convention = linear_reg_scale(pair.target, fn)
+    if convention:
+        notes[pair.target] = convention
+    partner_name = pair.optional[0] if pair.optional else None
+    partner = fns.get(partner_name) if partner_name else None
+    agreement = Agreement(pair.target, partner_name, partner, notes, convention) if partner is not None else None
+
+    def forward(W, *, X, y, reg, reg_scale):
+        originals = (W.copy(), X.copy(), y.copy())  # the partner gets them even if fn writes into its own
+        loss, dW = unpack(pair.target, fn(W, X, y, reg), 2, "loss, dW")
+        if agreement is not None:
+            agreement.check(*originals, reg, reg_scale, loss, dW)
+        return loss, UserCache(dW, all_finite(W, X, loss))
+
+    def backward(dout, cache):
+        dW = cache.user
+        if not isinstance(dW, np.ndarray) or dW.dtype.kind != "f":
+            return dW  # the runner names it: "grad[W] is NoneType, expected an array of shape ..."
+        check_finite(pair.target, (dW,), ("W",), cache, (dout,))
+        return dW * dout  # the loss's gradient, times the upstream scalar
+
+    def inputs(regime, breadth):  # the convention the user's loss has, not the catalogue's draw
+        return spec.inputs(regime, breadth).map(lambda c: Case(c.arrays, {**c.params, "reg_scale": reg_scale}))
+
+    target = audit_target(pair.target, pair.op, forward, backward, spec.forward)
+    if agreement is not None:
+        agreement.target = target
+    return target, inputs
 
 
 def functions_in(module) -> dict[str, Any]:

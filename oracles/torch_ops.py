@@ -229,3 +229,73 @@ def batchnorm_running(x, gamma, beta, *, running_mean, running_var, momentum, ep
     new_mean = momentum * running_mean + (1 - momentum) * torch.mean(x, dim=0)
     new_var = momentum * running_var + (1 - momentum) * torch.var(x, dim=0, correction=0)
     return out, new_mean, new_var
+
+
+# --- linear classifiers of assignment 1: s = X W, W differentiated -----------------------------
+
+def linear_svm(W, *, X, y, reg, reg_scale=1.0):
+    return svm_hinge(torch.matmul(X.to(W.dtype), W), y=y) + reg_scale * reg * torch.sum(torch.square(W))
+
+
+def linear_softmax(W, *, X, y, reg, reg_scale=1.0):
+    return softmax_cross_entropy(torch.matmul(X.to(W.dtype), W), y=y) + reg_scale * reg * torch.sum(torch.square(W))
+
+
+# --- the assignments' model classes, built from the ops above (audit only: gradaudit/models.py) ---
+# Params come positionally in the order of properties/catalogue/_models.py; the data, labels,
+# dropout masks and running statistics are keyword params. Without labels a model returns its
+# test-mode scores with a zero gradient (the class has no backward for them: only the values count).
+
+def _scores_only(scores, params):
+    return scores.detach() + 0 * params[0].sum()
+
+
+def _batchnorm_running(x, gamma, beta, running_mean, running_var, *, eps):
+    return F.batch_norm(x, running_mean.to(x.dtype), running_var.to(x.dtype), gamma, beta, training=False, eps=eps)
+
+
+def fc_net(*params, X, layers, normalization=None, reg=0.0, reg_scale=1.0, eps=1e-5, y=None, **extra):
+    # {affine - [batch/layer norm] - relu - [dropout]} x (layers - 1) - affine - softmax; W1, b1,
+    # [gamma1, beta1,] W2, ... The dropout masks come already scaled (the user's own, read back).
+    h, i, penalty = X.to(params[0].dtype), 0, 0
+    for layer in range(1, layers + 1):
+        w, b = params[i], params[i + 1]
+        i += 2
+        penalty = penalty + torch.sum(torch.square(w))
+        h = affine(h, w, b)
+        if layer == layers:
+            break
+        if normalization == "batchnorm":
+            g, be = params[i], params[i + 1]
+            i += 2
+            h = (batchnorm(h, g, be, eps=eps) if y is not None else
+                 _batchnorm_running(h, g, be, extra[f"running_mean{layer}"], extra[f"running_var{layer}"], eps=eps))
+        elif normalization == "layernorm":
+            h = layernorm(h, params[i], params[i + 1], eps=eps)
+            i += 2
+        h = relu(h)
+        if y is not None and f"mask{layer}" in extra:
+            h = dropout(h, p=1.0, mode="train", mask=extra[f"mask{layer}"])
+    if y is None:
+        return _scores_only(h, params)
+    return softmax_cross_entropy(h, y=y) + reg_scale * reg * penalty
+
+
+def conv_net(W1, b1, W2, b2, W3, b3, *, X, pad, reg=0.0, reg_scale=1.0, y=None):
+    # conv (stride 1) - relu - 2x2 max pool - affine - relu - affine - softmax
+    h = max_pool2d(relu(conv2d(X.to(W1.dtype), W1, b1, stride=1, pad=pad)), pool_height=2, pool_width=2, stride=2)
+    scores = affine(relu(affine(h, W2, b2)), W3, b3)
+    if y is None:
+        return _scores_only(scores, (W1,))
+    penalty = torch.sum(torch.square(W1)) + torch.sum(torch.square(W2)) + torch.sum(torch.square(W3))
+    return softmax_cross_entropy(scores, y=y) + reg_scale * reg * penalty
+
+
+def captioning_rnn(W_proj, b_proj, W_embed, Wx, Wh, b, W_vocab, b_vocab, *, features, captions, null, cell):
+    # h0 = features W_proj + b_proj; words in = captions[:, :-1], words out = captions[:, 1:], the
+    # <NULL> ones masked out of the loss
+    h0 = affine(features.to(W_proj.dtype), W_proj, b_proj)
+    words_in, words_out = captions[:, :-1], captions[:, 1:]
+    x = embedding(W_embed, idx=words_in)
+    h = (rnn if cell == "rnn" else lstm)(x, h0, Wx, Wh, b)
+    return temporal_softmax_loss(temporal_affine(h, W_vocab, b_vocab), y=words_out, mask=words_out != null)

@@ -11,10 +11,12 @@ Ops are found by name: ``NAME_forward`` / ``NAME_backward`` (see docs/op_contrac
     norm            batchnorm, layernorm, spatial_batchnorm, spatial_groupnorm, batchnorm_running
     temporal        embedding, temporal_affine, temporal_softmax_loss
     nets            mlp_sigmoid_mse, two_layer_net
+    linear          linear_svm, linear_softmax (assignment 1's linear classifiers)
 """
 from .conv import *  # noqa: F401,F403
 from .gates import *  # noqa: F401,F403
 from .layers import *  # noqa: F401,F403
+from .linear import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
 from .nets import *  # noqa: F401,F403
 from .norm import *  # noqa: F401,F403

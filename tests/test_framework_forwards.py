@@ -96,6 +96,9 @@ def _cases() -> dict[str, list[tuple[tuple[np.ndarray, ...], dict]]]:
     c["mlp_sigmoid_mse"] = [((r(4, 3), r(3, 5), r(5), r(5, 2), r(2)), {"y": r(4, 2)})]
     c["two_layer_net"] = [((r(4, 3), r(3, 5), r(5), r(5, 6), r(6)), {"y": labels(6, 4), "reg": 0.1}),
                           ((r(1, 3), r(3, 5), r(5), r(5, 6), r(6)), {"y": labels(6, 1), "reg": 0.0})]
+    for op in ("linear_svm", "linear_softmax"):
+        c[op] = [((r(3, 5),), {"X": r(4, 3), "y": labels(5, 4), "reg": 0.3, "reg_scale": 0.5}),
+                 ((r(2, 3),), {"X": r(1, 2), "y": labels(3, 1), "reg": 0.0, "reg_scale": 1.0})]
     return c
 
 

@@ -78,6 +78,11 @@ CASES = {
                                         {"y": rng.random((3, 2))}),
     "two_layer_net": lambda rng, dt: ([_a(rng, dt, *s) for s in [(3, 4), (4, 5), (5,), (5, 2), (2,)]],
                                       {"y": np.array([1, 0, 1]), "reg": 0.1}),
+    # X as float64 on purpose, like mse's y: a float32 W must not be upcast by its data
+    "linear_svm": lambda rng, dt: ([_a(rng, dt, 4, 3)], {"X": _a(rng, np.float64, 5, 4), "y": np.array([0, 2, 1, 1, 0]),
+                                                        "reg": 0.25, "reg_scale": 0.5}),
+    "linear_softmax": lambda rng, dt: ([_a(rng, dt, 4, 3)], {"X": _a(rng, np.float64, 5, 4),
+                                                            "y": np.array([0, 2, 1, 1, 0]), "reg": 0.25}),
 }
 
 
