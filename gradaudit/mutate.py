@@ -170,7 +170,8 @@ def plan_ops(ops, select: str | None, operators) -> Plan:
         for m in generate(source, mutable, forwards=forwards, operators=operators, filename=Path(file).name):
             mutants.append((m, [op for op in chosen if m.function in reach[op]], modname))
         judges.update({op: modname for op in chosen})
-    return Plan("catalogue", None, mutants, judges, "catalogue " + ",".join(ops))
+    label = "catalogue " + ",".join(ops) if len(ops) <= 6 else f"the catalogue ({len(ops)} ops)"
+    return Plan("catalogue", None, mutants, judges, label)
 
 
 # ---- children ---------------------------------------------------------------------------------
