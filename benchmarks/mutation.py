@@ -116,10 +116,14 @@ USER_CASES = {
                                         "b": _n(r, 5), "v": _n(r, 5, 6), "c": _n(r, 6)}, {"y": _labels(r, 6, 2, 3)}),
     "mlp_sigmoid_mse": lambda r: ({"x": _n(r, 5, 4), "w1": _n(r, 4, 6), "b1": _n(r, 6), "w2": _n(r, 6, 3),
                                    "b2": _n(r, 3)}, {"y": r.random((5, 3))}),
-    # spatial batchnorm through the audit's 2-D layout: (N·H·W, C) rows of an (N, C, H, W) input, the
-    # largest layout the adapter knows (gradaudit/cs231n.py SPATIAL_LAYOUT)
-    "spatial_batchnorm_backward": lambda r: ({"x": _n(r, 12, 3, scale=4, shift=10), "gamma": _n(r, 3),
-                                             "beta": _n(r, 3)}, {"eps": 1e-5}),
+    "spatial_batchnorm": lambda r: ({"x": _n(r, 2, 3, 4, 5, scale=4, shift=10), "gamma": _n(r, 3), "beta": _n(r, 3)},
+                                    {"eps": 1e-5}),
+    "spatial_groupnorm": lambda r: ({"x": _n(r, 2, 6, 4, 5, scale=4, shift=10), "gamma": _n(r, 1, 6, 1, 1),
+                                     "beta": _n(r, 1, 6, 1, 1)}, {"G": 2, "eps": 1e-5}),
+    # batchnorm_forward's train mode with its running statistics (the BatchNormalization notebook's)
+    "batchnorm_running": lambda r: ({"x": _n(r, 4, 5, scale=5, shift=12), "gamma": _n(r, 5), "beta": _n(r, 5)},
+                                    {"running_mean": _n(r, 5), "running_var": r.random(5) + 0.5,
+                                     "momentum": np.asarray(0.9), "eps": 1e-5}),
 }
 
 
@@ -312,7 +316,7 @@ def check_grads_tool(target, case, outs0):
 def judge(mut, orig) -> dict:
     """{tool: {"killed", "seconds", "note"}} for the mutant `mut` (a Subject: target, spec, ...) of
     the original `orig`, plus "input": does the mutant differ from the original on the tools' input?"""
-    from gradaudit._mutant_worker import _difference, run_side
+    from gradaudit._mutant_worker import difference, run_side
 
     case = user_case(orig)
     with np.errstate(all="ignore"):
@@ -341,7 +345,7 @@ def judge(mut, orig) -> dict:
         with np.errstate(all="ignore"):
             o0, g0, w0, _ = run_side(orig, case, douts)
             o1, g1, w1, _ = run_side(mut, case, douts)
-        bad, rel, which = _difference(g0 + o0, g1 + o1, 1.0)
+        bad, rel, which = difference(g0 + o0, g1 + o1, 1.0)
         result["input"] = {"differs": bool(bad or which), "rel": rel, "written": bool(w1 and not w0),
                            "geometry": ", ".join(f"{n}{tuple(a.shape)}" for n, a in case.arrays.items())}
     except Exception as e:  # noqa: BLE001
@@ -473,29 +477,29 @@ def main(argv=None) -> int:
         return 0
 
     from gradaudit import mutate
-    from properties import catalogue  # noqa: F401
-    from properties.spec import CATALOGUE
+    from properties import catalogue
 
     t0 = time.perf_counter()
-    ops = list(QUICK_OPS) if args.quick else list(CATALOGUE)
+    ops = list(QUICK_OPS) if args.quick else list(catalogue.load())
     plans = [mutate.plan_ops(ops, None, None), mutate.plan_file(EXAMPLE, "cs231n", None, None)]
     if args.quick:
         plans = [_quick(plans[0]), _quick(plans[1], set(QUICK_FUNCTIONS))]
     parts, summary = [], {}
     for plan in plans:
-        report = mutate.run(plan, workers=args.workers, explain_profile="none", raw=True,
-                            extra=[f"{Path(__file__).resolve()}:judge"])
+        report = mutate.run(plan, workers=args.workers, raw=True, extra=[f"{Path(__file__).resolve()}:judge"])
         report["_plan"] = plan
         parts.append(tally(report))
-        summary[plan.label] = {k: report[k] for k in ("mutants", "killed", "survived", "equivalent", "invalid",
-                                                      "score", "seconds")}
+        # gradaudit's own view of the subject: the `gradaudit mutate` report (survivors explained)
+        summary[plan.label] = {k: v for k, v in report.items() if k not in ("raw", "results", "_plan")}
     out = merge(parts)
     out["subjects"] = summary
     out["quick"] = args.quick
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     if args.out:
         args.out.write_text(json.dumps(out, indent=1, default=str))
-    brief = {k: v for k, v in out.items() if k != "disagreements"}
+    brief = {k: v for k, v in out.items() if k not in ("disagreements", "subjects")}
+    brief["subjects"] = {label: {k: r[k] for k in ("mutants", "killed", "survived", "equivalent", "invalid", "score",
+                                                   "seconds")} for label, r in summary.items()}
     brief["disagreements"] = len(out["disagreements"])
     if args.json:
         print(json.dumps(brief, indent=1, default=str))

@@ -119,18 +119,18 @@ def _shapes(v) -> list:
 
 
 def subject(kind: str, judge: str, module, notes=None) -> Subject:
-    from properties import catalogue  # noqa: F401
-    from properties.spec import CATALOGUE
+    from properties import catalogue
 
+    known = catalogue.load()
     if kind == "cs231n":
         from gradaudit import cs231n
 
         pair = cs231n.BY_TARGET[judge]
-        fns = {n: getattr(module, n) for n in pair.functions}
+        fns = {n: getattr(module, n) for n in pair.functions if hasattr(module, n)}
         raw: list = []
         fns[pair.target] = _spy(fns[pair.target], raw)
         target, inputs = cs231n.build_target(pair, fns, {} if notes is None else notes)
-        spec = CATALOGUE[pair.op]
+        spec = known[pair.op]
         subj = Subject(kind, judge, pair.op, spec, target, inputs, spec.regimes, spec.array_names, module)
         subj.raw = raw  # what the user's function returned, before the adapter reshaped it
         return subj
@@ -141,7 +141,7 @@ def subject(kind: str, judge: str, module, notes=None) -> Subject:
         return Subject(kind, judge, judge, d.spec(), d.target(), d.inputs, d.regimes, list(d.arrays), module)
     from properties.target import Target
 
-    spec = CATALOGUE[judge]
+    spec = known[judge]
     target = Target(f"{judge}_backward", judge, spec.forward, getattr(module, f"{judge}_backward"))
     return Subject(kind, judge, judge, spec, target, spec.inputs, spec.regimes, spec.array_names, module)
 
@@ -153,25 +153,21 @@ def draw_cases(subj: Subject, n_narrow: int, n_full: int) -> list[tuple]:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
-    from properties.strategies import breadth
-
     out = []
     for regime in subj.regimes:
         for br, n in (("narrow", n_narrow), ("full", n_full)):
             if n <= 0:
                 continue
             got = []
-            with breadth(br):
-                strategy = subj.inputs(regime)
 
-                def collect(case, seed):
-                    got.append((case, seed))
+            def collect(case, seed):
+                got.append((case, seed))
 
-                test = settings(max_examples=n, derandomize=True, database=None, phases=[Phase.generate],
-                                deadline=None, suppress_health_check=list(HealthCheck))(
-                    given(strategy, st.integers(0, 2**31 - 1))(collect))
-                with contextlib.suppress(Exception):
-                    test()
+            test = settings(max_examples=n, derandomize=True, database=None, phases=[Phase.generate],
+                            deadline=None, suppress_health_check=list(HealthCheck))(
+                given(subj.inputs(regime, br), st.integers(0, 2**31 - 1))(collect))
+            with contextlib.suppress(Exception):
+                test()
             out += [(regime, br, c, s) for c, s in got]
     return out
 
@@ -201,7 +197,7 @@ def geometry(case) -> str:
     return shapes + (f"; {params}" if params else "")
 
 
-def _difference(g0, g1, scale: float) -> tuple[str | None, float, list]:
+def difference(g0, g1, scale: float) -> tuple[str | None, float, list]:
     """(None | 'count' | 'shape', worst relative difference, names of the gradients that differ)."""
     if len(g0) != len(g1):
         return "count", float("inf"), []
@@ -261,10 +257,11 @@ def probe(orig: Subject, mut: Subject, cases: list) -> dict:
             s["reshaped"] = s.get("reshaped", 0) + 1
             s["error"] = s["error"] or f"returns gradients of shapes {raw1}, the original {raw0}"
             continue
-        scale = max([1.0] + [float(np.abs(np.asarray(a, dtype=np.float64)).max(initial=0)) for a in case.arrays.values()]
+        scale = max([1.0] + [float(np.abs(np.asarray(a, dtype=np.float64)).max(initial=0))
+                             for a in case.arrays.values()]
                     + [float(np.abs(d).max(initial=0)) for d in douts])
         # the forward output too: a loss function `loss, dx = f(x, y)` is mutated as a whole
-        bad, rel, which = _difference(g0 + o0, g1 + o1, scale)
+        bad, rel, which = difference(g0 + o0, g1 + o1, scale)
         if bad:
             s["broken"] += 1
             s["error"] = s["error"] or f"the mutant returned the wrong {bad} of gradients"
@@ -320,29 +317,23 @@ def check_records(kind: str, judge: str, module, path: str, cfg: dict, scratch: 
     report = tempfile.mkdtemp(prefix="check-", dir=scratch)
     if kind == "catalogue":
         import reference_impl
-        import reports
-        from gradaudit.cli import main as cli_main
+        from properties.config import RunConfig
+        from properties.session import catalogue_jobs, run_session
 
+        # `gradaudit run --ops judge`, with the package's backward replaced (Target.reference looks it up)
+        run_cfg = RunConfig(oracles=tuple(cfg["oracles"]), dtypes=tuple(cfg["dtypes"]), profile=cfg["profile"],
+                            examples=cfg.get("examples"), seed=cfg.get("seed"), report_dir=Path(report),
+                            # a fresh example database per check: no mutant replays another's failures
+                            database=None if cfg["profile"] == "ci" else os.path.join(report, "db"))
         name = f"{judge}_backward"
         saved = getattr(reference_impl, name)
         setattr(reference_impl, name, getattr(module, name))
-        argv = ["run", "--ops", judge, "--profile", cfg["profile"], "--report", report, "--json",
-                "--dtypes", ",".join(cfg["dtypes"]), "--oracles", ",".join(cfg["oracles"])]
-        if cfg["profile"] != "ci":  # a fresh example database per check: no mutant replays another's failures
-            argv += ["--example-db", os.path.join(report, "db")]
-        if cfg.get("examples"):
-            argv += ["--examples", str(cfg["examples"])]
-        if cfg.get("seed") is not None:
-            argv += ["--seed", str(cfg["seed"])]
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                code = cli_main(argv)
+            records, _ = run_session(run_cfg, catalogue_jobs([judge], run_cfg.dtypes), what=[judge],
+                                     command=["gradaudit", "mutate", "--ops", judge])
         finally:
             setattr(reference_impl, name, saved)
-        results = Path(report) / "results.jsonl"
-        if code not in (0, 1) or not results.exists():
-            raise RuntimeError(f"gradaudit run --ops {judge} exited {code}")
-        return reports.load_records([results])
+        return records
     import gradaudit
 
     view = types.ModuleType(f"{module.__name__}__{judge}")
@@ -351,7 +342,8 @@ def check_records(kind: str, judge: str, module, path: str, cfg: dict, scratch: 
         from gradaudit import cs231n
 
         for n in cs231n.BY_TARGET[judge].functions:
-            setattr(view, n, getattr(module, n))
+            if hasattr(module, n):
+                setattr(view, n, getattr(module, n))
         convention = "cs231n"
     else:
         from gradaudit.audit import derivations_in
@@ -391,7 +383,7 @@ class Session:
         self.cases: dict = {}  # judge -> drawn cases
         self.extra = [self._extra(e) for e in job.get("extra", [])]
         self.count = 0
-        from properties.runner import prepare_process
+        from properties.session import prepare_process
 
         prepare_process()  # one BLAS and torch thread, JAX's compile cache: as `gradaudit run` sets up
 

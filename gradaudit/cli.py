@@ -1,4 +1,4 @@
-"""`gradaudit` command line: run, audit, list, report, replay. Argument parsing and printing only:
+"""`gradaudit` command line: run, audit, list, report, replay, mutate. Argument parsing and printing only:
 a run is properties.session's, an audit's plan gradaudit.audit's, the report the reports package's.
 
 Exit codes: 0 all pass (kinks and skips included), 1 any fail or error, 2 bad usage.
@@ -267,9 +267,12 @@ def cmd_replay(args) -> int:
 
 
 def cmd_mutate(args) -> int:
-    from .mutate import cmd_mutate as run_mutate
+    from .mutate import MutateUsageError, cmd_mutate as run_mutate
 
-    return run_mutate(args)
+    try:
+        return run_mutate(args)
+    except MutateUsageError as e:
+        raise UsageError(str(e)) from None
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ import ast
 import copy
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 __all__ = ["Mutant", "OPERATORS", "generate", "backward_helpers"]
@@ -64,7 +64,6 @@ class _Info:
     dout: str | None  # the upstream-gradient parameter (first positional), None for a loss
     np: str  # the module's alias of numpy
     forward: ast.FunctionDef | None  # the forward whose cache the function unpacks
-    loop_vars: dict = field(default_factory=dict)  # id(For node) -> its loop variable
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -138,7 +137,7 @@ def _is_shape_expr(node) -> bool:
     return False
 
 
-def info_parent_call(name: ast.Name, root: ast.AST):
+def _parent_call(name: ast.Name, root: ast.AST):
     """The call whose argument `name` is, inside `root` (x in `len(x)` is no size), else None."""
     for node in ast.walk(root):
         if isinstance(node, ast.Call) and any(a is name for a in node.args):
@@ -178,7 +177,7 @@ def _sizes(fn: ast.FunctionDef) -> set:
             used = node.args[0].elts
         for u in used:
             for n in ast.walk(u) if u is not None else ():
-                if isinstance(n, ast.Name) and not isinstance(info_parent_call(n, u), ast.Call):
+                if isinstance(n, ast.Name) and not isinstance(_parent_call(n, u), ast.Call):
                     sizes.add(n.id)
     changed = True
     while changed:
@@ -403,7 +402,8 @@ def op_off_by_one(info: _Info) -> Iterator[_Site]:
             d = -1 if step_negative else 1
             new_start = ast.Call(rng.func, [_plus(start, d), stop, *args[2:]], [])
             yield _Site(rng, new_start, f"`{_u(rng)}` -> `{_u(new_start)}` (the loop starts one step late)")
-            new_stop = ast.Call(rng.func, ([_plus(stop, -d)] if len(args) == 1 else [start, _plus(stop, -d), *args[2:]]), [])
+            stop_args = [_plus(stop, -d)] if len(args) == 1 else [start, _plus(stop, -d), *args[2:]]
+            new_stop = ast.Call(rng.func, stop_args, [])
             yield _Site(rng, new_stop, f"`{_u(rng)}` -> `{_u(new_stop)}` (the loop stops one step early)")
         if not isinstance(loop.target, ast.Name):
             continue
@@ -610,7 +610,8 @@ def op_dout_in_place(info: _Info) -> Iterator[_Site]:
             continue
         if isinstance(node.left, ast.Name) and node.left.id == info.dout:
             other = node.right
-        elif isinstance(node.right, ast.Name) and node.right.id == info.dout and isinstance(node.op, (ast.Mult, ast.Add)):
+        elif isinstance(node.right, ast.Name) and node.right.id == info.dout and \
+                isinstance(node.op, (ast.Mult, ast.Add)):
             other = node.left  # y * dout: the same product, written into dout
         else:
             continue

@@ -39,17 +39,35 @@ import threading
 import time
 from pathlib import Path
 
-from .mutants import OPERATORS, Mutant, backward_helpers, generate
+from .mutants import OPERATORS, backward_helpers, generate
 
-EXIT_OK, EXIT_LOW, EXIT_USAGE, EXIT_INTERNAL, EXIT_NOTHING = 0, 1, 2, 3, 5
+__all__ = ["MutateUsageError", "OPERATORS", "Plan", "add_arguments", "classify", "cmd_mutate", "explain",
+           "plan_file", "plan_ops", "render", "run", "summarize"]
+
+EXIT_OK, EXIT_LOW, EXIT_INTERNAL, EXIT_NOTHING = 0, 1, 3, 5
 WORKER = "gradaudit._mutant_worker"
 PROBE = {"narrow": 8, "full": 16}  # inputs per value regime and shape breadth
 
 
+class MutateUsageError(ValueError):
+    """A bad argument to `gradaudit mutate` (the CLI prints it and exits 2)."""
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _known(kind: str, given, accepted) -> list:
+    bad = [g for g in given if g not in accepted]
+    if bad:
+        raise MutateUsageError(f"unknown {kind} {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")
+    if not given:
+        raise MutateUsageError(f"no {kind} given; accepted: {', '.join(accepted)}")
+    return list(given)
+
+
 def add_arguments(p) -> None:
     """The `gradaudit mutate` options (cli.py adds the subparser and calls this)."""
-    from .cli import _csv
-
     p.add_argument("path", nargs="?", type=Path, default=None,
                    help="a .py file: cs231n functions (--convention cs231n) or @gradaudit.derivation backwards")
     p.add_argument("--ops", type=_csv, default=None,
@@ -111,20 +129,21 @@ def _select(names, select: str | None):
 
 def plan_file(path: Path, convention: str | None, select: str | None, operators) -> Plan:
     """Mutants of a user's file, read without running it."""
-    from .cli import UsageError
-
     source = path.read_text(encoding="utf-8")
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as e:
-        raise UsageError(f"{path} does not parse: {e}") from None
+        raise MutateUsageError(f"{path} does not parse: {e}") from None
     fns = _functions(tree)
     if convention == "cs231n":
         from . import cs231n
 
         run, _, _ = cs231n.plan(set(fns))
         targets = {p.target: p for p in run}
-        roots = {t: list(p.functions) for t, p in targets.items()}
+        # only backwards and the losses that return gradients are mutated; a pair whose target is a
+        # forward (batchnorm_forward's modes) judges the backwards it calls, it is not mutated itself
+        mutated = [t for t in targets if "backward" in t or "loss" in t]
+        roots = {t: [f for f in p.functions if f in fns] for t, p in targets.items()}
         forwards = {t: p.forward for t, p in targets.items() if p.forward}
         losses = {t for t, p in targets.items() if p.forward is None}
         kind = "cs231n"
@@ -135,8 +154,9 @@ def plan_file(path: Path, convention: str | None, select: str | None, operators)
                 if isinstance(dec, ast.Attribute) and dec.attr == "backward" and isinstance(dec.value, ast.Name):
                     targets[dec.value.id] = fn.name  # derivation name -> its backward
                     roots[dec.value.id] = [fn.name]
+        mutated = list(targets)
         kind = "derivation"
-    backwards = [targets[t].target if kind == "cs231n" else targets[t] for t in targets]
+    backwards = [targets[t].target if kind == "cs231n" else targets[t] for t in mutated]
     helpers = backward_helpers(source, backwards, [f for f in fns if f not in backwards and not f.startswith("_")])
     mutable = _select(backwards + sorted(helpers), select)
     mutants = []
@@ -528,7 +548,8 @@ def render(report: dict) -> str:
             lines += ["    " + ln for ln in s["diff"].rstrip("\n").splitlines()]
             lines.append(f"    why: {s['why']}")
     if report["equivalent_flagged"]:
-        lines += ["", "equivalent mutants the check flagged anyway (a false alarm, or a difference only float32 shows):"]
+        lines += ["", "equivalent mutants the check flagged anyway "
+                      "(a false alarm, or a difference only float32 shows):"]
         lines += [f"  {e['id']}: {e['description']} — {(e.get('by') or {}).get('message', '')[:200]}"
                   for e in report["equivalent_flagged"]]
     if report["originals_failing"]:
@@ -542,33 +563,33 @@ def render(report: dict) -> str:
 
 
 def cmd_mutate(args) -> int:
-    from .cli import UsageError, _choose
-
+    """`gradaudit mutate`; a bad argument raises MutateUsageError."""
     if (args.path is None) == (args.ops is None):
-        raise UsageError("give a .py file to mutate, or --ops a,b for the catalogue's reference backwards (not both)")
+        raise MutateUsageError("give a .py file to mutate, or --ops a,b for the catalogue's reference backwards "
+                               "(not both)")
     if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+        raise MutateUsageError(f"--workers must be at least 1, got {args.workers}")
     if not args.timeout > 0:
-        raise UsageError(f"--timeout must be positive, got {args.timeout}")
+        raise MutateUsageError(f"--timeout must be positive, got {args.timeout}")
     if args.min_score is not None and not 0 <= args.min_score <= 1:
-        raise UsageError(f"--min-score is a fraction in [0, 1], got {args.min_score}")
+        raise MutateUsageError(f"--min-score is a fraction in [0, 1], got {args.min_score}")
     if args.examples is not None and args.examples < 1:
-        raise UsageError(f"--examples must be at least 1, got {args.examples}")
-    operators = list(_choose("mutation operator", args.operators, list(OPERATORS))) if args.operators else None
+        raise MutateUsageError(f"--examples must be at least 1, got {args.examples}")
+    operators = _known("mutation operator", args.operators, list(OPERATORS)) if args.operators else None
     import oracles
 
-    _choose("oracle", args.oracles, oracles.ORACLES)
-    _choose("dtype", args.dtypes, ("float64", "float32"))
+    _known("oracle", args.oracles, oracles.ORACLES)
+    _known("dtype", args.dtypes, ("float64", "float32"))
     if args.ops is not None:
-        from properties import catalogue  # noqa: F401
-        from properties.spec import CATALOGUE
+        from properties import catalogue
 
-        ops = list(CATALOGUE) if tuple(args.ops) == ("all",) else list(_choose("op", args.ops, list(CATALOGUE)))
+        known = catalogue.load()
+        ops = list(known) if tuple(args.ops) == ("all",) else _known("op", args.ops, list(known))
         plan = plan_ops(ops, args.select, operators)
     else:
         path = Path(args.path)
         if not path.is_file() or path.suffix != ".py":
-            raise UsageError(f"{str(path)!r} is not a .py file")
+            raise MutateUsageError(f"{str(path)!r} is not a .py file")
         plan = plan_file(path, args.convention, args.select, operators)
         if not plan.judges:
             what = "cs231n-named functions" if args.convention else "@<derivation>.backward functions"
