@@ -1,4 +1,4 @@
-"""`gradaudit` command line: run, audit, list, report, replay. Argument parsing and printing only:
+"""`gradaudit` command line: run, audit, list, report, replay, mutate. Argument parsing and printing only:
 a run is properties.session's, an audit's plan gradaudit.audit's, the report the reports package's.
 
 Exit codes: 0 all pass (kinks and skips included), 1 any fail or error, 2 bad usage.
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     rpl = sub.add_parser("replay", help="re-run a saved counterexample")
     rpl.add_argument("id", help="cell id (as in the record's `replay`) or a path to a .npz")
     rpl.add_argument("--report", type=Path, default=Path("gradaudit-report"))
+    from .mutate import add_arguments as _mutate_arguments
+
+    _mutate_arguments(sub.add_parser("mutate", help="mutation score: how many wrong backwards the check would catch"))
     return parser
 
 
@@ -263,6 +266,15 @@ def cmd_replay(args) -> int:
     return EXIT_FAIL if r.failed else EXIT_OK
 
 
+def cmd_mutate(args) -> int:
+    from .mutate import MutateUsageError, cmd_mutate as run_mutate
+
+    try:
+        return run_mutate(args)
+    except MutateUsageError as e:
+        raise UsageError(str(e)) from None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -270,7 +282,8 @@ def main(argv=None) -> int:
     except SystemExit as e:  # argparse already printed the usage line
         return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
     try:
-        return {"run": cmd_run, "audit": cmd_audit, "list": cmd_list, "report": cmd_report, "replay": cmd_replay}[args.command](args)
+        return {"run": cmd_run, "audit": cmd_audit, "list": cmd_list, "report": cmd_report, "replay": cmd_replay,
+                "mutate": cmd_mutate}[args.command](args)
     except UsageError as e:
         print(f"gradaudit: error: {e}", file=sys.stderr)
         return EXIT_USAGE
