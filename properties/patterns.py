@@ -374,6 +374,8 @@ def recognise_shape(name: str, got: tuple, want: tuple, params: dict) -> Finding
     if len(got) == len(want) and pad is not None and int(pad) == 0 and any(
             g == 0 and w > 0 for g, w in zip(got, want)):
         return _finding("pad_zero_slice", f"grad[{name}] has shape {list(got)}: an empty slice at pad 0")
+    if len(got) == 2 and got != want and got == want[::-1]:
+        return _finding("transpose", f"grad[{name}] has the transposed shape {list(got)}", grad=f"grad[{name}]")
     # `db = dout`: the forward broadcast b (want) to dout's shape (got); its gradient sums over the new axes
     if len(got) > len(want) and got[len(got) - len(want):] == want:
         extra = list(range(len(got) - len(want)))
@@ -404,8 +406,9 @@ def recognise_nonfinite(ev, mine, theirs, *, what: str, op: str = "") -> Finding
     dtype = np.dtype(ev.dtype)
     limit = math.log(float(np.finfo(dtype).max))
     xmax = max((float(np.abs(x).max(initial=0.0)) for x in ev.arrays.values() if np.size(x)), default=0.0)
-    where = (f"exp(x) is inf once x > {limit:.0f} and a probability underflows to 0 (so its log is −inf) once "
-             f"a score trails the max by more than {-math.log(float(np.finfo(dtype).smallest_subnormal)):.0f}")
+    where = (f"exp(x) is inf once x > {limit:.1f} (a sum of exps sooner), and a probability underflows to 0 (its "
+             f"log −inf) once a score trails the max by more than "
+             f"{-math.log(float(np.finfo(dtype).smallest_subnormal)):.0f}")
     stable = next((s for pat, s in STABLE if pat.search(op or "")),
                   "compute it in log space, or shift by the max before exp")
     return _finding("overflow", f"{what} is NaN/Inf in the code under test where the oracle is finite "

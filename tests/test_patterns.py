@@ -133,6 +133,8 @@ def test_shapes_that_are_not_a_slip_get_no_pattern():
     assert patterns.recognise_shape("x", (1, 1, 2, 3), (1, 1, 2, 2), {"pad": 0}) is None  # not empty
     assert patterns.recognise_shape("x", (1, 1, 0, 0), (1, 1, 2, 2), {"pad": 1}) is None  # pad is not 0
     assert patterns.recognise_shape("b", (3,), (4,), {}) is None
+    assert patterns.recognise_shape("w", (2, 3), (3, 2), {}).pattern == "transpose"  # dout.T @ x
+    assert patterns.recognise_shape("w", (3, 3), (3, 3), {}) is None
 
 
 def test_every_pattern_has_one_sentence():
