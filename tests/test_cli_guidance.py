@@ -139,3 +139,21 @@ def test_audit_k_checks_only_the_functions_it_names(tmp_path):
     records = [json.loads(x) for x in (tmp_path / "k" / "results.jsonl").read_text().splitlines()]
     assert {rec["target"] for rec in records} == {"wave_backward"}, r.stderr
     assert r.returncode == 1 and "is 1/π times the right one" in r.stdout
+
+
+# ---- replay ---------------------------------------------------------------------------------------
+
+def test_replay_says_plainly_that_a_passing_cell_has_no_counterexample(tmp_path):
+    from reports.records import RecordSink, new_record
+
+    with RecordSink(tmp_path / "results.jsonl") as sink:
+        sink.write(new_record(op="relu", oracle="torch", device="cpu", dtype="float64", regime="typical",
+                              status="pass", examples=12, id="relu-torch-cpu-float64-typical"))
+        sink.write(new_record(op="relu", oracle="jax", device="cpu", dtype="float64", regime="typical",
+                              status="skip", message="jax is not installed", id="relu-jax-cpu-float64-typical"))
+    r = gradaudit("replay", "relu-torch-cpu-float64-typical", "--report", tmp_path)
+    assert r.returncode == 2 and "has no counterexample to replay: it passed (12 examples agree)" in r.stderr
+    r = gradaudit("replay", "relu-jax-cpu-float64-typical", "--report", tmp_path)
+    assert "it was skipped, never checked: jax is not installed" in r.stderr
+    r = gradaudit("replay", "nope", "--report", tmp_path)
+    assert f"no counterexample 'nope' in '{tmp_path}'" in r.stderr
