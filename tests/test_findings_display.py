@@ -141,3 +141,18 @@ def test_junit_names_are_unique_per_function_and_cell(tmp_path):
 def test_junit_keeps_every_status(tmp_path, status):
     path = reports.write_junit([rec("relu_backward", "relu", status=status, kink="x == 0")], tmp_path / "j.xml")
     assert ET.parse(path).getroot().get("tests") == "1"
+
+
+def test_evidence_figures_are_never_divided_by_about_zero():
+    """The evidence's statistics, as the judge's: an element next to 0 with an error inside the
+    tolerance shows a small relative error and a few ULP, not 1e+40."""
+    import numpy as np
+
+    from reports.evidence import array_evidence
+
+    o = np.array([1.0, 1e-300, 0.0])
+    r = o + np.array([0.0, 1e-14, 1e-14])
+    rtol, atol = 4.5e-14, 9e-14
+    c = array_evidence("x", r, o, dtype="float64", allowed=atol + rtol * np.abs(o), rtol=rtol)
+    assert c.stats["beyond"] == 0
+    assert c.stats["rel"]["max"] <= 1 and c.stats["ulp"]["max"] < 1e3
