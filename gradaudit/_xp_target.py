@@ -10,6 +10,8 @@ import numpy as np
 
 from properties.target import Target
 
+from . import _slips
+
 __all__ = ["derivation_target"]
 
 
@@ -40,7 +42,13 @@ def derivation_target(d, name: str, *, wrap=None) -> Target:
 
     def forward(*arrays, **params):
         params = cast_params(params, arrays[0].dtype)
-        out = fn(xp_np, *arrays, **params)
+        try:
+            out = fn(xp_np, *arrays, **params)
+        except Exception as e:  # a shape error: with the sizes drawn, and symbols that look alike
+            slip = _slips.forward_error(d, name, e, arrays, params)
+            if slip is None:
+                raise
+            raise slip from e
         if isinstance(out, list):
             out = tuple(out)
         return out, (arrays, params, out)
@@ -63,7 +71,14 @@ def derivation_target(d, name: str, *, wrap=None) -> Target:
     def xp_forward(xp, *arrays, **params):
         dtype = arrays[0].dtype
         params = {k: xp.astype(v, dtype) if _framework_float(xp, v) else v for k, v in params.items()}
-        return fn(xp, *arrays, **params)
+        try:
+            return fn(xp, *arrays, **params)
+        except Exception as e:  # np.tanh on a tensor: "use xp.tanh", not the framework's own advice
+            kind = type(arrays[0]).__module__
+            slip = _slips.framework_slip(d, e, "torch" if "torch" in kind else "JAX" if "jax" in kind else kind)
+            if slip is None:
+                raise
+            raise slip from e
 
     return Target(name=name, op=d.name, forward=forward, backward=backward, xp_forward=xp_forward)
 

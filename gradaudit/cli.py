@@ -6,9 +6,13 @@ Exit codes: 0 all pass (kinks and skips included), 1 any fail or error, 2 bad us
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import secrets
 import sys
 from pathlib import Path
+
+from .progress import Progress
 
 __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "config_from_args", "main",
            "parse_shard"]
@@ -38,12 +42,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=_csv, default=("cpu",), help="comma-separated: cpu,cuda (default cpu)")
     p.add_argument("--dtypes", type=_csv, default=("float64", "float32"), help="comma-separated: float64,float32")
     p.add_argument("--examples", type=int, default=None, help="examples per cell (default: the profile's)")
-    p.add_argument("--seed", type=int, default=None, help="Hypothesis seed (same seed and versions, same verdicts)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="Hypothesis seed (same seed and versions, same verdicts); without it a dev or thorough "
+                        "run draws one, records it in run.json and prints it (the ci profile is derandomized)")
     p.add_argument("--profile", choices=("ci", "dev", "thorough"), default=None,
                    help="Hypothesis settings profile (default: ci when $CI is set, else dev)")
-    p.add_argument("--report", type=Path, default=Path("gradaudit-report"), help="report directory")
+    p.add_argument("--report", type=Path, default=Path("gradaudit-report"),
+                   help="report directory: results.jsonl, run.json, cases/, index.html (default gradaudit-report)")
     p.add_argument("--junit", type=Path, default=None, help="also write JUnit XML here")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of the terminal one")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress (by default: a live k/N cells line on a terminal, a plain line at each "
+                        "group's end and at least every 10 s elsewhere, on stderr)")
     p.add_argument("--resume", action="store_true", help="keep DIR/results.jsonl and run only the cells not in it")
     p.add_argument("--workers", type=int, default=1, help="processes to run cells in (default 1)")
     p.add_argument("--shard", default=None, help="i/n: run only the i-th of n deterministic slices (CI matrix jobs)")
@@ -55,6 +65,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradaudit", description="Differential testing of hand-derived gradients.")
+    parser.add_argument("--version", action="version", version=f"gradaudit {_version()}",
+                        help="print gradaudit's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="check the catalogue's reference derivations")
     run.add_argument("--ops", type=_csv, default=None, help="comma-separated op names (default: all; see `gradaudit list`)")
@@ -65,16 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="check functions named as in the cs231n assignments against the catalogue")
     aud.add_argument("--timeout", type=float, default=60.0, help="seconds per check before a hang is an error (default 60)")
     aud.add_argument("--verbose", action="store_true", help="show tracebacks from the audited code")
+    aud.add_argument("-k", dest="keyword", metavar="EXPR", default=None,
+                     help="check only the functions whose names match EXPR, as pytest -k does: a substring "
+                          "(case-insensitive), or names joined with and/or/not and parentheses "
+                          "(-k conv, -k \"batchnorm and not spatial\")")
     _common(aud)
     lst = sub.add_parser("list", help="list the catalogue")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", help="print the catalogue as JSON")
     rep = sub.add_parser("report", help="re-render (and merge) results.jsonl files into one report")
-    rep.add_argument("results", nargs="+", type=Path)
-    rep.add_argument("--report", type=Path, default=Path("gradaudit-report"))
-    rep.add_argument("--junit", type=Path, default=None)
+    rep.add_argument("results", nargs="+", type=Path,
+                     help="results.jsonl files (or report directories); a cell in several: the last one wins")
+    rep.add_argument("--report", type=Path, default=Path("gradaudit-report"),
+                     help="directory to write index.html into (default gradaudit-report)")
+    rep.add_argument("--junit", type=Path, default=None, help="also write JUnit XML here")
     rpl = sub.add_parser("replay", help="re-run a saved counterexample")
     rpl.add_argument("id", help="cell id (as in the record's `replay`) or a path to a .npz")
-    rpl.add_argument("--report", type=Path, default=Path("gradaudit-report"))
+    rpl.add_argument("--report", type=Path, default=Path("gradaudit-report"),
+                     help="the report directory the cell was recorded in (default gradaudit-report)")
     from .mutate import add_arguments as _mutate_arguments
 
     _mutate_arguments(sub.add_parser("mutate", help="mutation score: how many wrong backwards the check would catch"))
@@ -101,6 +120,11 @@ def config_from_args(args):
     if getattr(args, "workers", 1) < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     profile = args.profile or default_profile()
+    seed = args.seed
+    if seed is None and profile != "ci":
+        # Hypothesis would pick one per group and keep it to itself: draw one here instead, recorded in
+        # run.json and printed with the summary, so that a run's findings can be replayed with --seed
+        seed = secrets.randbelow(2**32)
     if args.example_db is not None and (profile == "ci" or args.seed is not None):
         # Hypothesis runs a derandomized or seeded search without a database: say so rather than
         # let a campaign believe its failures are being shared
@@ -111,7 +135,7 @@ def config_from_args(args):
         oracles=_choose("oracle", args.oracles, oracles.ORACLES) if args.oracles is not None else oracles.ORACLES,
         devices=_choose("device", args.devices, oracles.DEVICES),
         dtypes=_choose("dtype", args.dtypes, DTYPES),
-        profile=profile, examples=args.examples, seed=args.seed, report_dir=args.report,
+        profile=profile, examples=args.examples, seed=seed, report_dir=args.report,
         database=args.example_db or str(Path(".hypothesis") / "gradaudit"),
         allow_tf32=getattr(args, "allow_tf32", False))
 
@@ -128,11 +152,18 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def _session(args, cfg, jobs, *, what: list[str], progress: bool = True) -> int:
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _session(args, cfg, jobs, *, what: list[str], cells: list[int] | None = None) -> int:
     """Run `jobs` (properties.session) into args.report, then report. Shared by run and audit.
 
     `--resume` keeps the records already in results.jsonl and skips their cells; `--workers N` runs
     the jobs in N processes appending to the same results.jsonl; `--shard i/n` keeps every n-th job.
+    `cells`: how many cells each job records, for the progress line's k/N (None: N unknown).
     """
     import reports
     from properties.session import run_session
@@ -148,17 +179,18 @@ def _session(args, cfg, jobs, *, what: list[str], progress: bool = True) -> int:
         for r in finished:
             r.pop(reports.records.SOURCE_KEY, None)
     shard = parse_shard(getattr(args, "shard", None))
-    tty = progress and sys.stderr.isatty() and not args.json
-    records, meta = run_session(cfg, jobs, finished=finished, workers=getattr(args, "workers", 1) or 1, shard=shard,
-                                what=what, command=["gradaudit", *sys.argv[1:]], on_job=_progress if tty else None)
+    if finished is None:
+        results.unlink(missing_ok=True)  # a new run (as run_session does): progress counts from an empty file
+    total = None
+    if cells is not None:
+        mine = [n for k, n in enumerate(cells) if shard is None or k % shard[1] == shard[0] - 1]
+        total = max(sum(mine) - len(finished or ()), 0)
+    progress = Progress(results, total, live=sys.stderr.isatty(), offset=results.stat().st_size if finished else 0)
+    quiet = getattr(args, "quiet", False)
+    with progress if not quiet else contextlib.nullcontext():
+        records, meta = run_session(cfg, jobs, finished=finished, workers=getattr(args, "workers", 1) or 1,
+                                    shard=shard, what=what, command=["gradaudit", *sys.argv[1:]])
     return _finish(records, meta, args.report, args.junit, args.json)
-
-
-def _progress(label, recs, dt) -> None:
-    n = sum(r["examples"] for r in recs)
-    bad = sum(r["status"] in ("fail", "error") for r in recs)
-    print(f"  {label:<34} {len(recs):>3} cells  {n / max(dt, 1e-9):7.0f} examples/s"
-          f"{'  ' + str(bad) + ' FAILING' if bad else ''}", file=sys.stderr)
 
 
 def cmd_run(args) -> int:
@@ -168,7 +200,8 @@ def cmd_run(args) -> int:
     known = catalogue.load()
     ops = _choose("op", args.ops, list(known)) if args.ops is not None else tuple(known)
     cfg = config_from_args(args)
-    return _session(args, cfg, catalogue_jobs(ops, cfg.dtypes), what=list(ops))
+    cells = [len(known[op].regimes) * len(cfg.sides()) for op in ops for _ in cfg.dtypes]  # as catalogue_jobs
+    return _session(args, cfg, catalogue_jobs(ops, cfg.dtypes), what=list(ops), cells=cells)
 
 
 def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool) -> int:
@@ -176,7 +209,7 @@ def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool) 
 
     html = reports.render_html(records, meta, report_dir)
     if junit is not None:
-        reports.write_junit(records, junit)
+        reports.write_junit(records, junit, report_dir=report_dir)
     counts = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -188,7 +221,7 @@ def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool) 
                                                           "replay")} for r in records
                                        if r["status"] in ("fail", "error")]}))
     else:
-        print(reports.terminal_summary(records, color=sys.stdout.isatty()))
+        print(reports.terminal_summary(records, color=sys.stdout.isatty(), run_meta=meta))
         print(f"report: {html}")
     return EXIT_FAIL if failing else EXIT_OK
 
@@ -226,6 +259,7 @@ def cmd_report(args) -> int:
 def cmd_audit(args) -> int:
     from . import audit
     from ._guard import clean
+    from .selection import KeywordError, matcher, select
 
     path = Path(args.path)
     if not path.exists():
@@ -238,20 +272,32 @@ def cmd_audit(args) -> int:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     cfg = config_from_args(args)
     jobs, absent, error, hint = audit.plan_isolated(path, args.convention, args.timeout, args.verbose)
+    if args.keyword is not None:
+        planned = [j["target"] for j in jobs]
+        try:
+            jobs, absent = select(jobs, args.keyword), [a for a in absent if matcher(args.keyword)([a])]
+        except KeywordError as e:
+            raise UsageError(str(e)) from None
+        if planned and not jobs and not args.json:
+            print(f"gradaudit audit: -k {args.keyword!r} matches none of {', '.join(clean(t) for t in planned)}",
+                  file=sys.stderr)
     if not args.json:
         if error:
             print(f"gradaudit audit: {clean(error)}", file=sys.stderr)
         if absent:
             print(f"gradaudit audit: not defined in {clean(path.name)}, not checked: {', '.join(absent)}",
                   file=sys.stderr)
-        if not jobs and not error:
+        if not jobs and not error and args.keyword is None:
             what = "cs231n-named functions" if args.convention else "@gradaudit.derivation functions"
             print(f"gradaudit audit: no {what} in {clean(str(path))}" + (f"; {clean(hint)}" if hint else ""),
                   file=sys.stderr)
     session_jobs = audit.session_jobs(path, args.convention, jobs, error, timeout=args.timeout, verbose=args.verbose,
-                                      workers=args.workers or 1, sharded=bool(args.shard),
-                                      progress=sys.stderr.isatty() and not args.json)
-    return _session(args, cfg, session_jobs, what=[j["target"] for j in jobs], progress=False)
+                                      workers=args.workers or 1, sharded=bool(args.shard), progress=False)
+    # cells per session job, as session_jobs makes them: the import error's one, then one job per
+    # function when sharded (else the shard selection does not apply and only the sum counts)
+    per = [1 if j.get("skip") else len(cfg.dtypes) * len(j["regimes"]) * len(cfg.sides()) for j in jobs]
+    cells = [1] * bool(error) + (per if args.shard else [sum(per)])
+    return _session(args, cfg, session_jobs, what=[j["target"] for j in jobs], cells=cells)
 
 
 def cmd_replay(args) -> int:

@@ -63,13 +63,18 @@ class Derivation:
     params: dict = field(default_factory=dict)  # name -> ArgSpec
 
     def __post_init__(self):
-        sig = inspect.signature(self.fn, eval_str=True)
+        from . import _slips  # the messages for slips in writing a derivation
+
+        sig = _slips.signature(self.fn, self.name)
         ps = list(sig.parameters.values())
         if not ps or ps[0].kind not in (ps[0].POSITIONAL_ONLY, ps[0].POSITIONAL_OR_KEYWORD):
             raise TypeError(f"{self.name}: the forward's first argument is the array namespace `xp`")
+        _slips.check_first_parameter(self.name, ps[0])
         for p in ps[1:]:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 raise TypeError(f"{self.name}: *args/**kwargs cannot be drawn; name every argument")
+            if isinstance(p.annotation, str):  # `x: ("D")` under `from __future__ import annotations`
+                raise _slips.string_annotation(self.name, p.name, p.annotation)
             keyword = p.kind == p.KEYWORD_ONLY
             (self.params if keyword else self.arrays)[p.name] = as_spec(p.name, p.annotation, p.default, keyword)
         if not self.arrays:
@@ -77,6 +82,7 @@ class Derivation:
         if isinstance(self.regimes, str):
             self.regimes = (self.regimes,)
         self.regimes = tuple(self.regimes)
+        _slips.check_sizes(self.name, self.sizes, self.symbols())
 
     def __call__(self, xp, *args, **kwargs):  # the forward stays callable as written
         return self.fn(xp, *args, **kwargs)

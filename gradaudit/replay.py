@@ -47,7 +47,7 @@ def replay(ident: str, report_dir: Path) -> Replayed:
 
     path = Path(ident) if ident.endswith(".npz") else Path(report_dir) / "cases" / f"{ident}.npz"
     if not path.is_file():
-        raise ReplayError(f"no counterexample {str(path)!r} (ids are listed in results.jsonl under `replay`)")
+        raise ReplayError(_why_no_case(ident, path, Path(report_dir)))
     meta, case, douts = load_case(path)
     spec = catalogue.load().get(meta["op"])
     if meta.get("audit_path"):
@@ -64,3 +64,34 @@ def replay(ident: str, report_dir: Path) -> Replayed:
     side = (meta["oracle"], meta["device"])
     ev = evaluate(spec, target, case, meta["dtype"], [side], douts=douts)
     return Replayed(meta.get("id", path.stem), case, ev.sides[side])
+
+
+_NO_CASE = {
+    "pass": "it passed ({examples} examples agree): only a failing cell keeps a counterexample",
+    "kink": "its inputs sat on a kink where the code's choice is a valid subgradient (reported, not failed): "
+            "only a failing cell keeps a counterexample",
+    "skip": "it was skipped, never checked: {message}",
+    "error": "it errored before any comparison: {message}",
+    "fail": "its counterexample file is missing from {cases}",
+}
+
+
+def _why_no_case(ident: str, path: Path, report_dir: Path) -> str:
+    """Why there is no counterexample to replay, in plain words: the cell passed (or was a kink, or
+    skipped), or there is no such cell in the report at all."""
+    from reports.records import RecordError, load_records, record_id
+
+    try:
+        records = load_records(report_dir) if (report_dir / "results.jsonl").is_file() else []
+    except RecordError:
+        records = []
+    rec = next((r for r in records if record_id(r) == ident), None)
+    if rec is None:
+        failing = [r["replay"].split()[-1] for r in records if r.get("replay")][:5]
+        hint = (f"cells with one: {', '.join(failing)}" if failing else
+                "ids are listed in results.jsonl under `replay`")
+        where = f"in {str(report_dir)!r}" if records else f"({str(path)!r} does not exist)"
+        return f"no counterexample {ident!r} {where}: {hint}; in another report: --report DIR"
+    why = _NO_CASE.get(rec["status"], "it has none").format(examples=rec.get("examples"), cases=str(path.parent),
+                                                           message=rec.get("message") or "no reason given")
+    return f"cell {ident} has no counterexample to replay: {why}"

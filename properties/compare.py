@@ -46,18 +46,24 @@ class Comparison:
     def max_abs(self) -> float:
         return float(self.err.max(initial=0.0))
 
+    # Relative and ULP figures are measured against the tolerance's scale, never divided by ~0 (a
+    # passing cell read "max ULP 1.27e+40"): a relative error against |expected| but never against
+    # less than atol (below it, the tolerance itself cannot tell a value from 0); a ULP distance in
+    # the spacing at |expected| but never at less than atol/rtol, the magnitude where the allowed
+    # error turns from absolute to relative (a passing cell is then a few ULP at most).
+    def _floored(self, floor: float) -> np.ndarray:
+        return np.maximum(self._absb, floor if floor > 0 else np.finfo(np.float64).tiny)
+
     @functools.cached_property
     def max_rel(self) -> float:
-        err, absb = self.err, self._absb
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            rel = np.where(absb > 0, err / absb, np.where(err > 0, np.inf, 0.0))
-        return float(rel.max(initial=0.0))
+        return float((self.err / self._floored(self.atol)).max(initial=0.0))
 
     @functools.cached_property
     def max_ulp(self) -> float:
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            ulp = self.err / np.spacing(self._absb.astype(self._ulp_dtype)).astype(np.float64)
-        return float(ulp.max(initial=0.0))
+        scale = self._floored(self.atol / self.rtol if self.rtol > 0 else self.atol)
+        with np.errstate(over="ignore"):
+            spacing = np.spacing(scale.astype(self._ulp_dtype)).astype(np.float64)
+        return float((self.err / spacing).max(initial=0.0))
 
     @functools.cached_property
     def needed_atol(self) -> float:

@@ -16,11 +16,11 @@ from oracles import numeric
 from oracles.base import OracleUnavailable, Projection, as_tuple
 
 from . import patterns, tolerances
-from .compare import Comparison, compare, compare_projection, project
+from .compare import Comparison, compare, compare_projection
 from .spec import Case, OpSpec
 from .strategies import upstream
 from .target import Target
-from .verdict import Side, Verdict, raised
+from .verdict import Side, Verdict, name_pattern, raised
 
 __all__ = ["Evaluation", "classify_kinks", "compare_any", "evaluate", "flag_mutation", "judge_side",
            "numeric_directions", "policy_for", "run_target"]
@@ -36,6 +36,7 @@ class Evaluation:
     grads: dict[str, np.ndarray] = field(default_factory=dict)
     mutated: list[str] = field(default_factory=list)
     error: str | None = None  # the target raised or returned something malformed
+    finding: patterns.Finding | None = None  # the error's pattern (a gradient of a telling shape)
     sides: dict[Side, Verdict] = field(default_factory=dict)
     # per-case figures the tolerance policy needs, computed once instead of once per side and phase
     memo: dict = field(default_factory=dict, repr=False, compare=False)
@@ -119,6 +120,7 @@ def run_target(target: Target, case: Case, dtype: str, douts=None, dout_seed: in
             return ev
         if tuple(g.shape) != arrays[n].shape:
             ev.error = f"{target.name}: grad[{n}] has shape {list(g.shape)}, expected {list(arrays[n].shape)}"
+            ev.finding = patterns.recognise_shape(n, g.shape, arrays[n].shape, case.params)
             return ev
         if np.asarray(g).dtype != np.dtype(dtype):
             ev.error = f"{target.name}: grad[{n}] has dtype {np.asarray(g).dtype}, expected {dtype}"
@@ -180,6 +182,8 @@ def judge_side(spec: OpSpec | None, target: Target, ev: Evaluation, oracle: str,
             if not c.ok:
                 v.status, v.kind, v.phase, v.cmp = "fail", "nonfinite" if c.nonfinite_mismatch else "forward", \
                     "forward", c
+                if c.nonfinite_mismatch:
+                    name_pattern(v, patterns.recognise_nonfinite(ev, m, t, what="the forward", op=target.op))
                 return v
     pol = policy_for(ev, oracle, override=override, noise=res.info.get("noise", 0.0))
     v.tolerance_source = pol.source
@@ -192,20 +196,11 @@ def judge_side(spec: OpSpec | None, target: Target, ev: Evaluation, oracle: str,
     if worst is not None and not worst.ok:
         v.status = "fail"
         v.kind = "nonfinite" if worst.nonfinite_mismatch else "gradient"
-        found = _pattern(ev, worst_name, res.grads[worst_name], worst)
-        if found:
-            v.pattern, v.factor = found.pattern, found.factor
-            v.why.append(found.why)
+        name_pattern(v, patterns.recognise_nonfinite(ev, ev.grads[worst_name], res.grads[worst_name],
+                                                     what=v.phase, op=target.op)
+                     if worst.nonfinite_mismatch and not isinstance(res.grads[worst_name], Projection)
+                     else patterns.recognise_case(ev, worst_name, res.grads, op=target.op, allowed=worst.allowed))
     return v
-
-
-def _pattern(ev: Evaluation, name: str, theirs, c: Comparison) -> patterns.Finding | None:
-    label, shapes = f"grad[{name}]", ev.case.shapes()
-    if isinstance(theirs, Projection):
-        return patterns.recognise_projection(project(theirs.dirs, ev.grads[name]), theirs.values, c.allowed,
-                                             name=label, shapes=shapes)
-    seq_axis = 1 if ev.grads[name].ndim == 3 else None
-    return patterns.recognise(ev.grads[name], theirs, name=label, seq_axis=seq_axis, shapes=shapes)
 
 
 def flag_mutation(target: Target, ev: Evaluation) -> None:
@@ -255,6 +250,7 @@ def evaluate(spec: OpSpec | None, target: Target, case: Case, dtype: str, sides:
     if ev.error is not None:
         for s in sides:
             ev.sides[s] = Verdict("error", what=target.name, side=s, dtype=dtype, fault=ev.error)
+            name_pattern(ev.sides[s], ev.finding)
         return ev
     # the frameworks first: how many directions finite differences take depends on their verdicts
     for oracle, device in sorted(sides, key=lambda s: s[0] == "numeric"):

@@ -207,7 +207,8 @@ def _figures(v: Verdict, ev: Evaluation) -> dict:
 
 def _verdict_fields(v: Verdict, ev: Evaluation) -> dict:
     out = _figures(v, ev)
-    out.update(status=v.status, kind=v.kind, pattern=v.pattern, message=v.message, mutated=list(ev.mutated),
+    out.update(status=v.status, kind=v.kind, pattern=v.pattern, explanation=v.explanation, message=v.message,
+               mutated=list(ev.mutated),
                blame=v.blame, triangulation=v.triangulation)
     return out
 
@@ -234,7 +235,8 @@ def _saved_case(ev: Evaluation, side: Side, v: Verdict) -> SavedCase:
                                 "worst_index": list(c.worst_index) if c.worst_index is not None else None}
                             for n, c in v.judged.items()},
                  "verdict": {"status": v.status, "kind": v.kind, "phase": v.phase, "pattern": v.pattern,
-                             "factor": v.factor, "why": list(v.why)}}
+                             "factor": v.factor, "why": list(v.why),
+                             "explanation": v.explanation}}
     return case
 
 

@@ -12,8 +12,9 @@ import numpy as np
 from oracles.base import OracleResult
 
 from .compare import Comparison
+from .patterns import Finding, explain
 
-__all__ = ["CodeUnderTestError", "Side", "Verdict", "describe", "raised"]
+__all__ = ["CodeUnderTestError", "Side", "Verdict", "describe", "name_pattern", "raised"]
 
 Side = tuple[str, str]  # (oracle, device)
 
@@ -54,6 +55,14 @@ class Verdict:
     out_shapes: tuple | None = None  # forwards of different shapes: (the target's, the oracle's)
     modified: list[str] = field(default_factory=list)  # mutation: what the code under test wrote into
     forward_name: str | None = None  # names a forward mismatch (an audit: the user's forward)
+    sentence: tuple[str, str] | None = None  # (pattern, its sentence with the fields filled in) from a Finding
+
+    @property
+    def explanation(self) -> str | None:
+        """What a student reads first: the pattern's sentence (patterns.SENTENCES), before any number."""
+        if self.sentence is not None and self.sentence[0] == self.pattern:
+            return self.sentence[1]
+        return explain(self.pattern)
 
     @property
     def message(self) -> str:
@@ -71,10 +80,23 @@ def _difference(c: Comparison) -> str:
             f"(up to {c.atol:.3g} + {c.rtol:.3g}*|expected| allowed; greatest relative difference {c.max_rel:.3g})")
 
 
+def name_pattern(v: Verdict, found: Finding | None) -> None:
+    """Give the verdict the pattern a recogniser found: its name, factor, clause and sentence."""
+    if found is not None:
+        v.pattern, v.factor = found.pattern, found.factor
+        v.sentence = (found.pattern, found.explanation) if found.explanation else None
+        v.why.append(found.why)
+
+
 def describe(v: Verdict) -> str:
-    """One line a person can act on: what, against which side, which gradient, how far and where, why."""
+    """One line a person can act on: what, against which side, what it means (the pattern's sentence,
+    before any number), which gradient, how far and where, why."""
     if v.fault is not None:
-        return v.fault
+        if not v.explanation:
+            return v.fault
+        head = f"{v.what}: "
+        return (f"{head}{v.explanation} — {v.fault[len(head):]}" if v.what and v.fault.startswith(head)
+                else f"{v.explanation} — {v.fault}")
     if v.status == "kink":
         return f"{v.kink}: {' — '.join(v.why)}" if v.why else str(v.kink)
     if v.status == "pass" and v.kind is None:
@@ -86,6 +108,8 @@ def describe(v: Verdict) -> str:
     elif v.out_shapes is not None:
         mine, theirs = v.out_shapes
         text = f"{label}, forward: output {[_shape(m) for m in mine]}, expected {[_shape(t) for t in theirs]}"
+    elif v.explanation:
+        text = f"{label}: {v.explanation} — {v.phase}: {_difference(v.cmp)}"
     else:
         text = f"{label}, {v.phase}: {_difference(v.cmp)}"
     text += "".join(f" — {w}" for w in v.why) + "".join(f" ({n})" for n in v.notes)

@@ -46,7 +46,7 @@ class ArrayEvidence:
     ref: np.ndarray  # float64
     oracle: np.ndarray
     abs_err: np.ndarray  # |ref - oracle|, +inf where exactly one side is non-finite
-    rel_err: np.ndarray  # abs_err / |oracle|; 0 where both are 0, inf where only oracle is 0
+    rel_err: np.ndarray  # abs_err / max(|oracle|, atol): never divided by ~0; inf where one side is non-finite
     beyond: np.ndarray | None  # the judge's: error > allowed, or NaN/Inf on one side only
     stats: dict
     directional: bool = False
@@ -72,10 +72,12 @@ def _quantiles(x: np.ndarray) -> dict:
 
 def array_evidence(name: str, ref: np.ndarray, oracle: np.ndarray, *, dtype: str | None,
                    dirs: np.ndarray | None = None, allowed: np.ndarray | None = None,
-                   judged: dict | None = None) -> ArrayEvidence | str:
+                   judged: dict | None = None, rtol: float | None = None) -> ArrayEvidence | str:
     """One array's evidence, or a string saying why the two sides cannot be put side by side.
     `allowed` and `judged` are the judge's (the case's): what it allowed per element, its ratio and
-    worst element."""
+    worst element; `rtol` the record's. Relative errors are against max(|oracle|, atol) and ULPs in the
+    spacing at max(|oracle|, atol/rtol), as the judge's figures (properties/compare.py): an element
+    next to 0 is never divided by ~0."""
     shape = tuple(np.shape(ref))
     r = np.asarray(ref, dtype=np.float64)
     o = np.asarray(oracle, dtype=np.float64)
@@ -94,14 +96,15 @@ def array_evidence(name: str, ref: np.ndarray, oracle: np.ndarray, *, dtype: str
         abs_err = np.where(both_finite, np.abs(r - o), 0.0)
         judged_err = abs_err
         abs_err = np.where(mism, np.inf, abs_err)
-        mag = np.abs(o)
-        rel_err = np.where(abs_err == 0, 0.0, np.where(mag > 0, abs_err / mag, np.inf))
+        mag = np.where(np.isfinite(o), np.abs(o), 0.0)
+        atol, ulp_floor = _floors(mag, allowed if np.shape(allowed) == r.shape else None, rtol, dtype)
+        rel_err = np.where(abs_err == 0, 0.0, abs_err / np.maximum(mag, atol))
         beyond = None
         if allowed is not None and np.shape(allowed) == r.shape:
             beyond = mism | (judged_err > np.asarray(allowed, dtype=np.float64))
         ulp = None
         if dtype in ("float32", "float64", "float16"):
-            sp = np.spacing(np.abs(o).astype(dtype)).astype(np.float64)
+            sp = np.spacing(np.maximum(mag, ulp_floor).astype(dtype)).astype(np.float64)
             ulp = np.where(both_finite, abs_err / sp, np.where(mism, np.inf, 0.0))
     judged = judged or {}
     worst = judged.get("worst_index")
@@ -118,6 +121,22 @@ def array_evidence(name: str, ref: np.ndarray, oracle: np.ndarray, *, dtype: str
                          stats=stats, directional=dirs is not None, shape=shape)
 
 
+def _floors(mag: np.ndarray, allowed, rtol, dtype) -> tuple[float, float]:
+    """(atol, atol/rtol) of the judge's tolerance for this array: read back from what it allowed
+    (allowed = atol + rtol |expected|); without it, the rounding of the array's largest element."""
+    top = float(mag.max(initial=0.0))
+    eps = float(np.finfo(dtype if dtype in ("float16", "float32", "float64") else "float64").eps)
+    atol = 0.0
+    if allowed is not None and rtol:
+        left = np.asarray(allowed, np.float64) - float(rtol) * mag
+        left = left[np.isfinite(left)]
+        atol = max(float(left.min()), 0.0) if left.size else 0.0
+    if atol <= 0:
+        atol = eps * top
+    tiny = float(np.finfo(np.float64).tiny)
+    return max(atol, tiny), max(atol / float(rtol) if rtol else top, tiny)
+
+
 def compared(case: SavedCase, rec: dict, *, limit: int = 8) -> tuple[list[ArrayEvidence], list[str]]:
     """Every array present on both sides, the record's phase first, then those beyond tolerance."""
     out, problems = [], []
@@ -127,7 +146,7 @@ def compared(case: SavedCase, rec: dict, *, limit: int = 8) -> tuple[list[ArrayE
         try:
             c = array_evidence(name, case.ref[name], case.oracle[name], dtype=rec.get("dtype"),
                                dirs=case.dirs.get(name), allowed=case.allowed.get(name),
-                               judged=case.judged.get(name))
+                               judged=case.judged.get(name), rtol=rec.get("rtol"))
         except (TypeError, ValueError) as exc:  # e.g. a non-numeric array: say so, go on
             c = f"cannot be compared ({type(exc).__name__}: {exc})"
         if isinstance(c, str):

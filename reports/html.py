@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from . import svg
 from .evidence import case_evidence
+from .findings import GROUP_TITLES, GROUPS, group, headline, replay_command
 from .records import SOURCE_KEY, STATUSES, counts, normalise, overall_verdict, record_id
 from .text import fmt_duration, fmt_num, short
 
@@ -44,20 +45,6 @@ BLAME_TEXT = {
                  "other and not with it",
     "precision": "a precision effect, not a wrong formula: the gap closes in float64",
     "unknown": "the sides do not tell a consistent story: no single side can be blamed",
-}
-PATTERN_TEXT = {
-    "constant_factor": "reference = c × oracle for one constant c (a missing 1/N, a doubled term)",
-    "sign_flip": "reference = −oracle (a sign error)",
-    "transpose": "reference matches the oracle transposed (a missing or extra transpose)",
-    "wrong_axis": "a reduction over the wrong axis",
-    "missing_timestep": "a contribution is missing at one timestep (look at the error map)",
-    "credit_at_ties": "the credit at tied elements is not a valid split (e.g. every tied "
-                      "element gets the full gradient)",
-    "invalid_subgradient": "at a non-differentiable point the derivative taken is outside the "
-                           "subdifferential (e.g. a ReLU's derivative at 0 outside [0, 1])",
-    "zero_gradient": "the reference gradient is zero where the oracle's is not",
-    "tf32": "TF32 on the GPU (--allow-tf32): float32 matmuls and convolutions keep 10 mantissa bits "
-            "(relative error ~1e-3); the same oracle on the CPU agrees, so the derivation is not at fault",
 }
 KIND_TEXT = {"gradient": "gradients disagree", "forward": "the forwards already disagree",
              "nonfinite": "NaN/Inf on one side only"}
@@ -175,7 +162,10 @@ def _section(rec: dict, anchor: str, cases_dir, out_dir: Path, budget: dict, ope
         "r": rec, "anchor": anchor, "open": open_, "id": record_id(rec),
         "blame_text": blame_text, "sides": sides,
         "agree_each_other": tri.get("agree_with_each_other"),
-        "pattern_text": PATTERN_TEXT.get(rec.get("pattern") or ""),
+        # the pattern's sentence (properties.patterns' one table), as the judge wrote it into the record
+        "explanation": rec.get("explanation"),
+        "replay": replay_command(rec, out_dir),
+        "group": group(rec),
         "kind_text": KIND_TEXT.get(rec.get("kind") or ""),
         # the judge's words for its verdict, and the constant factor it found: shown as they are
         "why": verdict.get("why") or [], "factor": verdict.get("factor"),
@@ -239,12 +229,13 @@ def _grouped_reasons(records: list[dict], status: str, limit: int = 40) -> list[
 
 
 def _glance(bad: list[dict], anchors: dict[str, str], max_links: int = 8) -> list[dict]:
-    """One row per wrong derivation (op and target): its failing cells, blames, patterns."""
+    """One row per finding of a derivation (group, op and target): its cells, blames, patterns; the
+    wrong ones first, then the unstable ones, then the warnings."""
     groups: dict[tuple, list[dict]] = {}
     for r in bad:
-        groups.setdefault((r["op"], r.get("target")), []).append(r)
+        groups.setdefault((group(r), r["op"], r.get("target")), []).append(r)
     rows = []
-    for (op, target), recs in groups.items():
+    for (grp, op, target), recs in groups.items():
         def tally(key):
             t: dict[str, int] = {}
             for r in recs:
@@ -260,8 +251,10 @@ def _glance(bad: list[dict], anchors: dict[str, str], max_links: int = 8) -> lis
             "counts": counts(recs), "blames": tally("blame"), "patterns": tally("pattern"),
             "phases": tally("phase"), "max_rel": max(rel) if rel else None,
             "cells": cells[:max_links], "more": max(0, len(cells) - max_links),
-            "message": recs[0].get("message") or "",
-            "order": min(_priority(r) for r in recs),
+            "message": recs[0].get("message") or "", "headline": headline(recs[0]),
+            "hazards": sorted({str(h) for r in recs for h in (r.get("hazards") or [])}),
+            "group": grp, "title": GROUP_TITLES[grp],
+            "order": (GROUPS.index(grp), min(_priority(r) for r in recs)),
         })
     rows.sort(key=lambda g: g["order"])
     return rows
@@ -269,9 +262,9 @@ def _glance(bad: list[dict], anchors: dict[str, str], max_links: int = 8) -> lis
 
 def build_context(records: list[dict], run_meta: dict, out_dir: Path, *, cases_dir=None) -> dict:
     records = [normalise(r) for r in records]
-    bad = [r for r in records if r["status"] in ("fail", "error")]
+    bad = [r for r in records if group(r) is not None]  # wrong, then unstable, then warnings
     order = {id(r): i for i, r in enumerate(records)}
-    bad.sort(key=lambda r: (_priority(r), order[id(r)]))
+    bad.sort(key=lambda r: (GROUPS.index(group(r)), _priority(r), order[id(r)]))
     detailed, listed = bad[:MAX_DETAILED], bad[MAX_DETAILED:]
     anchors = {record_id(r): f"f{i}" for i, r in enumerate(detailed)}
     budget = {"left": PLOT_BUDGET}

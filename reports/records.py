@@ -46,7 +46,7 @@ SCHEMA: dict[str, Field] = {
     "tolerance_source": Field("str"), "needed_atol": Field("number"), "needed_rtol": Field("number"),
     "triangulation": Field("object"), "shapes": Field("object", {}), "params": Field("object", {}),
     "kink": Field("str"), "mutated": Field("list", []), "device_name": Field("str"), "flags": Field("object", {}),
-    "seconds": Field("number"), "worst_target": Field("number"),
+    "seconds": Field("number"), "worst_target": Field("number"), "explanation": Field("str"),
 }
 _TYPES = {"str": (str,), "int": (int,), "number": (int, float), "object": (dict,), "list": (list,)}
 _NAMES = {"str": "a string", "int": "an integer", "number": "a number", "object": "an object", "list": "a list"}

@@ -1,60 +1,77 @@
-"""A compact plain-text summary for the terminal (and CI logs)."""
+"""A compact plain-text summary for the terminal (and CI logs): the counts, then one line per user
+function and finding — wrong first, then unstable, then warnings — each ending with what it means
+(the pattern's sentence, never cut), and the verdict on the last line."""
 from __future__ import annotations
 
+from .findings import GROUP_TITLES, GROUPS, group, headline
 from .records import STATUSES, counts, overall_verdict
 
 __all__ = ["terminal_summary"]
 
-_COLOURS = {"pass": "32", "fail": "31", "error": "35", "skip": "33", "kink": "36"}
+_COLOURS = {"pass": "32", "fail": "31", "error": "35", "skip": "33", "kink": "36", "unstable": "33",
+            "warning": "33"}
+_LABEL = {"unstable": "UNSTABLE", "warning": "WARN"}
 
 
 def _c(text: str, status: str, color: bool) -> str:
     return f"\x1b[{_COLOURS[status]}m{text}\x1b[0m" if color and status in _COLOURS else text
 
 
-def _trunc(text: str, width: int) -> str:
-    text = " ".join(str(text).split())  # one line, whatever the exception looked like
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-GROUP_ABOVE = 3  # a target with more failing cells than this gets one line, not one per cell
-
-
-def _why(r: dict) -> str:
-    return r["status"] if r["status"] == "error" else (
-        f"blame={r.get('blame') or '?'}" + (f" pattern={r['pattern']}" if r.get("pattern") else ""))
-
-
 def _axis(rs: list[dict], key: str) -> str:
     return ",".join(dict.fromkeys(str(r.get(key)) for r in rs))
 
 
-def terminal_summary(records: list[dict], *, color: bool = False, width: int = 100) -> str:
-    """Counts per status, the fails and errors (one line per cell; one line per target when a target
-    has more than GROUP_ABOVE), and the overall verdict on the last line."""
+def _why(rs: list[dict]) -> str:
+    if all(r["status"] == "error" for r in rs):
+        return "error"
+    first = next(r for r in rs if r["status"] != "error") if any(r["status"] != "error" for r in rs) else rs[0]
+    pattern = next((r["pattern"] for r in rs if r.get("pattern")), None)
+    return f"blame={first.get('blame') or '?'}" + (f" pattern={pattern}" if pattern else "")
+
+
+def _line(grp: str, target: str, op: str, rs: list[dict], width: int, color: bool) -> str:
+    if grp == "fail":
+        status = "error" if all(r["status"] == "error" for r in rs) else "fail"
+        label = status.upper()
+    else:
+        status, label = grp, _LABEL[grp]
+    name = f"{target} ({op})" if target != op else op
+    if len(rs) == 1:
+        r = rs[0]
+        where = f"{name} [{r['oracle']} {r['device']} {r['dtype']} {r['regime']}]"
+    else:
+        tally = " + ".join(f"{k} {s}" for s in ("fail", "error") if (k := sum(r["status"] == s for r in rs)))
+        where = (f"{name}: {tally or len(rs)} cells [{_axis(rs, 'oracle')} | {_axis(rs, 'device')} | "
+                 f"{_axis(rs, 'dtype')} | {_axis(rs, 'regime')}]")
+    # the sentence whole (a student acts on it); a bare message only up to its first clause, cut at width
+    first = next((r for r in rs if r.get("explanation")), rs[0])
+    hazards = sorted({str(h) for r in rs for h in (r.get("hazards") or [])})
+    text = "; ".join(hazards) if grp == "warning" and hazards and not first.get("explanation") \
+        else headline(first, limit=width)
+    return f"  {_c(label, status, color)} {where} {_why(rs)}: {text}"
+
+
+def terminal_summary(records: list[dict], *, color: bool = False, width: int = 100, run_meta: dict | None = None) -> str:
+    """Counts per status (and the seed of the run, to replay it); one line per user function and finding,
+    grouped wrong / unstable / warnings; the overall verdict on the last line. `width` bounds a bare
+    message, never a pattern's sentence."""
     c = counts(records)
-    lines = ["gradaudit: " + ", ".join(_c(f"{c[s]} {s}", s, color and c[s] > 0) for s in STATUSES)
-             + f" ({len(records)} cells)"]
-    by_target: dict = {}
+    head = "gradaudit: " + ", ".join(_c(f"{c[s]} {s}", s, color and c[s] > 0) for s in STATUSES) + \
+        f" ({len(records)} cells)"
+    seed = (run_meta or {}).get("seed")
+    if seed is not None:
+        head += f"; seed {seed} (rerun with --seed {seed})"
+    lines = [head]
+    by: dict[str, dict] = {g: {} for g in GROUPS}
     for r in records:
-        if r["status"] in ("fail", "error"):
-            by_target.setdefault((r.get("target") or r["op"], r["op"]), []).append(r)
-    for (target, op), rs in by_target.items():
-        if len(rs) > GROUP_ABOVE:
-            status = "error" if all(r["status"] == "error" for r in rs) else "fail"
-            first = next(r for r in rs if r["status"] == status)
-            n = {s: sum(r["status"] == s for r in rs) for s in ("fail", "error")}
-            tally = " + ".join(f"{k} {s}" for s, k in n.items() if k)
-            where = (f"[{_axis(rs, 'oracle')} | {_axis(rs, 'device')} | {_axis(rs, 'dtype')} | "
-                     f"{_axis(rs, 'regime')}]")
-            name = f"{target} ({op})" if target != op else target
-            lines.append(f"  {_c(status.upper(), status, color)} {name}: {tally} cells {where} {_why(first)}: "
-                         f"{_trunc(first.get('message') or '', width)}")
-            continue
-        for r in rs:
-            where = f"{r['op']} [{r['oracle']} {r['device']} {r['dtype']} {r['regime']}]"
-            lines.append(f"  {_c(r['status'].upper(), r['status'], color)} {where} {_why(r)}: "
-                         f"{_trunc(r.get('message') or '', width)}")
+        g = group(r)
+        if g is not None:
+            by[g].setdefault((r.get("target") or r["op"], r["op"]), []).append(r)
+    for g in GROUPS:
+        if by[g]:
+            lines.append(GROUP_TITLES[g])
+        for (target, op), rs in by[g].items():
+            lines.append(_line(g, target, op, rs, width, color))
     verdict = overall_verdict(records)
     tail = {"fail": f"FAIL: {c['fail']} failed, {c['error']} errored",
             "pass": "PASS", "skip": "NOTHING CHECKED: every cell skipped",

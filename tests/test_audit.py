@@ -78,10 +78,10 @@ BUGS = {
     "conv_backward_naive": ("gradient", None),  # windows without the stride
     "max_pool_backward_naive": ("gradient", "credit_at_ties"),  # every tied maximum gets dout
     "rnn_step_backward": ("gradient", None),  # tanh' of prev_h
-    "rnn_backward": ("gradient", None),  # off by one: t = 0 skipped
+    "rnn_backward": ("gradient", "timestep"),  # off by one: t = 0 skipped
     "lstm_step_backward": ("gradient", None),  # gates stacked in the wrong order
     "lstm_backward": ("gradient", None),  # the cell state's gradient not carried
-    "word_embedding_backward": ("gradient", None),  # dW[x] += dout drops repeated words
+    "word_embedding_backward": ("gradient", "overwrite"),  # dW[x] += dout drops repeated words
     "temporal_softmax_loss": ("gradient", None),  # the mask not applied to dx
     "spatial_batchnorm_backward": (None, None),  # NCHW reshaped without moving C last
 }

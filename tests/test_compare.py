@@ -30,11 +30,26 @@ def test_worst_index_and_needed_tolerances():
     assert compare(a, b, tolerances.Policy(p.rtol, c.needed_atol * 1.001, "t"), ulp_dtype="float64").ok
 
 
-def test_ulp_distance_counts_float32_spacing():
+def test_ulp_distance_counts_float32_spacing_at_the_tolerances_scale():
     b = np.array([1.0], dtype=np.float32)
     a = np.nextafter(np.nextafter(b, np.float32(2)), np.float32(2))
-    c = compare(a, b, pol("float32"), ulp_dtype="float32")
-    assert c.max_ulp == pytest.approx(2.0)
+    p = pol("float32")
+    c = compare(a, b, p, ulp_dtype="float32")
+    # counted in the spacing at atol/rtol (2.0 here: the allowed error turns relative above it),
+    # where float32's spacing is twice that at 1
+    assert p.atol(1.0) / p.rtol == pytest.approx(2.0)
+    assert c.max_ulp == pytest.approx(1.0)
+
+
+def test_relative_and_ulp_figures_are_never_divided_by_about_zero():
+    """An element next to 0 (here 1e-300, an underflowed softmax) with an error inside the tolerance:
+    the figures stay in proportion to what the judge allowed, instead of 1e+40 ULP and an infinite
+    relative error."""
+    b = np.array([1.0, 1e-300, 0.0])
+    a = b + np.array([0.0, 1e-14, 1e-14])
+    c = compare(a, b, pol(), ulp_dtype="float64")
+    assert c.ok
+    assert c.max_rel <= 1.0 and c.max_ulp < 1e3
 
 
 def test_nan_or_inf_on_one_side_only_is_a_nonfinite_mismatch():
@@ -85,12 +100,12 @@ def test_patterns_are_recognised(make, expected):
     assert patterns.recognise(make(b), b)[0] == expected
 
 
-def test_missing_timestep_pattern():
+def test_timestep_pattern():
     b = np.random.default_rng(2).standard_normal((2, 5, 3))
     a = b.copy()
     a[:, 3] = 0
     found = patterns.recognise(a, b, seq_axis=1)
-    assert found[0] == "missing_timestep" and "index 3" in found[1]
+    assert found[0] == "timestep" and "timestep 3" in found[1]
 
 
 def test_no_pattern_for_unstructured_error():

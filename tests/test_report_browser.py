@@ -121,3 +121,36 @@ def test_thorough_sized_report_opens_at_once(planted_report, tmp_path):
           f"({page.stat().st_size / 1e6:.2f} MB)")
     assert res.returncode == 0 and console_messages(res.stderr) == []
     assert load - startup < 5  # pytest-html: ~40 s at 4,000 tests
+
+
+def _cjk_font() -> bool:
+    try:
+        out = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(out.strip())
+
+
+@pytest.mark.skipif(not _cjk_font(), reason="no CJK font installed (Debian: apt-get install fonts-noto-cjk)")
+def test_chinese_text_renders_in_the_reports_fonts(tmp_path):
+    """The notes are Chinese: the report's text (a source such as "seed 001 § 卷积层") must render as
+    glyphs, not as tofu boxes. Five different characters are drawn large in the report's own style;
+    tofu would draw five identical boxes, real glyphs differ from one another."""
+    Image = pytest.importorskip("PIL.Image")
+    text = "卷积层池化"
+    rec = {"target": "conv_backward", "op": "conv2d", "oracle": "torch", "device": "cpu", "dtype": "float64",
+           "regime": "typical", "status": "pass", "examples": 3, "source": f"seed 001 § {text}"}
+    html = reports.render_html([rec], {}, tmp_path / "r").read_text(encoding="utf-8")
+    assert text in html
+    style = re.search(r"<style>(.*?)</style>", html, re.S).group(1)
+    page = tmp_path / "cjk.html"
+    page.write_text(f'<!DOCTYPE html><meta charset="utf-8"><style>{style} body{{margin:0;padding:0}} '
+                    f'#t{{font-size:64px;line-height:80px;white-space:nowrap}}</style><div id="t">{text}</div>',
+                    encoding="utf-8")
+    png = tmp_path / "cjk.png"
+    res = chromium(f"--screenshot={png}", "--window-size=400,100", page.as_uri())
+    assert res.returncode == 0 and png.is_file(), res.stderr[-2000:]
+    img = Image.open(png).convert("L")
+    cells = [img.crop((64 * i, 0, 64 * (i + 1), 80)).tobytes() for i in range(len(text))]
+    assert all(min(c) < 128 for c in cells), "a character drew nothing"
+    assert len(set(cells)) == len(text), "the characters render as identical boxes (tofu): no CJK font in the stack"
