@@ -135,7 +135,8 @@ def config_from_args(args):
         oracles=_choose("oracle", args.oracles, oracles.ORACLES) if args.oracles is not None else oracles.ORACLES,
         devices=_choose("device", args.devices, oracles.DEVICES),
         dtypes=_choose("dtype", args.dtypes, DTYPES),
-        profile=profile, examples=args.examples, seed=seed, report_dir=args.report,
+        profile=profile, examples=args.examples, seed=seed, seed_drawn=args.seed is None and seed is not None,
+        report_dir=args.report,
         database=args.example_db or str(Path(".hypothesis") / "gradaudit"),
         allow_tf32=getattr(args, "allow_tf32", False))
 

@@ -39,6 +39,7 @@ class RunConfig:
     profile: str = "dev"
     examples: int | None = None  # per cell; None: the profile's
     seed: int | None = None
+    seed_drawn: bool = False  # the run drew `seed` itself (no --seed): the example database stays in use
     report_dir: Path = Path("gradaudit-report")
     database: str | None = None  # example database: a directory, or redis://host:port/db (None: none)
     allow_tf32: bool = False

@@ -114,9 +114,15 @@ class GroupSearch:
         cfg = self.cfg
         # the ci profile is derandomized: no database, so that no state leaks between runs
         db = example_database(cfg.database) if cfg.database is not None and cfg.profile != "ci" else None
-        test = hypothesis_settings(cfg, db)(given(case=cases, dout_seed=st.integers(0, 2**16))(self.check))
-        if cfg.seed is not None:
-            test = hypothesis_seed(cfg.seed)(test)
+        test = given(case=cases, dout_seed=st.integers(0, 2**16))(self.check)
+        if cfg.seed is not None and cfg.seed_drawn:
+            # a seed the run drew for itself (no --seed): Hypothesis's @seed turns the example database
+            # off, so the settings, database included, go on after it — saved failures still replay first
+            test = hypothesis_settings(cfg, db)(hypothesis_seed(cfg.seed)(test))
+        else:
+            test = hypothesis_settings(cfg, db)(test)
+            if cfg.seed is not None:
+                test = hypothesis_seed(cfg.seed)(test)
         _set_database_key(test, f"gradaudit/{self.target.name}/{self.regime}/{self.dtype}")
         try:
             test()
