@@ -144,7 +144,7 @@ def user_case(subj):
 def _rich_case(subj, rng):
     from properties.spec import Case
 
-    from gradaudit._mutant_worker import draw_cases
+    from gradaudit.mutant_probe import draw_cases
 
     drawn = [c for regime, br, c, _ in draw_cases(subj, 8, 0) if regime == "typical"]
     case = max(drawn, key=lambda c: sum(a.size for a in c.arrays.values()))
@@ -316,7 +316,7 @@ def check_grads_tool(target, case, outs0):
 def judge(mut, orig) -> dict:
     """{tool: {"killed", "seconds", "note"}} for the mutant `mut` (a Subject: target, spec, ...) of
     the original `orig`, plus "input": does the mutant differ from the original on the tools' input?"""
-    from gradaudit._mutant_worker import difference, run_side
+    from gradaudit.mutant_probe import difference, run_side
 
     case = user_case(orig)
     with np.errstate(all="ignore"):

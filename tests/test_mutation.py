@@ -1,5 +1,5 @@
 """Mutation score: the operators (gradaudit/mutants.py), the judging of mutants (gradaudit/mutate.py,
-gradaudit/_mutant_worker.py), the command, and the honesty check: the catalogue's score in the ci
+gradaudit/_mutant_worker.py, mutant_probe.py), the command, and the honesty check: the catalogue's score in the ci
 profile must not drop below the recorded one."""
 import ast
 import json
@@ -378,7 +378,7 @@ def _subjects(op, mutant_source_of_backward):
 
 
 def test_probe_calls_another_valid_subgradient_at_the_kink_equivalent():
-    from gradaudit._mutant_worker import draw_cases, probe
+    from gradaudit.mutant_probe import draw_cases, probe
 
     o, m = _subjects("relu", """
         def relu_backward(dout, cache):
@@ -390,7 +390,7 @@ def test_probe_calls_another_valid_subgradient_at_the_kink_equivalent():
 
 
 def test_probe_sees_a_transpose_that_only_square_shapes_let_run():
-    from gradaudit._mutant_worker import draw_cases, probe
+    from gradaudit.mutant_probe import draw_cases, probe
 
     o, m = _subjects("linear_column", """
         def linear_column_backward(dout, cache):
@@ -404,7 +404,7 @@ def test_probe_sees_a_transpose_that_only_square_shapes_let_run():
 
 
 def test_probe_calls_a_rounding_level_difference_equivalent():
-    from gradaudit._mutant_worker import draw_cases, probe
+    from gradaudit.mutant_probe import draw_cases, probe
 
     o, m = _subjects("affine", """
         def affine_backward(dout, cache):
