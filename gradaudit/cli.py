@@ -271,12 +271,17 @@ def _session(args, cfg, jobs, *, what: list[str], shard, code: str | None, cells
     The report folder stays locked from the start of the run to the last page written.
     `cells`: how many cells each job records, for the progress line's k/N (None: N unknown).
     """
-    from properties.session import ResumeRefused, run_session
+    from properties.session import ResumeRefused, check_resume, run_session
     from reports.records import ReportLock, load_records, load_run_meta
 
     _prepare_report_dir(args.report)
     results = args.report / "results.jsonl"
     with ReportLock(args.report, wait=args.wait, on_wait=_on_wait(args.report)):
+        if args.resume and not args.force:
+            try:  # before any progress line: a refused resume is one line
+                check_resume(cfg, what=what, code=code)
+            except ResumeRefused as e:
+                raise UsageError(str(e)) from None
         finished = 0
         if args.resume and results.exists():
             with warnings.catch_warnings():
@@ -287,8 +292,9 @@ def _session(args, cfg, jobs, *, what: list[str], shard, code: str | None, cells
         if cells is not None:
             mine = [n for k, n in enumerate(cells) if shard is None or k % shard[1] == shard[0] - 1]
             total = max(sum(mine) - finished, 0)
-        # a fresh run starts from an empty file (run_session removes the old one, under this lock)
-        offset = results.stat().st_size if args.resume and results.exists() else 0
+        if not args.resume:  # a new run (as run_session does, under this lock): progress counts from an empty file
+            results.unlink(missing_ok=True)
+        offset = results.stat().st_size if results.exists() else 0
         progress = Progress(results, total, live=sys.stderr.isatty(), offset=offset)
         try:
             with progress if not args.quiet else contextlib.nullcontext():

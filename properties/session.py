@@ -33,7 +33,7 @@ from reports.records import (SOURCE_KEY, RecordError, RecordSink, ReportLock, ce
 from .config import RunConfig
 
 __all__ = ["IDENTITY_KEYS", "JAX_CACHE_ENV", "TORCH_THREADS_ENV", "Job", "ResumeRefused", "WorkersLost",
-           "apply_precision", "catalogue_jobs", "identity", "jax_cache_dir", "jax_cache_stats", "prepare_process",
+           "apply_precision", "catalogue_jobs", "check_resume", "identity", "jax_cache_dir", "jax_cache_stats", "prepare_process",
            "run_meta", "run_session"]
 
 Job = tuple[str, Callable]  # (label, fn(sink, cfg, done) -> records)
@@ -394,6 +394,14 @@ def _check_resumable(report_dir: Path, mine: dict) -> list[dict]:
         raise ResumeRefused(f"cannot resume {report_dir}: {'; '.join(diff)}; run without --resume to start "
                             f"afresh, or add --force to mix them")
     return _invocations(meta)
+
+
+def check_resume(cfg: RunConfig, *, what: Sequence[str] = (), code: str | None = None) -> None:
+    """ResumeRefused when `cfg.report_dir` holds records of another run than this one would be (what
+    `run_session(resume=True)` checks first): for a caller that wants to know before it starts."""
+    report_dir = Path(cfg.report_dir)
+    if (report_dir / "results.jsonl").exists():
+        _check_resumable(report_dir, identity(cfg, what, code))
 
 
 def _invocations(meta: dict) -> list[dict]:
