@@ -14,35 +14,15 @@ import threading
 import traceback
 
 from properties.verdict import CodeUnderTestError
+from reports.text import MESSAGE_LIMIT, clean  # the one escaping function, re-exported
 
 __all__ = ["FLOOD_LIMIT", "Guard", "MESSAGE_LIMIT", "OutputDrain", "UserCodeError", "clean", "describe_exception"]
 
 FLOOD_LIMIT = 1 << 20  # bytes a function may print during one call before it is an error
-MESSAGE_LIMIT = 1000  # characters of a user-supplied text kept in a message
 
 
 class UserCodeError(CodeUnderTestError):
     """The audited code raised, exited, or misbehaved; the message names the function."""
-
-
-def clean(text, limit: int = MESSAGE_LIMIT, *, keep_newlines: bool = False) -> str:
-    """Text from user code made safe for a terminal, a log line and JSON: control characters
-    (ANSI escapes included) are shown escaped, and it is cut at `limit` characters."""
-    try:
-        text = str(text)
-    except Exception:
-        text = "<unprintable>"
-    out = []
-    for ch in text[: limit + 1]:
-        o = ord(ch)
-        if ch == "\n" and keep_newlines:
-            out.append(ch)
-        elif o < 0x20 or 0x7F <= o < 0xA0 or 0xD800 <= o < 0xE000 or ch in "\u2028\u2029\u202e\u202d\u200e\u200f":
-            out.append(repr(ch)[1:-1] if o < 0x100 else f"\\u{o:04x}")
-        else:
-            out.append(ch)
-    s = "".join(out)
-    return s if len(text) <= limit else s[:limit] + "…"
 
 
 def describe_exception(e: BaseException) -> str:

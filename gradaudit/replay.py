@@ -25,15 +25,32 @@ class Replayed:
 
 
 def load_case(path: Path):
-    """(meta, Case, douts) of a saved counterexample (reports.cases)."""
+    """(meta, Case, douts) of a saved counterexample (reports.cases). A file that is not one (not an
+    .npz, or without the arrays and metadata a case has) is a ReplayError saying what is missing."""
     from properties.spec import Case
     from reports.cases import read_case
+    from reports.text import clean
 
     saved = read_case(path)
+    where = f"counterexample {clean(str(path), 300)!r}"
     if saved.error:
-        raise ReplayError(f"counterexample {str(path)!r}: {saved.error}")
+        raise ReplayError(f"{where}: {clean(saved.error, 300)}")
     meta = saved.meta
-    arrays = {n: saved.inputs[n].astype(np.float64) for n in meta["arrays"]}
+    missing = [k for k in ("op", "oracle", "device", "dtype", "arrays") if k not in meta]
+    if missing:
+        raise ReplayError(f"{where} is not a gradaudit case: its metadata lacks {', '.join(missing)}")
+    if not (isinstance(meta["arrays"], list) and all(isinstance(n, str) for n in meta["arrays"])
+            and all(isinstance(meta[k], str) for k in ("op", "oracle", "device", "dtype"))
+            and isinstance(meta.get("params", {}), dict) and isinstance(meta.get("array_params", []), list)):
+        raise ReplayError(f"{where} is not a gradaudit case: its metadata has fields of the wrong type")
+    absent = [f"input/{n}" for n in meta["arrays"] if n not in saved.inputs] + [
+        f"param/{k}" for k in meta.get("array_params", []) if k not in saved.params]
+    if absent:
+        raise ReplayError(f"{where} is incomplete: no {', '.join(map(str, absent[:5]))}")
+    try:
+        arrays = {n: saved.inputs[n].astype(np.float64) for n in meta["arrays"]}
+    except (TypeError, ValueError) as e:
+        raise ReplayError(f"{where}: an input is not a float array ({clean(e, 200)})") from None
     params = dict(meta.get("params", {}))
     params.update({k: saved.params[k] for k in meta.get("array_params", [])})
     return meta, Case(arrays, params), tuple(saved.douts)
@@ -44,8 +61,10 @@ def replay(ident: str, report_dir: Path) -> Replayed:
     from properties import catalogue
     from properties.evaluate import evaluate
     from properties.target import Target
+    from reports.cases import case_path
+    from reports.text import clean
 
-    path = Path(ident) if ident.endswith(".npz") else Path(report_dir) / "cases" / f"{ident}.npz"
+    path = Path(ident) if ident.endswith(".npz") else case_path(report_dir, ident)
     if not path.is_file():
         raise ReplayError(_why_no_case(ident, path, Path(report_dir)))
     meta, case, douts = load_case(path)
@@ -58,7 +77,7 @@ def replay(ident: str, report_dir: Path) -> Replayed:
         except FileNotFoundError as e:
             raise ReplayError(str(e)) from None
     elif spec is None:
-        raise ReplayError(f"counterexample names op {meta['op']!r}, which is not in the catalogue")
+        raise ReplayError(f"counterexample names op {clean(meta['op'], 200)!r}, which is not in the catalogue")
     else:
         target = Target.reference(spec)
     side = (meta["oracle"], meta["device"])
