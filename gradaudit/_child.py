@@ -138,8 +138,7 @@ class Server:
         from gradaudit import cs231n
 
         module = self.modules[meta["key"]]
-        value = {"functions": sorted(n for n in cs231n.functions_in(module) if isinstance(n, str)),
-                 "derivations": [describe_derivation(d) for d in derivations_in(module)]}
+        value = self.guard.call(describe_module, "listing the module's functions", (module,))
         return {"kind": "ok", "value": enc.value(value)}
 
     def call(self, meta, data, enc):
@@ -253,6 +252,19 @@ def exec_source(name: str, path: str, source: bytes):
     sys.modules[name] = module
     exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
     return module
+
+
+def describe_module(module) -> dict:
+    """Its functions (with the line each starts at in the module's own file, for inspect.getsource on
+    the judge's side) and its derivations."""
+    from gradaudit import cs231n
+
+    functions = {n: f for n, f in cs231n.functions_in(module).items() if isinstance(n, str)}
+    code = {n: getattr(f, "__code__", None) for n, f in functions.items()}
+    lines = {n: c.co_firstlineno for n, c in code.items()
+             if c is not None and c.co_filename == getattr(module, "__file__", None)}
+    return {"functions": sorted(functions), "lines": lines,
+            "derivations": [describe_derivation(d) for d in derivations_in(module)]}
 
 
 def derivations_in(module) -> list:

@@ -139,13 +139,11 @@ class InProcess:
         self.guard, self.modules, self.objects = guard, {}, {}
 
     def describe(self, key: str) -> dict:
-        from . import cs231n
-        from ._child import derivations_in, describe_derivation
+        from ._child import describe_derivation, describe_module
 
         if key in self.objects:
             return {"functions": [], "derivations": [describe_derivation(self.objects[key])]}
-        module = self.modules[key]
-        return {"functions": sorted(cs231n.functions_in(module)), "derivations": [describe_derivation(d) for d in derivations_in(module)]}
+        return describe_module(self.modules[key])
 
     def functions(self, key: str, pair) -> dict:
         from . import cs231n
