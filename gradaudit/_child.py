@@ -16,6 +16,7 @@ import linecache
 import os
 import signal
 import sys
+import types
 
 from gradaudit import _protocol as wire
 from gradaudit._guard import Guard, OutputDrain, UserCodeError, clean, describe_exception
@@ -262,7 +263,7 @@ def describe_module(module) -> dict:
     functions = {n: f for n, f in cs231n.functions_in(module).items() if isinstance(n, str)}
     code = {n: getattr(f, "__code__", None) for n, f in functions.items()}
     lines = {n: c.co_firstlineno for n, c in code.items()
-             if c is not None and c.co_filename == getattr(module, "__file__", None)}
+             if isinstance(c, types.CodeType) and c.co_filename == getattr(module, "__file__", None)}
     return {"functions": sorted(functions), "lines": lines,
             "derivations": [describe_derivation(d) for d in derivations_in(module)]}
 

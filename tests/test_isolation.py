@@ -102,6 +102,48 @@ def test_patching_the_judge_in_the_audited_module_changes_nothing(tmp_path):
     assert any(x["pattern"] == "sign_flip" or "sign" in x["message"] for x in recs), [x["message"] for x in recs]
 
 
+def test_a_derivation_that_forges_the_frameworks_in_its_child_still_fails(tmp_path):
+    """A derivation's torch and JAX columns are computed in the child, where the forward lives
+    (docs/security.md): a module can forge them, but the judge's own finite differences still fail it."""
+    f = tmp_path / "notes.py"
+    f.write_text(textwrap.dedent("""
+        import gradaudit
+
+        @gradaudit.derivation
+        def square(xp, x: ("N",)):
+            return x * x
+
+        @square.backward
+        def square_backward(dout, x):
+            return -2 * x * dout  # wrong: the sign
+
+        # the attack: every framework agrees with the backward, and the judge passes everything
+        import oracles.jax_oracle as J, oracles.torch_oracle as T
+        import properties.evaluate as E
+        from oracles.base import OracleResult
+        try:
+            V = E.SideVerdict
+        except AttributeError:
+            from properties.verdict import Verdict as V
+
+        def forged(forward, arrays, params, douts, **kwargs):
+            x = arrays["x"]
+            return OracleResult(out=x * x, grads={"x": -2 * x * douts[0]})
+
+        def judge_side(*args, **kwargs):
+            return V("pass")
+        T.vjp = J.vjp = forged
+        E.judge_side = judge_side
+        """))
+    r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(f), "--report", str(tmp_path / "rep"),
+                        "--profile", "ci", "--oracles", "torch,numeric", "--dtypes", "float64"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "CI": "1"})
+    recs = [json.loads(x) for x in (tmp_path / "rep" / "results.jsonl").read_text().splitlines()]
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    numeric = [x for x in recs if x["oracle"] == "numeric"]
+    assert numeric and all(x["status"] == "fail" for x in numeric), [(x["oracle"], x["status"]) for x in recs]
+
+
 FORGE = """
 import gc, json, os
 from gradaudit._guard import Guard
