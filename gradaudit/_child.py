@@ -2,12 +2,13 @@
 
     python -m gradaudit._child REQUEST_FD REPLY_FD PARENT_PID UID READ_ALL
 
-Started by gradaudit._remote.Child (through gradaudit._sandbox.spawn). It judges nothing and writes
-nothing but replies: the parent draws the cases, runs the oracles, compares, blames and writes the
-records. Each request gets exactly one reply (gradaudit/_protocol.py): `ok` with the value (arrays as
-raw bytes; anything else stays here as a handle), the arrays and dicts the call wrote into, or
-`raised` with a message naming the function. File descriptors 1 and 2 go to a counting drain
-before any audited code runs; SIGINT is ignored (the parent decides).
+Started by gradaudit._remote.Child (through gradaudit._sandbox.spawn), confined by gradaudit._confine
+before any audited code runs. It judges nothing and writes nothing but replies: the parent draws the
+cases, runs the oracles, compares, blames and writes the records. Each request gets exactly one reply
+(gradaudit/_protocol.py): `ok` with the value (arrays as raw bytes; anything else stays here as a
+handle), the arrays and dicts the call wrote into, or `raised` with a message naming the function.
+File descriptors 1 and 2 go to a counting drain before any audited code runs; SIGINT is ignored
+(the parent decides).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import types
 
 from gradaudit import _protocol as wire
 from gradaudit._guard import Guard, OutputDrain, UserCodeError, clean, describe_exception
-from gradaudit._sandbox import confine_child, limit_cpu, limit_memory
+from gradaudit._confine import confine_child, limit_cpu, limit_memory
 
 MAX_HANDLES = 1 << 16
 
@@ -330,7 +331,7 @@ def _in_own_pid_namespace(req: int, rep: int) -> bool:
     namespace of its own, under a reaper; when this process dies, for any reason, the kernel ends the
     namespace and everything the audited code started in it (a daemon's double fork included).
     Returns True in the server, does not return elsewhere; False where namespaces are not allowed."""
-    from gradaudit._sandbox import new_pid_namespace
+    from gradaudit._confine import new_pid_namespace
 
     if not new_pid_namespace():
         return False

@@ -8,17 +8,14 @@ hierarchy is writable (killed with `cgroup.kill`), else by making this process a
 `sandbox="bwrap"` the child runs under bubblewrap: read-only filesystem but for its scratch
 directory, no network, its own PID namespace (all of it dies with the sandbox).
 
-Child side (`confine_child`, `limit_memory`, `limit_cpu`): dies with its parent (PR_SET_PDEATHSIG),
-no core dumps, and RLIMIT_AS / RLIMIT_CPU set before the audited code runs.
+The child's side (privileges, limits, dying with the parent) is gradaudit/_confine.py.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import hashlib
 import itertools
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -27,12 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
-PR_SET_KEEPCAPS = 8
-PR_SET_CHILD_SUBREAPER = 36
-PR_SET_NO_NEW_PRIVS = 38
-CAP_DAC_READ_SEARCH = 2
-CLONE_NEWPID = 0x20000000
+from ._confine import PR_SET_CHILD_SUBREAPER, prctl
+
 NOBODY = 65534
 DEFAULT_MEMORY = 4 << 30
 # what the harness itself needs in the child's environment; everything else is left behind
@@ -67,17 +60,6 @@ class Confinement:
     frameworks: tuple = ()  # frameworks the child preloads (torch, jax): derivations' forwards run there
     allow_tf32: bool = False
     jax_cache: str | None = None  # the child's own persistent JAX cache (never the parent's)
-
-
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _prctl(option: int, value: int) -> bool:
-    try:
-        return _libc().prctl(option, value, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def drops_privileges() -> bool:
@@ -198,7 +180,7 @@ def become_subreaper() -> None:
     (a process started with start_new_session=True, or a daemon that forked twice)."""
     global _subreaper
     if not _subreaper:
-        _subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 _live_children: set[int] = set()  # pids of the audit children of this process
@@ -400,89 +382,3 @@ def spawn(conf: Confinement) -> ChildProcess:
             child.cgroup = None
     os.write(req_w, token)
     return child
-
-
-# ---- inside the child, before any audited code ----------------------------------------------
-
-def _keep_only_read_search() -> None:
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-    bit = 1 << CAP_DAC_READ_SEARCH
-    data = (Data * 2)(Data(bit, bit, 0), Data(0, 0, 0))
-    if _libc().capset(ctypes.byref(Header(0x20080522, 0)), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset(CAP_DAC_READ_SEARCH) failed")
-
-
-def drop_privileges(uid: int, read_all: bool) -> None:
-    """Become `uid` (and its gid, no supplementary groups) for good; with `read_all`, keep only
-    CAP_DAC_READ_SEARCH. No new privileges afterwards (setuid binaries do not elevate)."""
-    if read_all:
-        _prctl(PR_SET_KEEPCAPS, 1)
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    if read_all:
-        _keep_only_read_search()
-        _prctl(PR_SET_KEEPCAPS, 0)
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)
-
-
-def new_pid_namespace() -> bool:
-    """unshare(CLONE_NEWPID): this process's next child is PID 1 of a new namespace (root, or a
-    user namespace; a seccomp profile may forbid it)."""
-    if os.environ.get("GRADAUDIT_NO_PIDNS"):
-        return False
-    try:
-        return _libc().unshare(CLONE_NEWPID) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def confine_child(parent_pid: int, uid: int = -1, read_all: bool = False) -> None:
-    """Drop privileges; die with the parent; no core dumps; files private to the child."""
-    if uid >= 0:
-        drop_privileges(uid, read_all)
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
-    if parent_pid and os.getppid() != parent_pid:  # the parent died before the line above
-        os._exit(70)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    os.umask(0o077)
-
-
-def address_space() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def limit_memory(extra: int) -> int:
-    """RLIMIT_AS (soft and hard: audited code cannot raise it) at what the child has mapped now (the
-    interpreter, NumPy, the frameworks it preloaded) plus `extra`. Returns the limit."""
-    limit = address_space() + int(extra)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    return limit
-
-
-def limit_cpu(seconds: float) -> None:
-    """The next call may use `seconds` of CPU time, then SIGXCPU ends the child (a second line of
-    defence: the parent's wall-clock timeout is the one audited code cannot move)."""
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    now = used.ru_utime + used.ru_stime
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    soft = int(now + seconds) + 1
-    if hard != resource.RLIM_INFINITY:
-        soft = min(soft, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
-    except (ValueError, OSError):
-        pass

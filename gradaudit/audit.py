@@ -29,7 +29,8 @@ import tempfile
 from pathlib import Path
 
 from ._guard import Guard, UserCodeError, clean
-from ._remote import Child, ChildLost, ChildStartError, InChild, Source
+from ._proxy import InChild
+from ._remote import Child, ChildLost, ChildStartError, Source
 from ._sandbox import Confinement, child_jax_cache, parse_size
 
 __all__ = ["Audit", "ChildStartError", "Job", "build", "check", "confinement", "derivation_files", "error_record",
@@ -39,7 +40,9 @@ __all__ = ["Audit", "ChildStartError", "Job", "build", "check", "confinement", "
 # ---- the user's files ---------------------------------------------------------------------------
 
 def source_text(path: Path) -> bytes:
-    """The Python source of an audited file, as the judge reads it (the child is sent this text)."""
+    """The Python source of an audited file, as the judge reads it (the child is sent this text and
+    compiles it under `path`, so tracebacks and inspect point into it). The place where a source that
+    is not a .py file (a notebook's code cells) becomes the text the child imports."""
     return Path(path).read_bytes()
 
 

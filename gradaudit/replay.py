@@ -104,7 +104,8 @@ def _replay_audit(meta, case, douts, side, file, timeout, say, path) -> Replayed
 
     from . import cs231n
     from ._guard import UserCodeError, clean
-    from ._remote import Child, ChildLost, ChildStartError, InChild, Source
+    from ._proxy import InChild
+    from ._remote import Child, ChildLost, ChildStartError, Source
     from ._sandbox import Confinement
     from .audit import Job, build, module_name, source_text
 

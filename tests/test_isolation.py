@@ -294,6 +294,37 @@ def test_the_child_and_all_it_started_die_with_the_judge(tmp_path, how):
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_judge_stopped_by_sigterm_records_nothing_against_a_correct_function(tmp_path, workers):
+    """CI cancelling a job: the judge's own end (a pipe to a child that is gone, a worker stopped) is
+    never an `error` of the user's function; whatever is on disk is a finished cell, judged."""
+    started = Path(tempfile.mkdtemp(prefix="gradaudit-test-started-"))  # somewhere the child may write
+    started.chmod(0o777)
+    f = module(tmp_path, f"""
+        import os, time
+        open(os.path.join({str(started)!r}, str(os.getpid())), "w").close()
+        time.sleep(0.05)
+        """, backward=RIGHT)
+    p = subprocess.Popen([sys.executable, "-m", "gradaudit", "audit", str(f), "--report", str(tmp_path / "rep"), *FAST,
+                          "--workers", workers], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "CI": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while not any(started.iterdir()) and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.1)
+        assert any(started.iterdir()), "the audited backward never ran"
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        results = tmp_path / "rep" / "results.jsonl"
+        recs = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
+        assert p.returncode in (130, 143) and "Traceback" not in err, (p.returncode, err[-3000:])
+        assert all(x["status"] in ("pass", "kink") for x in recs), [(x["status"], x["message"]) for x in recs]
+    finally:
+        p.kill()
+        shutil.rmtree(started, ignore_errors=True)
+
+
 def test_memory_limit_stops_a_large_allocation(tmp_path):
     f = module(tmp_path, "np.ones(2**28)  # 2 GiB", backward=RIGHT)
     recs = judged(audit(f, tmp_path / "rep", "--memory-limit", "1G"), allowed=("error",))
