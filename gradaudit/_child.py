@@ -140,7 +140,7 @@ class Server:
         from gradaudit import cs231n
 
         module = self.modules[meta["key"]]
-        value = self.guard.call(describe_module, "listing the module's functions", (module,))
+        value = self.guard.call(describe_module, "listing the module's functions", (module, self.guard))
         return {"kind": "ok", "value": enc.value(value)}
 
     def call(self, meta, data, enc):
@@ -244,11 +244,20 @@ def exec_source(name: str, path: str, source: bytes):
     """Import source text the parent read (the child may not be allowed to read the file) as the
     module `name`, with `path` as its __file__; its folder goes at the END of sys.path so that its
     sibling imports work without shadowing anything gradaudit needs."""
+    folder = os.path.dirname(path)
+    if "." in name:  # a.b.c: a file inside packages (gradaudit.audit.module_name), imported as one
+        root = os.path.dirname(path)
+        for _ in name.split(".")[1:]:
+            root = os.path.dirname(root)
+        if root not in sys.path:
+            sys.path.append(root)
+        parent = importlib.import_module(name.rpartition(".")[0])
+        if folder not in [os.path.realpath(p) for p in getattr(parent, "__path__", ())]:  # another package came first
+            name = f"_gradaudit_user_{os.path.basename(path).removesuffix('.py')}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     text = importlib.util.decode_source(source)
     linecache.cache[path] = (len(text), None, text.splitlines(True), path)  # tracebacks, inspect
-    folder = os.path.dirname(path)
     if folder not in sys.path:
         sys.path.append(folder)
     sys.modules[name] = module
@@ -256,17 +265,19 @@ def exec_source(name: str, path: str, source: bytes):
     return module
 
 
-def describe_module(module) -> dict:
+def describe_module(module, guard=None) -> dict:
     """Its functions (with the line each starts at in the module's own file, for inspect.getsource on
-    the judge's side) and its derivations."""
-    from gradaudit import cs231n
+    the judge's side), its derivations, and its cs231n model classes (gradaudit/models.py: one job per
+    configuration, with why it cannot be built, which builds the class)."""
+    from gradaudit import cs231n, models
 
     functions = {n: f for n, f in cs231n.functions_in(module).items() if isinstance(n, str)}
     code = {n: getattr(f, "__code__", None) for n, f in functions.items()}
     lines = {n: c.co_firstlineno for n, c in code.items()
              if isinstance(c, types.CodeType) and c.co_filename == getattr(module, "__file__", None)}
     return {"functions": sorted(functions), "lines": lines,
-            "derivations": [describe_derivation(d) for d in derivations_in(module)]}
+            "derivations": [describe_derivation(d) for d in derivations_in(module)],
+            "models": models.plan(module, guard or Guard()) if models.models_in(module) else []}
 
 
 def derivations_in(module) -> list:

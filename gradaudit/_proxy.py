@@ -33,10 +33,11 @@ class InChild:
     def functions(self, key: str, pair) -> dict:
         """cs231n: the pair's functions; a forward's cache stays in the child. inspect.getsource on
         one reads its source from the text the judge read (the adapter looks at it)."""
-        lines = self.describe(key).get("lines") or {}
+        desc = self.describe(key)
+        lines, have = desc.get("lines") or {}, set(desc.get("functions") or ())
         src = next(s for s in self.child.sources if s.key == key)
         out = {}
-        for n in pair.functions:
+        for n in (n for n in pair.functions if n in have):  # a pair's optional functions may be absent
             out[n] = RemoteFunction(self.child, key, n, label=n, keeps_cache=n.endswith("_forward"))
             if type(lines.get(n)) is int and 0 < lines[n] <= src.text.count(b"\n") + 1:
                 out[n].__wrapped__ = _located(src, n, lines[n])

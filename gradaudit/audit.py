@@ -23,17 +23,17 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
+from ._child import derivations_in
 from ._guard import Guard, UserCodeError, clean
 from ._proxy import InChild
 from ._remote import Child, ChildLost, ChildStartError, Source
-from ._sandbox import Confinement, child_jax_cache, parse_size
+from ._sandbox import Confinement, TerminateAsInterrupt, child_jax_cache, parse_size
 
-__all__ = ["Audit", "ChildStartError", "Job", "build", "check", "confinement", "derivation_files", "error_record",
+__all__ = ["Audit", "ChildStartError", "Job", "build", "check", "confinement", "derivation_files", "derivations_in", "error_record",
            "import_file", "plan", "polish", "qualified", "source_text"]
 
 
@@ -47,7 +47,16 @@ def source_text(path: Path) -> bytes:
 
 
 def module_name(path: Path) -> str:
+    """`a.b.c` for .../a/b/c.py inside packages (a/ and a/b/ have an __init__.py): its relative and
+    absolute sibling imports work (the child puts the folder above `a` at the end of sys.path); else
+    a name of its own."""
     path = Path(path).resolve()
+    parts, folder = [path.stem], path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if len(parts) > 1 and all(p.isidentifier() for p in parts):
+        return ".".join(parts)
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
     return f"_gradaudit_user_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{digest}"
 
@@ -102,8 +111,9 @@ def qualified(path: str, name: str, folder: bool) -> str:
     return f"{Path(path).stem}.{name}" if folder else name
 
 
-def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: bool = False):
-    """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py)."""
+def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: bool = False, models: bool = True):
+    """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py).
+    `models`: the cs231n model classes can be built (in this process; not yet through the child)."""
     from . import cs231n
 
     functions = {n for n in desc.get("functions") or () if isinstance(n, str)}
@@ -117,11 +127,21 @@ def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: boo
         for target, why in skipped:
             op = cs231n.BY_TARGET[target].op if target in cs231n.BY_TARGET else target.replace("_backward", "")
             jobs.append(Job(target, op, "cs231n", path, key, target, ["-"], skip=why, source=base))
+        from .models import CLASSES
+
+        for m in desc.get("models") or ():  # the child's word: only the classes gradaudit knows
+            if type(m) is dict and isinstance(m.get("target"), str) and m["target"].split(".")[0] in CLASSES:
+                skip = clean(m["skip"], 2000) if isinstance(m.get("skip"), str) else None
+                if not models and skip is None:
+                    skip = (f"{m['target']} not checked: model classes are checked by gradaudit.check(PATH, "
+                            "convention='cs231n') from a test, not yet in the audit's child process")
+                jobs.append(Job(m["target"], str(m.get("op")), "cs231n", path, key, m["target"], ["typical"],
+                                f"{m['target'].split('.')[0]}.loss", source=base, skip=skip))
         return jobs, absent, None
     derivations = [d for d in desc.get("derivations") or () if isinstance(d.get("name"), str) and d["name"].isidentifier()]
     hint = None
-    if not derivations and cs231n.plan(functions)[0]:
-        hint = f"{base} has cs231n-named functions: audit them with --convention cs231n"
+    if not derivations and (cs231n.plan(functions)[0] or desc.get("models")):
+        hint = f"{base} has cs231n-named functions or classes: audit them with --convention cs231n"
     jobs = []
     for d in derivations:
         name, bwd = d["name"], d.get("backward") if isinstance(d.get("backward"), str) else None
@@ -139,20 +159,27 @@ class InProcess:
     """The user's modules and derivations in this process, every call guarded (gradaudit.check)."""
 
     def __init__(self, guard: Guard):
-        self.guard, self.modules, self.objects = guard, {}, {}
+        self.guard, self.modules, self.objects, self.described = guard, {}, {}, {}
 
     def describe(self, key: str) -> dict:
         from ._child import describe_derivation, describe_module
 
         if key in self.objects:
             return {"functions": [], "derivations": [describe_derivation(self.objects[key])]}
-        return describe_module(self.modules[key])
+        if key not in self.described:
+            self.described[key] = describe_module(self.modules[key], self.guard)
+        return self.described[key]
+
+    def model(self, job: Job, notes: dict):
+        from . import models
+
+        return models.build(job.name, self.modules[job.key], self.guard, notes)
 
     def functions(self, key: str, pair) -> dict:
         from . import cs231n
 
         fns = cs231n.functions_in(self.modules[key])
-        return {n: self.guard.wrap(fns[n], n) for n in pair.functions}
+        return {n: self.guard.wrap(fns[n], n) for n in pair.functions if n in fns}  # (optional ones may be absent)
 
     def derivation_target(self, key: str, job: Job):
         from ._child import derivations_in
@@ -172,7 +199,9 @@ def build(job: Job, code, notes: dict):
         from . import cs231n
         from properties import catalogue
 
-        pair = cs231n.BY_TARGET[job.name]
+        if job.name not in cs231n.BY_TARGET:  # a model class
+            return code.model(job, notes)
+        pair = cs231n.resolve(cs231n.BY_TARGET[job.name], set(code.describe(job.key).get("functions") or ()))
         target, inputs = cs231n.build_target(pair, code.functions(job.key, pair), notes)
         # a forward mismatch is named after the user's forward (a loss function is its own)
         target = dataclasses.replace(target, forward_name=job.forward or job.target)
@@ -267,14 +296,7 @@ def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
     return recs
 
 
-def _progress(job: Job, recs: list[dict]) -> None:
-    bad = sum(r["status"] in ("fail", "error") for r in recs)
-    n = sum(r.get("examples") or 0 for r in recs)
-    print(f"  {clean(job.target, 60):<34} {len(recs):>3} cells {n:>5} examples{'  ' + str(bad) + ' FAILING' if bad else ''}",
-          file=sys.stderr)
-
-
-def check_in_child(child: Child, jobs: list[Job], progress: bool, sink, cfg, done=()) -> list[dict]:
+def check_in_child(child: Child, jobs: list[Job], sink, cfg, done=()) -> list[dict]:
     """A session job (properties.session): `jobs` checked with the functions running in `child`."""
     records = []
     code = InChild(child)
@@ -286,38 +308,14 @@ def check_in_child(child: Child, jobs: list[Job], progress: bool, sink, cfg, don
         else:
             recs = check_job(job, code, cfg, sink, done)
         records += recs
-        if progress:
-            _progress(job, recs)
     return records
 
 
 def check_in_fresh_child(sources: list[Source], conf: Confinement, jobs: list[Job], verbose: bool, sink, cfg,
                          done=()) -> list[dict]:
     """A session job for a `--workers` process or a shard: a child of its own."""
-    with _TerminateAsInterrupt(), Child(conf, sources, verbose=verbose) as child:
-        return check_in_child(child, jobs, False, sink, cfg, done)
-
-
-class _TerminateAsInterrupt:
-    """SIGTERM and SIGHUP (CI cancelling a job, a closed terminal) unwind like Ctrl-C, so that every
-    audit child and all it started are killed on the way out (PR_SET_PDEATHSIG covers a SIGKILL)."""
-
-    def __enter__(self):
-        self.old = {}
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            try:
-                self.old[sig] = signal.signal(sig, _raise_interrupt)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    with TerminateAsInterrupt(), Child(conf, sources, verbose=verbose) as child:
+        return check_in_child(child, jobs, sink, cfg, done)
 
 
 # ---- `gradaudit audit PATH` ---------------------------------------------------------------------------
@@ -344,7 +342,7 @@ class Audit:
                  verbose: bool = False):
         self.sources, self.convention, self.conf, self.folder, self.verbose = sources, convention, conf, folder, verbose
         self.child = Child(conf, sources, verbose=verbose)
-        self._signals = _TerminateAsInterrupt()
+        self._signals = TerminateAsInterrupt()
 
     def __enter__(self):
         self._signals.__enter__()
@@ -365,7 +363,7 @@ class Audit:
             if src.key not in self.child.load_errors:
                 try:
                     got, gone, hint = plan(self.child.describe(src.key), src.path, src.key, self.convention,
-                                           folder=self.folder)
+                                           folder=self.folder, models=False)
                     jobs, absent, hints = jobs + got, absent + gone, hints + ([hint] if hint else [])
                     continue
                 except (UserCodeError, ChildLost) as e:
@@ -376,13 +374,13 @@ class Audit:
                                source=name))
         return jobs, absent, errors, hints
 
-    def session_jobs(self, jobs: list[Job], *, workers: int = 1, sharded: bool = False, progress: bool = False):
+    def session_jobs(self, jobs: list[Job], *, workers: int = 1, sharded: bool = False):
         """The audit as session jobs: all of it in this audit's child, or one chunk per worker (one
         function per job when sharded), each with a child of its own."""
         if not jobs:
             return []
         if not (sharded or workers > 1):
-            return [(Path(self.sources[0].path).name, functools.partial(check_in_child, self.child, jobs, progress))]
+            return [(Path(self.sources[0].path).name, functools.partial(check_in_child, self.child, jobs))]
         self.child.close()  # each worker process or shard job starts its own
         chunks = [[j] for j in jobs] if sharded else [jobs[i::workers] for i in range(workers)]
         return [(c[0].target if len(c) == 1 else f"{len(c)} functions",
