@@ -98,13 +98,14 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--notes", type=int, default=0, help="rounds of the notes audit (0: skip it)")
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to time the notes audit in")
+    ap.add_argument("--no-warm", action="store_true", help="skip the warm-up audit (the JAX caches are warm already)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = {"load_average": os.getloadavg(), "round_trip": round_trips(args.rounds, args.calls)}
     if args.notes:
         checkouts = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
         with tempfile.TemporaryDirectory() as d:
-            for name, where in checkouts.items():  # warm each one's JAX cache
+            for name, where in checkouts.items() if not args.no_warm else ():  # warm each one's JAX cache
                 notes_audit(where, Path(d) / f"warm-{name}")
             wall, cpu = {name: [] for name in checkouts}, {name: [] for name in checkouts}
             for i in range(args.notes):

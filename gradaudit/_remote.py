@@ -27,7 +27,7 @@ from oracles.base import OracleResult
 
 from . import _protocol as wire
 from ._guard import UserCodeError, clean
-from ._sandbox import Confinement, spawn
+from ._sandbox import Confinement, raise_if_interrupted, spawn
 
 
 class ChildStartError(RuntimeError):
@@ -169,6 +169,7 @@ class Child:
     # -- one request, one reply -----------------------------------------------------------------
 
     def _request(self, meta: dict, data: bytes = b"", *, fname: str, timeout: float | None = None):
+        raise_if_interrupted()
         proc = self.proc
         self.seq += 1
         meta["seq"] = self.seq

@@ -382,3 +382,43 @@ def spawn(conf: Confinement) -> ChildProcess:
             child.cgroup = None
     os.write(req_w, token)
     return child
+
+
+_pending: list[str] = []  # the signals that asked the audit to stop
+
+
+class TerminateAsInterrupt:
+    """SIGTERM and SIGHUP (CI cancelling a job, a closed terminal) unwind like Ctrl-C, so that every
+    audit child and all it started are killed on the way out (PR_SET_PDEATHSIG covers a SIGKILL).
+    A KeyboardInterrupt raised where Python swallows it (in a __del__ or a weakref callback, which
+    prints "Exception ignored") is raised again at the next call into the child or at the end."""
+
+    def __enter__(self):
+        _pending.clear()
+        self.old, self.hook = {}, sys.unraisablehook
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            try:
+                self.old[sig] = signal.signal(sig, _raise_interrupt)
+            except ValueError:  # not the main thread
+                pass
+        if self.old:
+            sys.unraisablehook = lambda u: None if isinstance(u.exc_value, KeyboardInterrupt) else self.hook(u)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        sys.unraisablehook = self.hook
+        if exc[0] is None:
+            raise_if_interrupted()
+
+
+def _raise_interrupt(signum, frame):
+    _pending.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_pending[-1])
+
+
+def raise_if_interrupted() -> None:
+    """A stop asked for by a signal, whose KeyboardInterrupt may have been swallowed."""
+    if _pending:
+        raise KeyboardInterrupt(_pending[0])
