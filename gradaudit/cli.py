@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="check only the functions whose names match EXPR, as pytest -k does: a substring "
                           "(case-insensitive), or names joined with and/or/not and parentheses "
                           "(-k conv, -k \"batchnorm and not spatial\")")
+    aud.add_argument("--memory-limit", default="4G", metavar="SIZE",
+                     help="address space the audited code may use in its child process, beyond what the harness "
+                          "maps there (default 4G)")
+    aud.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                     help="hand this environment variable to the audited code (it gets only PATH, HOME, LANG and "
+                          "the Python path by default); repeatable")
+    aud.add_argument("--sandbox", choices=("process", "bwrap"), default="process",
+                     help="process (default): a confined child process; bwrap: also a read-only filesystem, no "
+                          "network and its own PID namespace (bubblewrap); see docs/security.md")
     _common(aud)
     lst = sub.add_parser("list", help="list the catalogue")
     lst.add_argument("--json", action="store_true", help="print the catalogue as JSON")
@@ -120,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     rpl.add_argument("--report", type=Path, default=Path("gradaudit-report"),
                      help="the report directory the cell was recorded in (default gradaudit-report)")
     rpl.add_argument("--verbose", action="store_true", help="show the traceback of an internal error")
+    rpl.add_argument("--file", type=Path, default=None,
+                     help="an audit's case: the file whose functions to replay (default: the recorded path, "
+                          "printed first); it runs in a confined child, never in this process")
+    rpl.add_argument("--timeout", type=float, default=60.0, help="seconds per call of the audited code (default 60)")
     from .mutate import add_arguments as _mutate_arguments
 
     _mutate_arguments(sub.add_parser("mutate", help="mutation score: how many wrong backwards the check would catch"))
@@ -474,7 +487,7 @@ def _gather(records: list[dict], meta: dict, out: Path) -> list[dict]:
 def cmd_audit(args) -> int:
     from . import audit
     from ._guard import clean
-    from .selection import KeywordError, matcher, select
+    from .selection import KeywordError, matcher
 
     path = Path(args.path)
     if not path.exists():
@@ -487,36 +500,47 @@ def cmd_audit(args) -> int:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     cfg = config_from_args(args)
     shard = _validate(args)
-    jobs, absent, error, hint = audit.plan_isolated(path, args.convention, args.timeout, args.verbose)
-    if args.keyword is not None:
-        planned = [j["target"] for j in jobs]
+    try:
+        sources = audit.sources_of(path, args.convention)
+        conf = audit.confinement(sources, args.convention, cfg, timeout=args.timeout, memory_limit=args.memory_limit,
+                                 pass_env=args.pass_env, sandbox=args.sandbox)
+        keep = matcher(args.keyword) if args.keyword is not None else None
+    except KeywordError as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    with audit.Audit(sources, args.convention, conf, folder=path.is_dir(), verbose=args.verbose) as run:
         try:
-            jobs, absent = select(jobs, args.keyword), [a for a in absent if matcher(args.keyword)([a])]
-        except KeywordError as e:
-            raise UsageError(str(e)) from None
-        if planned and not jobs and not args.json:
-            print(f"gradaudit audit: -k {args.keyword!r} matches none of {', '.join(clean(t) for t in planned)}",
-                  file=sys.stderr)
-    if not args.json:
-        if error:
-            print(f"gradaudit audit: {clean(error)}", file=sys.stderr)
-        if absent:
-            print(f"gradaudit audit: not defined in {clean(path.name)}, not checked: {', '.join(absent)}",
-                  file=sys.stderr)
-        if not jobs and not error and args.keyword is None:
-            what = "cs231n-named functions" if args.convention else "@gradaudit.derivation functions"
-            print(f"gradaudit audit: no {what} in {clean(str(path))}" + (f"; {clean(hint)}" if hint else ""),
-                  file=sys.stderr)
-    session_jobs = audit.session_jobs(path, args.convention, jobs, error, timeout=args.timeout, verbose=args.verbose,
-                                      workers=args.workers or 1, sharded=bool(args.shard), progress=False)
-    # cells per session job, as session_jobs makes them: the import error's one, then one job per
-    # function when sharded (else the shard selection does not apply and only the sum counts)
-    per = [1 if j.get("skip") else len(cfg.dtypes) * len(j["regimes"]) * len(cfg.sides()) for j in jobs]
-    cells = [1] * bool(error) + (per if args.shard else [sum(per)])
-    from .audit import derivation_files
-
-    code = _code_hash(derivation_files(path) if args.convention is None else [path])
-    return _session(args, cfg, session_jobs, what=[j["target"] for j in jobs], shard=shard, code=code, cells=cells)
+            jobs, absent, errors, hints = run.plan()
+        except audit.ChildStartError as e:
+            print(f"gradaudit audit: error: {e}", file=sys.stderr)
+            return 3
+        if keep is not None:
+            planned = [j.target for j in jobs if j.op != "(import)"]
+            jobs = [j for j in jobs if j.op == "(import)" or keep([j.target, j.forward or "", j.name])]
+            absent = [a for a in absent if keep([a])]
+            if planned and not any(j.op != "(import)" for j in jobs) and not args.json:
+                print(f"gradaudit audit: -k {args.keyword!r} matches none of {', '.join(clean(t) for t in planned)}",
+                      file=sys.stderr)
+        if not args.json:
+            for error in errors:
+                print(f"gradaudit audit: {clean(error)}", file=sys.stderr)
+            if absent:
+                print(f"gradaudit audit: not defined in {clean(path.name)}, not checked: {', '.join(absent)}",
+                      file=sys.stderr)
+            if not jobs and args.keyword is None:
+                what = "cs231n-named functions" if args.convention else "@gradaudit.derivation functions"
+                print(f"gradaudit audit: no {what} in {clean(str(path))}" + (f"; {clean('; '.join(hints))}" if hints
+                                                                              else ""), file=sys.stderr)
+        session_jobs = run.session_jobs(jobs, workers=args.workers or 1, sharded=bool(args.shard))
+        # cells per session job, as session_jobs makes them: one job per function when sharded (else
+        # the shard selection does not apply and only the sum counts); a file that cannot be imported: one
+        per = [1 if j.skip or j.op == "(import)" else len(cfg.dtypes) * len(j.regimes) * len(cfg.sides()) for j in jobs]
+        code = _code_hash(audit.derivation_files(path) if args.convention is None else [path])
+        return _session(args, cfg, session_jobs, what=[j.target for j in jobs], shard=shard, code=code,
+                        cells=per if args.shard else [sum(per)])
 
 
 def cmd_replay(args) -> int:
@@ -525,7 +549,8 @@ def cmd_replay(args) -> int:
     from reports.text import clean
 
     try:
-        r = replay(args.id, args.report)
+        r = replay(args.id, args.report, file=args.file, timeout=args.timeout,
+                   say=lambda line: print(line, file=sys.stderr))
     except ReplayError as e:
         raise UsageError(str(e)) from None
     _out(f"{clean(r.id)}: {clean(r.case.summary())}")
