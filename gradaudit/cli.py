@@ -1,7 +1,8 @@
 """`gradaudit` command line: run, audit, list, report, replay, mutate. Argument parsing and printing only:
 a run is properties.session's, an audit's plan gradaudit.audit's, the report the reports package's.
 
-Exit codes: 0 all pass (kinks and skips included), 1 any fail or error, 2 bad usage.
+Exit codes: 0 nothing that `--fail-on` names (default: fail, unstable; `--strict` adds warning),
+1 a finding it names, 2 bad usage, 5 nothing was checked.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from pathlib import Path
 
 from .progress import Progress
 
-__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "config_from_args", "main",
+__all__ = ["EXIT_FAIL", "EXIT_NOTHING", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "config_from_args", "fail_on", "main",
            "parse_shard"]
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOTHING = 0, 1, 2, 5
 
 
 class UsageError(Exception):
@@ -61,6 +62,26 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="Hypothesis example database: a directory (default .hypothesis/gradaudit) or redis://host:port/db")
     p.add_argument("--allow-tf32", action="store_true",
                    help="let float32 matmul/conv use TF32 on GPU (to see what it does; off by default)")
+    _fail_on_options(p)
+
+
+def _fail_on_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fail-on", type=_csv, default=None, metavar="SEVERITIES",
+                   help="comma-separated severities that make the exit status 1: fail (a wrong value), unstable "
+                        "(a right formula whose evaluation breaks in an extreme regime), warning (a hazard with "
+                        "correct values); default fail,unstable")
+    p.add_argument("--strict", action="store_true", help="warnings fail the run too (adds warning to --fail-on)")
+
+
+def fail_on(args) -> tuple[str, ...]:
+    """The severities that fail the run, from --fail-on and --strict (validated)."""
+    from reports.records import DEFAULT_FAIL_ON, SEVERITIES
+
+    chosen = DEFAULT_FAIL_ON if getattr(args, "fail_on", None) is None else _choose(
+        "severity for --fail-on", args.fail_on, SEVERITIES)
+    if getattr(args, "strict", False) and "warning" not in chosen:
+        chosen = (*chosen, "warning")
+    return tuple(chosen)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--report", type=Path, default=Path("gradaudit-report"),
                      help="directory to write index.html into (default gradaudit-report)")
     rep.add_argument("--junit", type=Path, default=None, help="also write JUnit XML here")
+    _fail_on_options(rep)
     rpl = sub.add_parser("replay", help="re-run a saved counterexample")
     rpl.add_argument("id", help="cell id (as in the record's `replay`) or a path to a .npz")
     rpl.add_argument("--report", type=Path, default=Path("gradaudit-report"),
@@ -119,6 +141,7 @@ def config_from_args(args):
         raise UsageError(f"--examples must be at least 1, got {args.examples}")
     if getattr(args, "workers", 1) < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    fail_on(args)  # a bad --fail-on is a usage error before anything runs
     profile = args.profile or default_profile()
     seed = args.seed
     if seed is None and profile != "ci":
@@ -191,7 +214,7 @@ def _session(args, cfg, jobs, *, what: list[str], cells: list[int] | None = None
     with progress if not quiet else contextlib.nullcontext():
         records, meta = run_session(cfg, jobs, finished=finished, workers=getattr(args, "workers", 1) or 1,
                                     shard=shard, what=what, command=["gradaudit", *sys.argv[1:]])
-    return _finish(records, meta, args.report, args.junit, args.json)
+    return _finish(records, meta, args.report, args.junit, args.json, fail_on(args))
 
 
 def cmd_run(args) -> int:
@@ -205,8 +228,10 @@ def cmd_run(args) -> int:
     return _session(args, cfg, catalogue_jobs(ops, cfg.dtypes), what=list(ops), cells=cells)
 
 
-def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool) -> int:
+def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool,
+            failing_on: tuple[str, ...] = ("fail", "unstable")) -> int:
     import reports
+    from reports.records import checked, failing as failing_records, severity
 
     html = reports.render_html(records, meta, report_dir)
     if junit is not None:
@@ -214,17 +239,26 @@ def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool) 
     counts = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    failing = counts.get("fail", 0) + counts.get("error", 0)
+    failing = len(failing_records(records, failing_on))
+    nothing = not checked(records)
     if as_json:
-        print(json.dumps({"counts": counts, "ok": failing == 0, "report": str(html),
+        print(json.dumps({"counts": counts, "ok": failing == 0 and not nothing, "fail_on": list(failing_on),
+                          "report": str(html),
                           "results": str(report_dir / "results.jsonl"), "duration_s": meta.get("duration_s"),
-                          "failures": [{k: r[k] for k in ("id", "status", "kind", "blame", "pattern", "message",
-                                                          "replay")} for r in records
-                                       if r["status"] in ("fail", "error")]}))
+                          "failures": [{**{k: r.get(k) for k in ("id", "status", "kind", "blame", "pattern", "message",
+                                                                     "replay")}, "severity": severity(r)}
+                                       for r in failing_records(records, failing_on)]}))
     else:
         print(reports.terminal_summary(records, color=sys.stdout.isatty(), run_meta=meta))
         print(f"report: {html}")
-    return EXIT_FAIL if failing else EXIT_OK
+    if failing:
+        return EXIT_FAIL
+    if nothing:
+        skipped = counts.get("skip", 0)
+        print(f"gradaudit: nothing was checked ({f'all {skipped} cells skipped' if skipped else 'no cells'}): "
+              f"exit {EXIT_NOTHING}", file=sys.stderr)
+        return EXIT_NOTHING
+    return EXIT_OK
 
 
 def cmd_list(args) -> int:
@@ -254,7 +288,7 @@ def cmd_report(args) -> int:
     meta = reports.load_run_meta(args.results[-1].parent)
     if len(args.results) > 1:
         meta = dict(meta, merged_from=[str(p) for p in args.results])
-    return _finish(records, meta, args.report, args.junit, False)
+    return _finish(records, meta, args.report, args.junit, False, fail_on(args))
 
 
 def cmd_audit(args) -> int:
@@ -272,7 +306,7 @@ def cmd_audit(args) -> int:
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     cfg = config_from_args(args)
-    jobs, absent, error, hint = audit.plan_isolated(path, args.convention, args.timeout, args.verbose)
+    jobs, absent, errors, hint = audit.plan_isolated(path, args.convention, args.timeout, args.verbose)
     if args.keyword is not None:
         planned = [j["target"] for j in jobs]
         try:
@@ -283,21 +317,21 @@ def cmd_audit(args) -> int:
             print(f"gradaudit audit: -k {args.keyword!r} matches none of {', '.join(clean(t) for t in planned)}",
                   file=sys.stderr)
     if not args.json:
-        if error:
+        for _, error in errors:
             print(f"gradaudit audit: {clean(error)}", file=sys.stderr)
         if absent:
             print(f"gradaudit audit: not defined in {clean(path.name)}, not checked: {', '.join(absent)}",
                   file=sys.stderr)
-        if not jobs and not error and args.keyword is None:
+        if not jobs and not errors and args.keyword is None:
             what = "cs231n-named functions" if args.convention else "@gradaudit.derivation functions"
             print(f"gradaudit audit: no {what} in {clean(str(path))}" + (f"; {clean(hint)}" if hint else ""),
                   file=sys.stderr)
-    session_jobs = audit.session_jobs(path, args.convention, jobs, error, timeout=args.timeout, verbose=args.verbose,
+    session_jobs = audit.session_jobs(path, args.convention, jobs, errors, timeout=args.timeout, verbose=args.verbose,
                                       workers=args.workers or 1, sharded=bool(args.shard), progress=False)
-    # cells per session job, as session_jobs makes them: the import error's one, then one job per
+    # cells per session job, as session_jobs makes them: each import error's one, then one job per
     # function when sharded (else the shard selection does not apply and only the sum counts)
     per = [1 if j.get("skip") else len(cfg.dtypes) * len(j["regimes"]) * len(cfg.sides()) for j in jobs]
-    cells = [1] * bool(error) + (per if args.shard else [sum(per)])
+    cells = [1] * len(errors) + (per if args.shard else [sum(per)])
     return _session(args, cfg, session_jobs, what=[j["target"] for j in jobs], cells=cells)
 
 
