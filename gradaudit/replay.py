@@ -62,7 +62,7 @@ def replay(ident: str, report_dir: Path) -> Replayed:
     else:
         target = Target.reference(spec)
     side = (meta["oracle"], meta["device"])
-    ev = evaluate(spec, target, case, meta["dtype"], [side], douts=douts)
+    ev = evaluate(spec, target, case, meta["dtype"], [side], douts=douts, stream=meta.get("stream"))
     return Replayed(meta.get("id", path.stem), case, ev.sides[side])
 
 
