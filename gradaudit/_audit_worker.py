@@ -55,18 +55,21 @@ def _plan(job: dict, guard) -> dict:
 
     path = Path(job["path"])
     folder = path.is_dir()
-    jobs, absent, hints = [], [], []
+    jobs, absent, hints, errors = [], [], [], []
     for p in (derivation_files(path) if job["convention"] is None else [path]):
+        # a file that fails to import is an error of its own; a folder goes on with the others
         try:
             got = plan_file(p, job["convention"], guard, folder=folder)
         except UserCodeError as e:
-            return {"jobs": jobs, "absent": absent, "error": clean(str(e))}
+            errors.append((str(p), clean(str(e))))
+            continue
         except Exception as e:
-            return {"jobs": jobs, "absent": absent, "error": clean(f"{p.name}: {type(e).__name__}: {e}")}
+            errors.append((str(p), clean(f"{p.name}: {type(e).__name__}: {e}")))
+            continue
         jobs += got["jobs"]
         absent += got["absent"]
         hints += [got["hint"]] if got.get("hint") else []
-    return {"jobs": jobs, "absent": absent, "hint": "; ".join(hints) or None}
+    return {"jobs": jobs, "absent": absent, "errors": errors, "hint": "; ".join(hints) or None}
 
 
 def _run(job: dict, guard, emit) -> None:

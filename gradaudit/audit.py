@@ -99,6 +99,37 @@ def derivations_in(module) -> list:
     return out
 
 
+def named_derivations(module) -> list[tuple[str, object, str, str]]:
+    """(attribute, derivation, op name, target name) for each derivation of a module, identified by the
+    object: the attribute it is first bound to finds it again, and its names are unique in the module
+    (two derivations made by one factory share a function name: then the attribute names them)."""
+    from .derivation import Derivation
+
+    found, seen = [], set()
+    for attr, v in vars(module).items():
+        if isinstance(v, Derivation) and id(v) not in seen:
+            seen.add(id(v))
+            found.append((attr, v))
+    names = [d.name for _, d in found]
+    targets = [d.target_name for _, d in found]
+    out, taken = [], set()
+    for attr, d in found:
+        op = d.name if names.count(d.name) == 1 else attr
+        target = d.target_name if targets.count(d.target_name) == 1 and names.count(d.name) == 1 else f"{op}_backward"
+        target = unique(target, taken)
+        taken.add(target)
+        out.append((attr, d, op, target))
+    return out
+
+
+def unique(name: str, taken) -> str:
+    """`name`, or `name#2`, `name#3`, ... : the first not in `taken`."""
+    k, out = 2, name
+    while out in taken:
+        out, k = f"{name}#{k}", k + 1
+    return out
+
+
 def qualified(path: Path, name: str, folder: bool) -> str:
     return f"{Path(path).stem}.{name}" if folder else name
 
@@ -151,11 +182,11 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
 
         if cs231n.plan(set(cs231n.functions_in(module)))[0] or models.models_in(module):
             hint = f"{Path(path).name} has cs231n-named functions or classes: audit them with --convention cs231n"
-    for d in derivations_in(module):
-        target = qualified(path, d.target_name, folder)
-        op = qualified(path, d.name, folder)
+    for attr, d, name, target_name in named_derivations(module):
+        target = qualified(path, target_name, folder)
+        op = qualified(path, name, folder)
         skip = None if d.backward_fn is not None else f"{d.name} has no backward (decorate one with @{d.name}.backward)"
-        jobs.append(Job(target, op, "derivation", path, d.name, list(d.regimes), d.name,
+        jobs.append(Job(target, op, "derivation", path, attr, list(d.regimes), name,
                         source=d.source or Path(path).name, skip=skip, formula=d.formula))
     return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": [], "hint": hint}
 
@@ -180,9 +211,16 @@ class Modules:
         return self.modules[path]
 
     def derivation(self, path: str, name: str):
+        """The derivation a job names: by the attribute it is bound to (what a plan records), else by its
+        function name (a case saved before names were attributes)."""
+        from .derivation import Derivation
+
         if (path, name) in self.objects:
             return self.objects[(path, name)]
-        d = next((d for d in derivations_in(self.get(path)) if d.name == name), None)
+        module = self.get(path)
+        d = getattr(module, name, None)
+        if not isinstance(d, Derivation):
+            d = next((d for d in derivations_in(module) if d.name == name), None)
         if d is None:
             raise LookupError(f"no derivation {name!r} in {path}")
         return d
@@ -230,8 +268,10 @@ class AuditSink:
 def polish(rec: dict, job: Job, note: str | None = None) -> dict:
     rec = dict(rec)
     msg = str(rec.get("message") or "")
-    if note and rec.get("status") in ("fail", "error"):
-        msg = f"{msg} — {note}"
+    # a note is context for a fail or an error; a standing one (cs231n.StandingNote: what could be
+    # judged at all) goes on every record of the target
+    if note and (rec.get("status") in ("fail", "error") or getattr(note, "standing", False)):
+        msg = f"{msg} — {note}" if msg else str(note)
     rec["message"] = clean(msg, 2000)
     if rec.get("kink"):
         rec["kink"] = clean(rec["kink"], 500)
@@ -472,23 +512,27 @@ def _isolated_job(jobs, timeout, verbose, progress, sink, cfg, done=()):
 
 
 def plan_isolated(path: Path, convention: str | None, timeout: float, verbose: bool):
-    """(jobs, absent pairs, error, hint) from a child that imports the file(s)."""
+    """(jobs, absent pairs, errors, hint) from a child that imports the file(s); errors: [(file, message)]
+    for each file that fails to import (a folder goes on with the others)."""
     out = drive_child({"mode": "plan", "path": str(path), "convention": convention, "verbose": verbose},
                       timeout, verbose=verbose)
     if out.plan is None:
-        return [], [], out.death or "the file could not be read", None
-    return out.plan["jobs"], out.plan["absent"], out.plan.get("error"), out.plan.get("hint")
+        return [], [], [(str(path), out.death or "the file could not be read")], None
+    errors = [tuple(e) for e in out.plan.get("errors", ())]
+    return out.plan["jobs"], out.plan["absent"], errors, out.plan.get("hint")
 
 
-def session_jobs(path: Path, convention: str | None, jobs: list[dict], error: str | None, *, timeout: float,
+def session_jobs(path: Path, convention: str | None, jobs: list[dict], errors, *, timeout: float,
                  verbose: bool, workers: int = 1, sharded: bool = False, progress: bool = False) -> list:
     """The audit as session jobs (properties.session): the planned functions in children, one chunk
-    per worker (one function per job when the run is sharded); an import error as one error cell."""
+    per worker (one function per job when the run is sharded); each file that fails to import (a
+    folder goes on with the others) as one error cell. `errors`: [(file, message)], or one message."""
     out = []
-    if error:
-        bad = Job(path.name, "(import)", convention or "derivation", str(path.resolve()), path.name, ["-"],
-                  source=path.name)
-        out.append((f"import {path.name}", functools.partial(_error_job, bad, error)))
+    if isinstance(errors, str):
+        errors = [(str(path), errors)]
+    for file, error in errors or ():
+        bad = _import_job(Path(file), convention)
+        out.append((f"import {Path(file).name}", functools.partial(_error_job, bad, error)))
     if jobs:
         if sharded or workers > 1:
             chunks = [[j] for j in jobs] if sharded else [jobs[i::workers] for i in range(workers)]
@@ -500,6 +544,12 @@ def session_jobs(path: Path, convention: str | None, jobs: list[dict], error: st
             label = chunk[0]["target"] if len(chunk) == 1 else f"{path.name} ({len(chunk)} functions)"
             out.append((label, functools.partial(_isolated_job, chunk, timeout, verbose, progress and workers == 1)))
     return out
+
+
+def _import_job(path: Path, convention: str | None) -> Job:
+    """The job a file that fails to import stands for (its one error cell)."""
+    return Job(path.name, "(import)", convention or "derivation", str(path.resolve()), path.name, ["-"],
+               source=path.name)
 
 
 def _error_job(job: Job, message: str, sink, cfg, done=()) -> list[dict]:
@@ -529,12 +579,13 @@ def target_for(meta: dict):
 
 def check(*things, convention: str | None = None, oracles=("torch", "jax", "numeric"), dtypes=("float64",),
           profile: str = "ci", examples: int | None = None, seed: int | None = None, report=None,
-          raise_on_failure: bool = True) -> list[dict]:
+          raise_on_failure: bool = True, fail_on=("fail", "unstable")) -> list[dict]:
     """Check derivations (or a cs231n-style module) from inside any test, in this process.
 
     things: `@gradaudit.derivation` objects, modules, or paths of .py files (or folders of them).
-    Returns the records (docs/result_record.md); raises AssertionError listing the failures when a
-    cell fails or errors (unless raise_on_failure=False). Counterexamples go to `report` (a folder;
+    Returns the records (docs/result_record.md); raises AssertionError listing the findings whose
+    severity `fail_on` names (default: a wrong value, or an unstable evaluation; add "warning" for the
+    hazards) unless raise_on_failure=False. Counterexamples go to `report` (a folder;
     default a temporary one). For code that may hang or crash, use `gradaudit audit` instead: it
     runs the code in a child process with a timeout.
     """
@@ -551,19 +602,33 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
     guard = Guard()
     modules = Modules(guard)
     jobs: list[Job] = []
+    broken: list[tuple[Path, str]] = []  # files of a folder that fail to import
+    given: dict[int, None] = {}
     for thing in things:
         if isinstance(thing, Derivation):
+            if id(thing) in given:  # the same object twice: checked once
+                continue
+            given[id(thing)] = None
             file = getattr(sys.modules.get(thing.fn.__module__), "__file__", None) or "<memory>"
-            modules.objects[(file, thing.name)] = thing
-            jobs.append(Job(thing.target_name, thing.name, "derivation", file, thing.name, list(thing.regimes),
-                            thing.name, source=thing.source or thing.name, formula=thing.formula,
+            # identified by the object: two derivations with one function name (a factory's) are two jobs
+            key = unique(thing.name, {n for f, n in modules.objects if f == file})
+            name = key if key == thing.name else key.replace("#", "_")
+            target = unique(thing.target_name if key == thing.name else f"{name}_backward", {j.target for j in jobs})
+            modules.objects[(file, key)] = thing
+            jobs.append(Job(target, name, "derivation", file, key, list(thing.regimes),
+                            name, source=thing.source or thing.name, formula=thing.formula,
                             skip=None if thing.backward_fn else f"{thing.name} has no backward"))
             continue
         if isinstance(thing, (str, os.PathLike)):
             paths = derivation_files(Path(thing)) if convention is None else [Path(thing)]
             folder = Path(thing).is_dir()
             for p in paths:
-                jobs.extend(Job(**j) for j in plan_file(p, convention, guard, folder=folder)["jobs"])
+                try:
+                    jobs.extend(Job(**j) for j in plan_file(p, convention, guard, folder=folder)["jobs"])
+                except UserCodeError as e:
+                    if not folder:
+                        raise
+                    broken.append((p, str(e)))  # a folder: the other files are still checked
             continue
         # a module object
         file = str(Path(thing.__file__).resolve())
@@ -572,14 +637,18 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
     sink = RecordSink(report_dir / "results.jsonl")
     records = []
     try:
+        for p, message in broken:
+            records.extend(_error_job(_import_job(Path(p), convention), message, sink, cfg))
         for job in jobs:
             records.extend(run_job(job, cfg, sink, modules, guard))
     finally:
         sink.close()
-    bad = [r for r in records if r["status"] in ("fail", "error")]
+    from reports.records import failing
+
+    bad = failing(records, fail_on)
     if bad and raise_on_failure:
         raise AssertionError(f"gradaudit: {len(bad)} of {len(records)} cells failed:\n" + "\n".join(
-            f"  {r['id']}: {r['status']}" + (f" ({r['kind']}, blame={r['blame']}" + (f", pattern={r['pattern']}" if r.get('pattern') else "") + ")" if r['status'] == 'fail' else "")
+            f"  {r['id']}: {r['severity'] if r['status'] != 'error' else 'error'}" + (f" ({r['kind']}, blame={r['blame']}" + (f", pattern={r['pattern']}" if r.get('pattern') else "") + ")" if r['status'] == 'fail' else "")
             + f": {r['message']}" + (f" [{r['replay']} --report {report_dir}]" if r.get("replay") else "")
             for r in bad))
     return records
@@ -598,7 +667,7 @@ def _plan_module(module, file: str, convention: str | None) -> list[dict]:
                      skip=why, source=Path(file).name) for t, why in skipped]
         jobs += _model_jobs(module, file, Guard())
         return [dataclasses.asdict(j) for j in jobs]
-    return [dataclasses.asdict(Job(d.target_name, d.name, "derivation", file, d.name, list(d.regimes), d.name,
+    return [dataclasses.asdict(Job(target, name, "derivation", file, attr, list(d.regimes), name,
                                    source=d.source or Path(file).name, formula=d.formula,
                                    skip=None if d.backward_fn else f"{d.name} has no backward"))
-            for d in derivations_in(module)]
+            for attr, d, name, target in named_derivations(module)]
