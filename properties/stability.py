@@ -40,12 +40,14 @@ def _gap(case: Case) -> float | None:
     return float(np.max(np.max(x, axis=-1) - true))
 
 
-def _log_softmax_hint(case: Case, dtype: str) -> str:
+def _log_softmax_hint(case: Case, dtype: str, bad: str | None = None) -> str:
+    """`bad`: what the target's side holds where the oracle is finite. NaN is inf / inf, an exp that
+    overflowed (no max shift); inf is log 0, a probability that underflowed (a shifted softmax too)."""
     under, over = exp_limits(dtype)
     gap = _gap(case)
     x = case.arrays.get("x")
     parts = []
-    if x is not None and float(np.max(x)) > over:
+    if x is not None and float(np.max(x)) > over and bad != "inf":
         parts.append(f"exp(z) is inf once z > {over:.1f} in {dtype} (here z reaches {float(np.max(x)):.4g}): "
                      f"subtract each row's max before exp")
     if gap is None or gap > -under or not parts:
@@ -56,13 +58,13 @@ def _log_softmax_hint(case: Case, dtype: str) -> str:
                                "log of a softmax")
 
 
-def _softmax_hint(case: Case, dtype: str) -> str:
+def _softmax_hint(case: Case, dtype: str, bad: str | None = None) -> str:
     _, over = exp_limits(dtype)
     return (f"exp(z) is inf once z > {over:.1f} in {dtype}; subtract each row's max before exp (softmax(z) = "
             f"softmax(z − max z))")
 
 
-def _saturation_hint(case: Case, dtype: str) -> str:
+def _saturation_hint(case: Case, dtype: str, bad: str | None = None) -> str:
     _, over = exp_limits(dtype)
     return (f"exp(−x) is inf once −x > {over:.1f} in {dtype} and 1 − tanh²(x) or σ(x)(1 − σ(x)) cancel to 0 "
             f"long before; use a stable sigmoid (exp(−|x|) in both branches) and compute the local derivative "
@@ -137,7 +139,7 @@ def settle_severity(spec: OpSpec | None, target: Target, ev: Evaluation, regime:
             hint = _variance_hint(spec, ev.case, ev.dtype) if spec is not None and spec.family in (
                 "normalization", "derivation") else None
             if hint is None and name in _HINTS and v.pattern != "tf32":
-                hint = _HINTS[name](ev.case, ev.dtype)
+                hint = _HINTS[name](ev.case, ev.dtype, _nonfinite_mine(v, ev))
             if hint:
                 v.why.append(hint)
             continue
@@ -160,4 +162,4 @@ def settle_severity(spec: OpSpec | None, target: Target, ev: Evaluation, regime:
                f"{regime} regime ({REGIMES[regime].description})")
         hint = _HINTS.get(name)
         v.severity, v.pattern, v.factor = "unstable", None, None
-        v.why = [why] + ([hint(ev.case, ev.dtype)] if hint else [])
+        v.why = [why] + ([hint(ev.case, ev.dtype, bad)] if hint else [])
