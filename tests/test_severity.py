@@ -70,3 +70,14 @@ def test_severity_and_hazards_round_trip_through_the_schema(tmp_path):
     (tmp_path / "results.jsonl").write_text(json.dumps(bad) + "\n")
     with pytest.raises(Exception, match="hazards"):
         load_records(tmp_path / "results.jsonl")
+
+
+def test_an_audit_of_a_file_with_nothing_to_check_exits_5(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "empty.py").write_text("import numpy as np\n")
+    r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(tmp_path / "empty.py"),
+                        "--report", str(tmp_path / "rep")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "no @gradaudit.derivation functions" in r.stderr and "nothing was checked" in r.stderr

@@ -331,3 +331,23 @@ def test_a_wrong_forward_stays_the_finding_on_the_shrunk_case(tmp_path):
     fails = [r for r in recs if r["target"] == "batchnorm_backward" and r["status"] == "fail"]
     assert fails and all(r["kind"] == "forward" and r["message"].startswith("forward_mismatch in batchnorm_forward")
                          for r in fails), [(r["kind"], r["params"], r["message"][:120]) for r in fails]
+
+
+@gradaudit.derivation
+def total(xp, x: ("N", "D")):
+    return xp.sum(x, axis=1)
+
+
+@total.backward
+def total_backward(dout, x, *, out):
+    # right, but the terms of 1 are added in a random order: the rounding differs from call to call
+    parts = np.array([0.1, 0.2, 0.7])[np.random.permutation(3)]
+    one = parts[0] + parts[1] + parts[2]
+    return np.repeat(dout[:, None] * one, x.shape[1], axis=1)
+
+
+def test_correct_code_that_draws_from_np_random_is_a_nondeterminism_warning(tmp_path):
+    (r,) = check(total, report=tmp_path)
+    assert r["status"] == "pass" and r["severity"] == "warning", r["message"]
+    assert [h["kind"] for h in r["hazards"]] == ["nondeterminism"], r["hazards"]
+    assert "np.random" in r["hazards"][0]["message"]
