@@ -3,7 +3,7 @@ function and finding — wrong first, then unstable, then warnings — each endi
 (the pattern's sentence, never cut), and the verdict on the last line."""
 from __future__ import annotations
 
-from .findings import GROUP_TITLES, GROUPS, group, headline
+from .findings import GROUP_TITLES, GROUPS, group, hazard_text, headline
 from .records import STATUSES, counts, overall_verdict
 
 __all__ = ["terminal_summary"]
@@ -45,7 +45,7 @@ def _line(grp: str, target: str, op: str, rs: list[dict], width: int, color: boo
                  f"{_axis(rs, 'dtype')} | {_axis(rs, 'regime')}]")
     # the sentence whole (a student acts on it); a bare message only up to its first clause, cut at width
     first = next((r for r in rs if r.get("explanation")), rs[0])
-    hazards = sorted({str(h) for r in rs for h in (r.get("hazards") or [])})
+    hazards = sorted({hazard_text(h) for r in rs for h in (r.get("hazards") or [])})
     text = "; ".join(hazards) if grp == "warning" and hazards and not first.get("explanation") \
         else headline(first, limit=width)
     return f"  {_c(label, status, color)} {where} {_why(rs)}: {text}"
