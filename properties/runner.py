@@ -103,8 +103,11 @@ class GroupSearch:
         self._failure: frozenset | None = None  # what the current search's first failure was
         self.last_fail: Evaluation | None = None
 
-    def check(self, case: Case, dout_seed: int, stream: int) -> None:
-        """One example (the body of the Hypothesis test)."""
+    def check(self, case: Case, dout_seed: int) -> None:
+        """One example (the body of the Hypothesis test). The global random stream the target runs under
+        follows the upstream gradient's seed: a strategy of its own would change every case a
+        derandomized (ci) search draws."""
+        stream = dout_seed * 2654435761 % 2**32
         ev = evaluate(self.spec, self.target, case, self.dtype, self._round, dout_seed=dout_seed, stream=stream,
                       forward_only=self._forward_only)
         for h in ev.hazards:
@@ -196,7 +199,7 @@ class GroupSearch:
         cfg = self.cfg
         # the ci profile is derandomized: no database, so that no state leaks between runs
         db = example_database(cfg.database) if cfg.database is not None and cfg.profile != "ci" else None
-        test = given(case=cases, dout_seed=st.integers(0, 2**16), stream=st.integers(0, 2**32 - 1))(self.check)
+        test = given(case=cases, dout_seed=st.integers(0, 2**16))(self.check)
         if cfg.seed is not None and cfg.seed_drawn:
             # a seed the run drew for itself (no --seed): Hypothesis's @seed turns the example database
             # off, so the settings, database included, go on after it — saved failures still replay first
