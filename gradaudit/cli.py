@@ -1,10 +1,11 @@
 """`gradaudit` command line: run, audit, list, report, replay, mutate. Argument parsing and printing only:
 a run is properties.session's, an audit's plan gradaudit.audit's, the report the reports package's.
 
-Exit codes: 0 all pass (kinks and skips included), 1 any fail or error, 2 bad usage (every option is
+Exit codes: 0 nothing that `--fail-on` names (default: fail, unstable; `--strict` adds warning), 1 a
+finding it names or an error, 2 bad usage (every option is
 checked before the report folder is touched; a busy folder or a refused --resume too), 3 gradaudit
 itself broke (one line, the finished cells kept, the summary printed; --verbose for the traceback),
-130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (finished cells kept).
+5 nothing was checked, 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (finished cells kept).
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from pathlib import Path
 
 from .progress import Progress
 
-__all__ = ["EXIT_FAIL", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "Interrupted", "UsageError", "build_parser",
-           "config_from_args", "main", "parse_shard"]
+__all__ = ["EXIT_FAIL", "EXIT_INTERNAL", "EXIT_NOTHING", "EXIT_OK", "EXIT_USAGE", "Interrupted", "UsageError",
+           "build_parser", "config_from_args", "fail_on", "main", "parse_shard"]
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL, EXIT_NOTHING = 0, 1, 2, 3, 5
 
 
 class UsageError(Exception):
@@ -83,6 +84,26 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="Hypothesis example database: a directory (default .hypothesis/gradaudit) or redis://host:port/db")
     p.add_argument("--allow-tf32", action="store_true",
                    help="let float32 matmul/conv use TF32 on GPU (to see what it does; off by default)")
+    _fail_on_options(p)
+
+
+def _fail_on_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fail-on", type=_csv, default=None, metavar="SEVERITIES",
+                   help="comma-separated severities that make the exit status 1: fail (a wrong value), unstable "
+                        "(a right formula whose evaluation breaks in an extreme regime), warning (a hazard with "
+                        "correct values); default fail,unstable")
+    p.add_argument("--strict", action="store_true", help="warnings fail the run too (adds warning to --fail-on)")
+
+
+def fail_on(args) -> tuple[str, ...]:
+    """The severities that fail the run, from --fail-on and --strict (validated)."""
+    from reports.records import DEFAULT_FAIL_ON, SEVERITIES
+
+    chosen = DEFAULT_FAIL_ON if getattr(args, "fail_on", None) is None else _choose(
+        "severity for --fail-on", args.fail_on, SEVERITIES)
+    if getattr(args, "strict", False) and "warning" not in chosen:
+        chosen = (*chosen, "warning")
+    return tuple(chosen)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--junit", type=Path, default=None, help="also write JUnit XML here")
     rep.add_argument("--wait", action="store_true", help="wait for another run that is using the report folder")
     rep.add_argument("--verbose", action="store_true", help="show the traceback of an internal error")
+    _fail_on_options(rep)
     rpl = sub.add_parser("replay", help="re-run a saved counterexample")
     rpl.add_argument("id", help="cell id (as in the record's `replay`) or a path to a .npz")
     rpl.add_argument("--report", type=Path, default=Path("gradaudit-report"),
@@ -213,6 +235,7 @@ def config_from_args(args):
         raise UsageError(f"--examples must be at least 1, got {args.examples}")
     if getattr(args, "workers", 1) < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    fail_on(args)  # a bad --fail-on is a usage error before anything runs
     profile = args.profile or default_profile()
     seed = args.seed
     if seed is None and profile != "ci" and getattr(args, "resume", False):
@@ -324,10 +347,10 @@ def _session(args, cfg, jobs, *, what: list[str], shard, code: str | None, cells
                     records = load_records([results]) if results.exists() else []
             except Exception:
                 records = []
-            _finish(records, load_run_meta(args.report), args.report, None, args.json, render=False)
+            _finish(records, load_run_meta(args.report), args.report, None, args.json, render=False, failing_on=fail_on(args))
             _say(f"the {len(records)} finished cells are kept in {_q(results)}; --resume runs the others")
             return EXIT_INTERNAL
-        return _finish(records, meta, args.report, args.junit, args.json, verbose=args.verbose)
+        return _finish(records, meta, args.report, args.junit, args.json, verbose=args.verbose, failing_on=fail_on(args))
 
 
 def _internal(e: BaseException, verbose: bool, doing: str = "") -> None:
@@ -381,10 +404,11 @@ def cmd_run(args) -> int:
 
 
 def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool, *, render: bool = True,
-            verbose: bool = False) -> int:
+            verbose: bool = False, failing_on: tuple[str, ...] = ("fail", "unstable")) -> int:
     """Write the page (and JUnit), print the summary; the exit status. A page or JUnit file that
     cannot be written is an internal error (3) said after the summary."""
     import reports
+    from reports.records import checked, failing as failing_records, severity
 
     problems, html = [], None
     if render:
@@ -401,13 +425,15 @@ def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool, 
     counts = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    failing = counts.get("fail", 0) + counts.get("error", 0)
+    failing = len(failing_records(records, failing_on))
+    nothing = not checked(records)
     if as_json:
-        _out(json.dumps({"counts": counts, "ok": failing == 0, "report": str(html) if html else None,
+        _out(json.dumps({"counts": counts, "ok": failing == 0 and not nothing, "fail_on": list(failing_on),
+                         "report": str(html) if html else None,
                          "results": str(report_dir / "results.jsonl"), "duration_s": meta.get("duration_s"),
-                         "failures": [{k: r.get(k) for k in ("id", "status", "kind", "blame", "pattern", "message",
-                                                             "replay")} for r in records
-                                      if r["status"] in ("fail", "error")]}))
+                         "failures": [{**{k: r.get(k) for k in ("id", "status", "kind", "blame", "pattern", "message",
+                                                                "replay")}, "severity": severity(r)}
+                                      for r in failing_records(records, failing_on)]}))
     else:
         _out(reports.terminal_summary(records, color=sys.stdout.isatty(), run_meta=meta))
         if html is not None:
@@ -416,7 +442,13 @@ def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool, 
         _internal(e, verbose, f"writing {what}: ")
     if problems:
         return EXIT_INTERNAL
-    return EXIT_FAIL if failing else EXIT_OK
+    if failing:
+        return EXIT_FAIL
+    if nothing:
+        skipped = counts.get("skip", 0)
+        _say(f"nothing was checked ({f'all {skipped} cells skipped' if skipped else 'no cells'}): exit {EXIT_NOTHING}")
+        return EXIT_NOTHING
+    return EXIT_OK
 
 
 def cmd_list(args) -> int:
@@ -455,7 +487,7 @@ def cmd_report(args) -> int:
         except OSError as e:
             _internal(e, args.verbose)
             return EXIT_INTERNAL
-        return _finish(records, meta, args.report, args.junit, False, verbose=args.verbose)
+        return _finish(records, meta, args.report, args.junit, False, verbose=args.verbose, failing_on=fail_on(args))
 
 
 def _gather(records: list[dict], meta: dict, out: Path) -> list[dict]:

@@ -25,12 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["COORDS", "LOCK_NAME", "RecordError", "RecordSink", "ReportBusy", "ReportLock", "SCHEMA", "SOURCE_KEY",
-           "STATUSES", "cell_id", "counts", "load_records", "load_run_meta", "merge_records", "new_record",
-           "normalise", "overall_verdict", "record_id", "repair_tail", "rewrite_records", "worse",
-           "write_run_meta"]
+__all__ = ["COORDS", "DEFAULT_FAIL_ON", "LOCK_NAME", "RecordError", "RecordSink", "ReportBusy", "ReportLock", "SCHEMA",
+           "SEVERITIES", "SOURCE_KEY", "STATUSES", "cell_id", "checked", "counts", "failing", "load_records",
+           "load_run_meta", "merge_records", "new_record", "normalise", "overall_verdict", "record_id", "repair_tail",
+           "rewrite_records", "severity", "worse", "write_run_meta"]
 
 STATUSES = ("pass", "fail", "error", "skip", "kink")
+# What a finding means, worst first (docs/result_record.md): a wrong value; a right derivation whose
+# evaluation breaks in an extreme regime; a hazard with correct values.
+SEVERITIES = ("fail", "unstable", "warning")
+DEFAULT_FAIL_ON = ("fail", "unstable")  # what fails a run unless --fail-on / --strict say otherwise
 COORDS = ("op", "oracle", "device", "dtype", "regime")
 SOURCE_KEY = "_source"  # added by load_records: the report directory the record was read from
 
@@ -56,6 +60,7 @@ SCHEMA: dict[str, Field] = {
     "triangulation": Field("object"), "shapes": Field("object", {}), "params": Field("object", {}),
     "kink": Field("str"), "mutated": Field("list", []), "device_name": Field("str"), "flags": Field("object", {}),
     "seconds": Field("number"), "worst_target": Field("number"), "explanation": Field("str"),
+    "severity": Field("str"), "hazards": Field("list", []),
 }
 _TYPES = {"str": (str,), "int": (int,), "number": (int, float), "object": (dict,), "list": (list,)}
 _NAMES = {"str": "a string", "int": "an integer", "number": "a number", "object": "an object", "list": "a list"}
@@ -417,6 +422,27 @@ def load_run_meta(report_dir: str | os.PathLike) -> dict:
         warnings.warn(f"{path}: run metadata is not a JSON object, ignored", stacklevel=2)
         return {}
     return meta
+
+
+def severity(rec: dict) -> str | None:
+    """The record's `severity`; without one (a record written before severities existed), what its
+    status meant then: a fail or an error failed the run."""
+    s = rec.get("severity")
+    if s is None and rec.get("status") in ("fail", "error"):
+        return "fail"
+    return s
+
+
+def failing(records: Iterable[dict], fail_on: Iterable[str] = DEFAULT_FAIL_ON) -> list[dict]:
+    """The records whose severity is one of `fail_on` (what makes `gradaudit` exit 1)."""
+    fail_on = frozenset(fail_on)
+    return [r for r in records if severity(r) in fail_on]
+
+
+def checked(records: Iterable[dict]) -> bool:
+    """Whether anything was checked: a cell that passed, failed, errored or sat on a kink (all-skip
+    and no records at all are "nothing checked": exit 5)."""
+    return any(r.get("status") in ("pass", "fail", "error", "kink") for r in records)
 
 
 def counts(records: Iterable[dict]) -> dict[str, int]:
