@@ -20,15 +20,15 @@ from hypothesis import target as hypothesis_target
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 import oracles
-from oracles.base import Projection, as_tuple
 from reports.cases import SavedCase, write_case
 from reports.records import cell_id, new_record
 
 from .blame import triangulate
+from .cell_record import device_name, figures, finite_or_none, oracle_flags, saved_case, verdict_fields
 from .config import PROFILES, RunConfig, hypothesis_settings
 from .devices import device_figures
 from .evaluate import Evaluation, evaluate, failure_class
-from .spec import Case, OpSpec, to_jsonable
+from .spec import Case, OpSpec
 from .stability import settle_severity
 from .target import Target
 from .verdict import Hazard, Side, Verdict
@@ -231,8 +231,8 @@ class GroupSearch:
         return new_record(target=t.name, op=t.op, oracle=oracle, device=device, dtype=self.dtype, regime=self.regime,
                           id=cell_id(target=t.name, op=t.op, oracle=oracle, device=device, dtype=self.dtype,
                                      regime=self.regime),
-                          family=self.family, source=self.source, device_name=_device_name(oracle, device),
-                          flags=_flags(oracle))
+                          family=self.family, source=self.source, device_name=device_name(oracle, device),
+                          flags=oracle_flags(oracle))
 
     def records(self) -> list[tuple[dict, SavedCase | None]]:
         """Every cell's record, with the case to save before it (failing cells)."""
@@ -253,8 +253,8 @@ class GroupSearch:
             rec.update(examples=t.examples, hazards=hazards, mutated=list(self.mutated))
             v = t.final.sides.get(s) if t.final is not None else None
             if v is not None and v.status in ("fail", "error"):
-                rec.update(_verdict_fields(v, t.final), examples=t.examples_final)
-                saved = _saved_case(t.final, s, v)
+                rec.update(verdict_fields(v, t.final), examples=t.examples_final)
+                saved = saved_case(t.final, s, v)
                 rec.update(replay=f"gradaudit replay {shlex.quote(rec['id'])}")  # a user's name may hold anything
             elif t.broken is not None or not t.complete:
                 rec.update(status="error", severity="fail", message=t.broken or
@@ -263,13 +263,13 @@ class GroupSearch:
                 rec.update(status="kink", kink=t.kink_reason,
                            message=f"{t.kinks} of {t.examples} examples on a kink: {t.kink_reason}")
                 if t.worst is not None:
-                    rec.update(_figures(t.worst, t.worst_ev))
+                    rec.update(figures(t.worst, t.worst_ev))
             else:
                 every = " (every case the strategy can draw)" if t.exhausted and t.examples < budget else ""
                 rec.update(status="pass", message=f"{t.examples} examples agree{every}")
                 if t.worst is not None:
-                    rec.update(_figures(t.worst, t.worst_ev))
-                    rec["worst_target"] = _finite(t.worst.cmp.ratio)
+                    rec.update(figures(t.worst, t.worst_ev))
+                    rec["worst_target"] = finite_or_none(t.worst.cmp.ratio)
                     rec["message"] += f"; worst error {t.worst.cmp.ratio:.2g} of the tolerance ({t.worst.phase})"
             if rec["status"] in ("pass", "kink"):
                 rec["severity"] = "warning" if hazards else None
@@ -302,74 +302,6 @@ def _statistics(into: dict):
 
     with collector.with_value(into.update):
         yield
-
-
-def _device_name(oracle, device):
-    try:
-        return oracles.get(oracle).device_name(device)
-    except Exception:
-        return device
-
-
-def _flags(oracle):
-    try:
-        return oracles.get(oracle).flags()
-    except Exception:
-        return {}
-
-
-def _finite(x):
-    return None if x is None or not np.isfinite(x) else float(x)
-
-
-def _figures(v: Verdict, ev: Evaluation) -> dict:
-    c = v.cmp
-    out = {"phase": v.phase, "shapes": ev.case.shapes(), "params": to_jsonable(ev.case.scalar_params()),
-           "tolerance_source": v.tolerance_source}
-    if c is not None:
-        out.update(max_abs_err=_finite(c.max_abs), max_rel_err=_finite(c.max_rel), max_ulp=_finite(c.max_ulp),
-                   worst_index=list(c.worst_index) if c.worst_index is not None else None,
-                   atol=c.atol, rtol=c.rtol, needed_atol=_finite(c.needed_atol), needed_rtol=_finite(c.needed_rtol))
-    return out
-
-
-def _verdict_fields(v: Verdict, ev: Evaluation) -> dict:
-    out = _figures(v, ev)
-    out.update(status=v.status, kind=v.kind, pattern=v.pattern, explanation=v.explanation, message=v.message,
-               mutated=list(ev.mutated),
-               blame=v.blame, triangulation=v.triangulation, severity=v.severity or "fail")
-    return out
-
-
-def _saved_case(ev: Evaluation, side: Side, v: Verdict) -> SavedCase:
-    """The minimal counterexample: the inputs, both sides' results, and what the judge decided."""
-    case = SavedCase(inputs=dict(ev.arrays), douts=list(ev.douts), ref=dict(ev.grads),
-                     params={k: a for k, a in ev.case.params.items() if isinstance(a, np.ndarray)})
-    if ev.out is not None:
-        case.ref.update(zip(_outputs(ev.out), as_tuple(ev.out)))
-    if v.result is not None:
-        for n, g in v.result.grads.items():
-            if isinstance(g, Projection):
-                case.oracle[n], case.dirs[n] = g.values, g.dirs
-            else:
-                case.oracle[n] = g
-        if v.result.out is not None:
-            case.oracle.update(zip(_outputs(v.result.out), as_tuple(v.result.out)))
-    case.allowed = {n: c.allowed for n, c in v.judged.items()}
-    case.meta = {"oracle": side[0], "device": side[1], "dtype": ev.dtype, "stream": ev.stream,
-                 "params": to_jsonable(ev.case.scalar_params()), "arrays": list(ev.arrays),
-                 "array_params": list(case.params),
-                 "judged": {n: {"ok": bool(c.ok), "ratio": _finite(c.ratio), "directional": c.directional,
-                                "worst_index": list(c.worst_index) if c.worst_index is not None else None}
-                            for n, c in v.judged.items()},
-                 "verdict": {"status": v.status, "kind": v.kind, "phase": v.phase, "pattern": v.pattern,
-                             "factor": v.factor, "why": list(v.why),
-                             "explanation": v.explanation, "severity": v.severity}}
-    return case
-
-
-def _outputs(out) -> list[str]:
-    return ["out" if i == 0 else f"out{i}" for i in range(len(as_tuple(out)))]
 
 
 def run_target_cells(spec: OpSpec | None, target: Target, inputs: Callable[[str, str], object],
