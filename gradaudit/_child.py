@@ -146,6 +146,16 @@ class Server:
     def call(self, meta, data, enc):
         key, name, role = meta["fn"]
         fn, fname = self.function(key, name, role)
+        stream = meta.get("stream")
+        if type(stream) is list and len(stream) == 2 and all(type(v) is int for v in stream) and \
+                stream != getattr(self, "stream", None):  # a new stream: seeded once, then drawn from as in-process
+            import random
+
+            import numpy as np
+
+            np.random.seed(stream[0] % 2**32)
+            random.seed(stream[0])
+            self.stream = stream
         args = self.decode(meta["args"], data)
         kwargs = self.decode(meta["kwargs"], data)
         value = self.call_user(fn, fname, args, kwargs, enc, keep_last=meta.get("keep") == "last")

@@ -285,6 +285,10 @@ class Child:
         self.ensure()
         enc = self._encoder()
         meta = {"kind": "call", "fn": list(fn), "args": enc.value(tuple(args)), "kwargs": enc.value(dict(kwargs))}
+        from properties.execute import current_stream
+
+        if current_stream() is not None:  # the child's np.random and random follow the judge's stream
+            meta["stream"] = list(current_stream())
         if keep_last:
             meta["keep"] = "last"
         return self._value(*self._request(meta, enc.data(), fname=fname), writes_to=(args, kwargs))

@@ -78,11 +78,23 @@ def _global_stream(seed: int | None):
     np_state, py_state = np.random.get_state(), random.getstate()
     np.random.seed(seed % 2**32)
     random.seed(seed)
+    _STREAM["now"] = (int(seed), _STREAM["epoch"] + 1)
+    _STREAM["epoch"] += 1
     try:
         yield
     finally:
+        _STREAM["now"] = None
         np.random.set_state(np_state)
         random.setstate(py_state)
+
+
+_STREAM: dict = {"now": None, "epoch": 0}
+
+
+def current_stream() -> tuple[int, int] | None:
+    """(seed, epoch) of the global random stream the target runs under now, else None: an audit child
+    seeds its own generators from it, so that user code drawing there sees the stream a replay sees."""
+    return _STREAM["now"]
 
 
 def _arrays_in(obj, depth: int = 0, out=None) -> list[np.ndarray]:
