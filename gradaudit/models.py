@@ -283,8 +283,8 @@ def build(name: str, module, guard, notes: dict, cls=None):
                                    f"an array of shape {[n, c]}")
             return scores, tuple(np.zeros_like(a) for a in arrays)  # the "gradient": see backward
         loss, grads = unpack(fname, call(obj, names, arrays, params), 2, "loss, grads")
-        if np.ndim(loss) != 0:
-            raise AdapterError(f"{fname} returned a loss of shape {list(np.shape(loss))}, expected a scalar")
+        if np.ndim(loss) != 0 or np.asarray(loss).dtype.kind not in "iuf":  # (an object: nothing to judge or save)
+            raise AdapterError(f"{fname} returned {describe_value(loss)} as its loss, expected a scalar")
         cache = UserCache(grads, all_finite(*arrays, loss))
         cache.names = names
         return loss, cache
