@@ -214,8 +214,10 @@ def polish(rec: dict, job: Job, note: str | None = None) -> dict:
     carries their names.)"""
     rec = dict(rec)
     msg = str(rec.get("message") or "")
-    if note and rec.get("status") in ("fail", "error"):
-        msg = f"{msg} — {note}"
+    # a note is context for a fail or an error; a standing one (cs231n.StandingNote: what could be
+    # judged at all) goes on every record of the target
+    if note and (rec.get("status") in ("fail", "error") or getattr(note, "standing", False)):
+        msg = f"{msg} — {note}" if msg else str(note)
     rec["message"] = clean(msg, 2000)
     if rec.get("kink"):
         rec["kink"] = clean(rec["kink"], 500)
@@ -387,12 +389,13 @@ class Audit:
 
 def check(*things, convention: str | None = None, oracles=("torch", "jax", "numeric"), dtypes=("float64",),
           profile: str = "ci", examples: int | None = None, seed: int | None = None, report=None,
-          raise_on_failure: bool = True) -> list[dict]:
+          raise_on_failure: bool = True, fail_on=("fail", "unstable")) -> list[dict]:
     """Check derivations (or a cs231n-style module) from inside any test, IN THIS PROCESS.
 
     things: `@gradaudit.derivation` objects, modules, or paths of .py files (or folders of them).
-    Returns the records (docs/result_record.md); raises AssertionError listing the failures when a
-    cell fails or errors (unless raise_on_failure=False). Counterexamples go to `report` (a folder;
+    Returns the records (docs/result_record.md); raises AssertionError listing the findings whose
+    severity `fail_on` names (default a wrong value or an unstable evaluation; add "warning" for the
+    hazards) and errors, unless raise_on_failure=False. Counterexamples go to `report` (a folder;
     default a temporary one).
 
     The checked code runs in the caller's process, with the caller's privileges, and could change
@@ -431,10 +434,12 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
         records = [r for job in jobs for r in check_job(job, code, cfg, sink)]
     finally:
         sink.close()
-    bad = [r for r in records if r["status"] in ("fail", "error")]
+    from reports.records import failing
+
+    bad = failing(records, fail_on)
     if bad and raise_on_failure:
         raise AssertionError(f"gradaudit: {len(bad)} of {len(records)} cells failed:\n" + "\n".join(
-            f"  {r['id']}: {r['status']}" + (f" ({r['kind']}, blame={r['blame']}" + (f", pattern={r['pattern']}" if r.get('pattern') else "") + ")" if r['status'] == 'fail' else "")
+            f"  {r['id']}: {r['severity'] if r['status'] != 'error' else 'error'}" + (f" ({r['kind']}, blame={r['blame']}" + (f", pattern={r['pattern']}" if r.get('pattern') else "") + ")" if r['status'] == 'fail' else "")
             + f": {r['message']}" + (f" [{r['replay']} --report {report_dir}]" if r.get("replay") else "")
             for r in bad))
     return records
