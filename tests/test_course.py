@@ -29,7 +29,7 @@ FAST = ["--convention", "cs231n", "--profile", "ci", "--oracles", "torch", "--dt
 def audit(path, report, *extra):
     r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(path), "--report", str(report), *FAST, *extra],
                        capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "CI": "1"})
-    results = Path(report) / "results.jsonl"
+    results, r.report = Path(report) / "results.jsonl", report
     r.records = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
     r.by_target = {}
     for rec in r.records:
@@ -272,6 +272,15 @@ def test_a_model_wrong_because_its_layer_is_points_at_the_layer(models_buggy):
         assert rec["status"] == "fail" and rec["phase"] == "grad[W_embed]", rec["message"]
         assert "calls word_embedding_backward, which fails on its own" in rec["message"], rec["message"]
         assert "see word_embedding_backward's own verdict" in rec["message"]
+
+
+@pytest.mark.xdist_group("course-models-buggy")
+def test_a_model_cell_replays_with_its_object_in_a_child(models_buggy):
+    rec = models_buggy.by_target["TwoLayerNet"][0]
+    r = subprocess.run([sys.executable, "-m", "gradaudit", "replay", rec["id"], "--report", str(models_buggy.report)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 1 and "fail: TwoLayerNet vs torch" in r.stdout, r.stdout + r.stderr
+    assert "grad[W1] is identically zero" in r.stdout, r.stdout
 
 
 def test_finite_differences_of_a_float32_cell_run_the_class_in_float64(tmp_path):
