@@ -144,8 +144,10 @@ class Server:
         return {"kind": "ok", "value": enc.value(value)}
 
     def call(self, meta, data, enc):
-        key, name, role = meta["fn"]
-        fn, fname = self.function(key, name, role)
+        if type(meta["fn"]) is dict:  # an object kept here: a layer function a model's loss called
+            fn, fname = self.decode(meta["fn"], data), clean(meta.get("label"), 80)
+        else:
+            fn, fname = self.function(*meta["fn"])
         stream = meta.get("stream")
         if type(stream) is list and len(stream) == 2 and all(type(v) is int for v in stream) and \
                 stream != getattr(self, "stream", None):  # a new stream: seeded once, then drawn from as in-process
@@ -160,6 +162,30 @@ class Server:
         kwargs = self.decode(meta["kwargs"], data)
         value = self.call_user(fn, fname, args, kwargs, enc, keep_last=meta.get("keep") == "last")
         return {"kind": "ok", "value": value, "writes": self.writes(args, kwargs, enc)}
+
+    def model(self, meta, data, enc):
+        """A model object kept here (gradaudit/_objects.py): the judge's mirror of its state set on it,
+        its loss called (traced: the layer functions it calls stay here, as handles), its state read."""
+        from gradaudit._objects import model_state, set_model_state
+        from gradaudit.diagnosis import traced_calls
+
+        obj, state, args, kwargs = (self.decode(meta[k], data) for k in ("obj", "state", "args", "kwargs"))
+        label, out = clean(meta.get("label"), 80), []
+        if meta.get("new"):  # build it: the dtype crosses as its name
+            cls, _ = self.function(*meta["new"], None)
+            import numpy as np
+
+            if kwargs.get("dtype") in ("float32", "float64"):
+                kwargs = {**kwargs, "dtype": getattr(np, kwargs["dtype"])}
+            obj = self.guard.call(cls, label, (), kwargs)
+            out.append({"H": [self.keep(obj), "model"]})
+        if state is not None:
+            self.guard.call(set_model_state, label, (obj, state))
+        run = lambda: out.append(self.call_user(lambda *a, **k: obj.loss(*a, **k), label, args, kwargs, enc))  # noqa: E731
+        called = {} if not meta.get("call") else traced_calls(run) if meta.get("trace") else run() or {}
+        value = [["value", out[0] if out else None], ["state", self.call_user(model_state, label, (obj,), {}, enc)],
+                 ["called", enc.value(called)]]
+        return {"kind": "ok", "value": {"D": value}, "writes": self.writes(args, kwargs, enc)}
 
     def call_many(self, meta, data, enc):
         """The same function at many points (finite differences of a derivation's forward, which the
@@ -220,7 +246,7 @@ class Server:
 
 
 HANDLERS = {"hello": Server.hello, "load": Server.load, "describe": Server.describe, "call": Server.call,
-            "call_many": Server.call_many, "vjp": Server.vjp, "ping": Server.ping}
+            "call_many": Server.call_many, "model": Server.model, "vjp": Server.vjp, "ping": Server.ping}
 
 
 def _prepare_frameworks(names, allow_tf32: bool) -> None:

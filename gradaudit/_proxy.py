@@ -26,6 +26,7 @@ class InChild:
 
     def __init__(self, child: Child):
         self.child = child
+        self.kept: list = []  # the layer functions models traced, alive for the audit (layer verdicts go by id)
 
     def describe(self, key: str) -> dict:
         return self.child.describe(key)
@@ -55,6 +56,17 @@ class InChild:
         if not found:
             raise UserCodeError(f"no derivation {name!r} in the audited module any more")
         return found[0]
+
+    def model(self, job, notes: dict):
+        """A cs231n model class: its objects stay in the child (gradaudit/_objects.py)."""
+        from . import models
+        from ._objects import RemoteClass, Unguarded
+
+        found = [m for m in self.describe(job.key).get("models") or () if type(m) is dict and m.get("target") == job.name]
+        if not found:
+            raise UserCodeError(f"no model class configuration {job.name!r} in the audited module any more")
+        cls = RemoteClass(self.child, job.key, job.name.split(".")[0], found[0], self.kept)
+        return models.build(job.name, None, Unguarded(), notes, cls=cls)
 
     def settle(self, job) -> None:
         self.child.ping(f"{job.target} (after its last call)")

@@ -284,7 +284,8 @@ class Child:
     def call(self, fn: tuple, args: tuple, kwargs: dict, *, fname: str, keep_last: bool = False):
         self.ensure()
         enc = self._encoder()
-        meta = {"kind": "call", "fn": list(fn), "args": enc.value(tuple(args)), "kwargs": enc.value(dict(kwargs))}
+        meta = {"kind": "call", "fn": list(fn) if type(fn) is tuple else enc.value(fn), "label": fname,  # (or a Handle)
+                "args": enc.value(tuple(args)), "kwargs": enc.value(dict(kwargs))}
         from properties.execute import current_stream
 
         if current_stream() is not None:  # the child's np.random and random follow the judge's stream
@@ -303,6 +304,16 @@ class Child:
             self.lose(f"the audit child broke the protocol during a call to {fname}: {len(calls)} calls, "
                       f"not as many results")
         return values
+
+    def model(self, obj, state, call: bool, args, kwargs, *, fname: str, trace: bool = False, new=None):
+        """A model object kept in the child (gradaudit/_objects.py): set its `state`, call its loss if
+        `call` (tracing the layer functions it calls), and get {value, state, called} back. `new`:
+        (source key, class name) to build one first, with `kwargs` (its value: the object's handle)."""
+        self.ensure()
+        enc = self._encoder()
+        meta = {"kind": "model", "label": fname, "call": call, "trace": trace, "obj": enc.value(obj), "new": new,
+                "state": enc.value(state), "args": enc.value(tuple(args)), "kwargs": enc.value(dict(kwargs))}
+        return self._value(*self._request(meta, enc.data(), fname=fname), writes_to=(args, kwargs))
 
     def vjp(self, key: str, name: str, oracle: str, arrays: dict, params: dict, douts: tuple, *, dtype: str,
             device: str):

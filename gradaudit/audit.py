@@ -111,9 +111,8 @@ def qualified(path: str, name: str, folder: bool) -> str:
     return f"{Path(path).stem}.{name}" if folder else name
 
 
-def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: bool = False, models: bool = True):
-    """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py).
-    `models`: the cs231n model classes can be built (in this process; not yet through the child)."""
+def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: bool = False):
+    """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py)."""
     from . import cs231n
 
     functions = {n for n in desc.get("functions") or () if isinstance(n, str)}
@@ -132,9 +131,6 @@ def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: boo
         for m in desc.get("models") or ():  # the child's word: only the classes gradaudit knows
             if type(m) is dict and isinstance(m.get("target"), str) and m["target"].split(".")[0] in CLASSES:
                 skip = clean(m["skip"], 2000) if isinstance(m.get("skip"), str) else None
-                if not models and skip is None:
-                    skip = (f"{m['target']} not checked: model classes are checked by gradaudit.check(PATH, "
-                            "convention='cs231n') from a test, not yet in the audit's child process")
                 jobs.append(Job(m["target"], str(m.get("op")), "cs231n", path, key, m["target"], ["typical"],
                                 f"{m['target'].split('.')[0]}.loss", source=base, skip=skip))
         return jobs, absent, None
@@ -368,7 +364,7 @@ class Audit:
             if src.key not in self.child.load_errors:
                 try:
                     got, gone, hint = plan(self.child.describe(src.key), src.path, src.key, self.convention,
-                                           folder=self.folder, models=False)
+                                           folder=self.folder)
                     jobs, absent, hints = jobs + got, absent + gone, hints + ([hint] if hint else [])
                     continue
                 except (UserCodeError, ChildLost) as e:

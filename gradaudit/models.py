@@ -98,8 +98,10 @@ def plan(module, guard) -> list[dict]:
         key = (m.cls, m.variant)
         if key not in built:
             built[key] = _unbuildable(m, vars(module)[m.cls], guard)
+        cls = vars(module)[m.cls]  # (init, loss: its signatures, for the judge when the class stays in a child)
         jobs.append({"target": m.target, "op": _network(m.cls).op, "name": m.target, "regimes": ["typical"],
-                     "forward": f"{m.cls}.loss", "skip": built[key]})
+                     "forward": f"{m.cls}.loss", "skip": built[key], "loss": list(_signature(cls.loss)),
+                     "init": [[n, int(p.kind), p.default is not p.empty] for n, p in _signature(cls.__init__).items()]})
     return jobs
 
 
@@ -107,7 +109,7 @@ def _unbuildable(model: "Model", cls, guard) -> str | None:
     """Why the class, built for this configuration, is not the assignment's network; None if it is, or
     if building it fails otherwise (the check reports that as an error)."""
     try:
-        _Instances(model, cls, guard).get(_network(model.cls).geometries[0], np.float64)
+        _Instances(model, LocalClass(cls, guard), guard).get(_network(model.cls).geometries[0], np.float64)
     except AdapterError as e:
         return f"{model.target} not checked: {e}"
     except Exception:
@@ -155,14 +157,29 @@ def _constructor_args(model: Model, sig: dict, g: tuple, dtype, reg: float) -> d
     return args
 
 
+class LocalClass:
+    """The user's class in this process (gradaudit.check; the child's plan). Under `gradaudit audit`
+    the judge is given a gradaudit._objects.RemoteClass instead: the same four members."""
+
+    def __init__(self, cls, guard):
+        self.cls, self.guard = cls, guard
+        self.init = _signature(cls.__init__)
+        self.loss_takes_reg = "reg" in _signature(cls.loss)  # assignment 1: loss(X, y=None, reg=0.0)
+
+    def new(self, fname: str, args: dict):
+        return self.guard.call(self.cls, fname, (), args)
+
+    def traced(self, fn) -> dict:
+        return traced_calls(fn)
+
+
 class _Instances:
     """The user's class, constructed once per (geometry, dtype, reg) and checked against the layout."""
 
     def __init__(self, model: Model, cls, guard):
         self.model, self.cls, self.guard = model, cls, guard
         self.net = _network(model.cls)
-        self.sig = _signature(cls.__init__)
-        self.loss_takes_reg = "reg" in _signature(cls.loss)  # assignment 1: loss(X, y=None, reg=0.0)
+        self.sig, self.loss_takes_reg = cls.init, cls.loss_takes_reg
         self.cache: dict = {}
 
     def get(self, g: tuple, dtype, reg: float | None = None):
@@ -170,7 +187,7 @@ class _Instances:
         key = (g, np.dtype(dtype).name, reg)
         if key not in self.cache:
             args = _constructor_args(self.model, self.sig, g, np.dtype(dtype).type, reg or 0.0)
-            obj = self.guard.call(self.cls, f"{self.model.cls}()", (), args)
+            obj = self.cls.new(f"{self.model.cls}()", args)
             self.check_layout(obj, g)
             if self.model.variant == "dropout" and isinstance(getattr(obj, "dropout_param", None), dict):
                 obj.dropout_param.setdefault("seed", SEED)  # a constructor without `seed`: same masks every call
@@ -204,16 +221,19 @@ def _shape_key(shapes, data_shape) -> tuple:
     return tuple(tuple(s) for s in shapes) + (tuple(data_shape),)
 
 
-def build(name: str, module, guard, notes: dict):
-    """(spec, target, inputs factory, regimes) of a model job, for gradaudit.audit.build."""
+def build(name: str, module, guard, notes: dict, cls=None):
+    """(spec, target, inputs factory, regimes) of a model job, for gradaudit.audit.build. `cls`: the
+    class as the judge uses it, when it does not live in `module` here (gradaudit/_objects.py)."""
     from properties.catalogue import _models as M
     from properties.spec import OpSpec
     from properties.target import Target
 
     model = Model.parse(name)
-    cls = vars(module).get(model.cls)
-    if not isinstance(cls, type):
-        raise AdapterError(f"{model.cls} is not a class in {getattr(module, '__name__', 'the module')}")
+    if cls is None:
+        cls = vars(module).get(model.cls)
+        if not isinstance(cls, type):
+            raise AdapterError(f"{model.cls} is not a class in {getattr(module, '__name__', 'the module')}")
+        cls = LocalClass(cls, guard)
     net = _network(model.cls)
     instances = _Instances(model, cls, guard)
     data_key = "features" if model.cls == "CaptioningRNN" else "X"
@@ -263,8 +283,8 @@ def build(name: str, module, guard, notes: dict):
                                    f"an array of shape {[n, c]}")
             return scores, tuple(np.zeros_like(a) for a in arrays)  # the "gradient": see backward
         loss, grads = unpack(fname, call(obj, names, arrays, params), 2, "loss, grads")
-        if np.ndim(loss) != 0:
-            raise AdapterError(f"{fname} returned a loss of shape {list(np.shape(loss))}, expected a scalar")
+        if np.ndim(loss) != 0 or np.asarray(loss).dtype.kind not in "iuf":  # (an object: nothing to judge or save)
+            raise AdapterError(f"{fname} returned {describe_value(loss)} as its loss, expected a scalar")
         cache = UserCache(grads, all_finite(*arrays, loss))
         cache.names = names
         return loss, cache
@@ -360,7 +380,7 @@ def _dropout_masks(model, net, instances) -> dict:
             raise AdapterError(f"{model.cls}(dropout_keep_ratio={KEEP}) has no dropout_param: dropout not implemented?")
         losses = []
         for _ in range(2):
-            called = traced_calls(lambda: losses.append(
+            called = instances.cls.traced(lambda: losses.append(
                 unpack(f"{model.cls}.loss", _train_call(model, net, instances, obj, g), 2, "loss, grads")[0]))
         if not np.array_equal(np.asarray(losses[0], float), np.asarray(losses[1], float), equal_nan=True):
             raise AdapterError(f"{model.cls}.loss with dropout gives another loss on every call with the same "
@@ -394,7 +414,7 @@ def _diagnose(model, net, instances, target, inputs, guard) -> str:
         return ""
     g = net.geometries[0]
     try:
-        called = traced_calls(lambda: _train_call(model, net, instances, instances.get(g, np.float64), g))
+        called = instances.cls.traced(lambda: _train_call(model, net, instances, instances.get(g, np.float64), g))
     except Exception:
         return ""  # the check reports what the class does
     layers = layer_verdicts(called, guard, oracle)

@@ -3,18 +3,17 @@ regularisation convention read from the loss), the model classes of assignments 
 `grads` against the frameworks' network and the class's own finite differences; a wiring bug told
 apart from a wrong layer; test mode), files in a package, and `*_alt` with its own forward.
 
-The example files are checked as a user's test checks them (gradaudit.check, --convention cs231n),
-kept fast: the ci profile, float64, torch as the requested oracle (a failure is still triangulated
-with JAX and finite differences). Each example file is checked once per module. Model classes are
-not yet checked in `gradaudit audit`'s confined child (the child runs functions, not objects): the
-package-layout test runs the CLI and shows what it says of them.
+Audits of the example files run as a user runs them (a subprocess, --convention cs231n: the classes
+are built and kept in the audit's confined child, the judge calls their loss there), kept fast: the
+ci profile, float64, torch as the requested oracle (a failure is still triangulated with JAX and
+finite differences). Each example file is audited once per module; small cases run in-process
+through gradaudit.check on the same path.
 """
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import numpy as np
@@ -27,23 +26,12 @@ EXAMPLES = ROOT / "examples" / "cs231n"
 FAST = ["--convention", "cs231n", "--profile", "ci", "--oracles", "torch", "--dtypes", "float64"]
 
 
-def cli_audit(path, report, *extra):
+def audit(path, report, *extra):
     r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(path), "--report", str(report), *FAST, *extra],
                        capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "CI": "1"})
-    results = Path(report) / "results.jsonl"
+    results, r.report = Path(report) / "results.jsonl", report
     r.records = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
     r.by_target = {}
-    for rec in r.records:
-        r.by_target.setdefault(rec["target"], []).append(rec)
-    return r
-
-
-def audit(path, report):
-    """A file's functions and model classes, checked in this process with the options of FAST."""
-    recs = gradaudit.check(path, convention="cs231n", oracles=("torch",), dtypes=("float64",), profile="ci",
-                           report=report, raise_on_failure=False)
-    r = types.SimpleNamespace(records=recs, stdout="", stderr="", by_target={},
-                              returncode=int(any(x["status"] in ("fail", "error") for x in recs)))
     for rec in r.records:
         r.by_target.setdefault(rec["target"], []).append(rec)
     return r
@@ -286,6 +274,15 @@ def test_a_model_wrong_because_its_layer_is_points_at_the_layer(models_buggy):
         assert "see word_embedding_backward's own verdict" in rec["message"]
 
 
+@pytest.mark.xdist_group("course-models-buggy")
+def test_a_model_cell_replays_with_its_object_in_a_child(models_buggy):
+    rec = models_buggy.by_target["TwoLayerNet"][0]
+    r = subprocess.run([sys.executable, "-m", "gradaudit", "replay", rec["id"], "--report", str(models_buggy.report)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 1 and "fail: TwoLayerNet vs torch" in r.stdout, r.stdout + r.stderr
+    assert "grad[W1] is identically zero" in r.stdout, r.stdout
+
+
 def test_finite_differences_of_a_float32_cell_run_the_class_in_float64(tmp_path):
     # the conv layer allocates its output by x.dtype: given the float32 cell's data, the class would
     # compute in float32 under the finite differences' float64 steps, and its quotients would be noise
@@ -303,15 +300,59 @@ def test_finite_differences_of_a_float32_cell_run_the_class_in_float64(tmp_path)
 
 
 def test_a_package_layout_with_relative_and_absolute_sibling_imports(tmp_path):
-    r = cli_audit(EXAMPLES / "assignment2" / "cs231n" / "classifiers" / "fc_net.py", tmp_path)
+    r = audit(EXAMPLES / "assignment2" / "cs231n" / "classifiers" / "fc_net.py", tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert {"TwoLayerNet", "TwoLayerNet.test_mode", "affine_backward", "relu_backward", "softmax_loss"} <= set(r.by_target)
-    models = [rec for rec in r.records if rec["target"].startswith("TwoLayerNet")]
-    assert all(rec["status"] == "pass" for rec in r.records if rec not in models)
-    # the audit's child runs functions, not objects: its classes are not checked there yet, and it says so
-    assert models and all(rec["status"] == "skip" and "gradaudit.check" in rec["message"] for rec in models)
-    r = audit(EXAMPLES / "assignment2" / "cs231n" / "classifiers" / "fc_net.py", tmp_path / "in-process")
-    assert all(rec["status"] == "pass" for rec in r.records) and "TwoLayerNet" in r.by_target
+    assert all(rec["status"] == "pass" and rec["examples"] > 0 for rec in r.records)
+
+
+HOSTILE = """
+import gc, sys
+sys.path.insert(0, {examples!r})
+from models_correct import FullyConnectedNet as Full, ThreeLayerConvNet as Conv, TwoLayerNet as Two
+from models_correct import affine_backward, affine_forward
+from gradaudit import _protocol as wire
+
+
+class TwoLayerNet(Two):
+    def loss(self, X, y=None):  # a reply of its own on the child's pipe, with the run's token
+        for o in gc.get_objects():
+            if type(o).__name__ == "Server" and hasattr(o, "rep"):
+                wire.write_frame(o.rep, o.token, {{"kind": "ok", "seq": 1, "value": {{"T": [0.0, {{"D": []}}]}}}})
+        return super().loss(X, y)
+
+
+class FullyConnectedNet(Full):
+    def loss(self, X, y=None):  # itself for the loss and every gradient: objects that cannot cross
+        return self, {{n: self for n in self.params}}
+
+
+class ThreeLayerConvNet(Conv):
+    def loss(self, X, y=None):  # right values, but its params left as garbage
+        out = super().loss(X, y)
+        self.params = "garbage"
+        return out
+"""
+
+
+def test_a_model_that_forges_frames_or_returns_garbage_is_an_error_on_that_class(tmp_path):
+    path = tmp_path / "hostile.py"
+    path.write_text(HOSTILE.format(examples=str(EXAMPLES)))
+    r = audit(path, tmp_path / "report")
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    t = r.by_target
+    assert statuses(t["affine_backward"]) == {"pass"}  # the file's layers are judged as ever
+    for target in ("TwoLayerNet", "TwoLayerNet.test_mode"):
+        assert statuses(t[target]) == {"error"}, t[target]
+        assert all("broke the protocol during a call to TwoLayerNet.loss" in x["message"] for x in t[target])
+    # the next classes run in a fresh child: their errors are their own
+    full = [x for target, recs in t.items() if target.startswith("FullyConnectedNet") for x in recs]
+    assert full and statuses(full) <= {"error", "skip"} and "error" in statuses(full), [x["message"] for x in full]
+    assert all("protocol" not in x["message"] for x in full), [x["message"] for x in full]
+    conv = t["ThreeLayerConvNet"]
+    msg = conv[0]["message"]  # (the first call that sees it says so; a later one finds its params a str)
+    assert statuses(conv) == {"error"} and ("ThreeLayerConvNet.loss left params as str" in msg or
+                                            "ThreeLayerConvNet.loss raised AttributeError: 'str'" in msg), msg
 
 
 UNFINISHED = """
