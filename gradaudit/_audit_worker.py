@@ -55,18 +55,20 @@ def _plan(job: dict, guard) -> dict:
 
     path = Path(job["path"])
     folder = path.is_dir()
-    jobs, absent, hints = [], [], []
-    for p in (derivation_files(path) if job["convention"] is None else [path]):
+    jobs, absent, hints, notes = [], None, [], []
+    for p in derivation_files(path):
         try:
             got = plan_file(p, job["convention"], guard, folder=folder)
         except UserCodeError as e:
-            return {"jobs": jobs, "absent": absent, "error": clean(str(e))}
+            return {"jobs": jobs, "absent": absent or [], "error": clean(str(e)), "notes": notes}
         except Exception as e:
-            return {"jobs": jobs, "absent": absent, "error": clean(f"{p.name}: {type(e).__name__}: {e}")}
+            return {"jobs": jobs, "absent": absent or [], "error": clean(f"{p.name}: {type(e).__name__}: {e}"),
+                    "notes": notes}
         jobs += got["jobs"]
-        absent += got["absent"]
+        absent = got["absent"] if absent is None else [a for a in absent if a in got["absent"]]  # in no file
         hints += [got["hint"]] if got.get("hint") else []
-    return {"jobs": jobs, "absent": absent, "hint": "; ".join(hints) or None}
+        notes += got.get("notes", [])
+    return {"jobs": jobs, "absent": absent or [], "hint": "; ".join(hints) or None, "notes": notes}
 
 
 def _run(job: dict, guard, emit) -> None:

@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import sources
 from ._guard import Guard, UserCodeError, clean
 
 __all__ = ["AuditSink", "Job", "Modules", "build", "check", "derivation_files", "derivations_in", "drive_child",
@@ -58,6 +59,8 @@ def import_file(path: Path):
     folder = str(path.parent)
     if folder not in sys.path:
         sys.path.append(folder)
+    if path.suffix.lower() in sources.SUFFIXES:  # a notebook's code cells, the Python blocks of notes
+        return sources.load(path, name)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path} (not a Python source file?)")
@@ -82,9 +85,11 @@ def _package_name(path: Path) -> str | None:
 
 
 def derivation_files(path: Path) -> list[Path]:
+    """The files a path names: itself, or a folder's .py files, notebooks and notes (gradaudit.sources)."""
     path = Path(path)
     if path.is_dir():
-        return sorted(p for p in path.glob("*.py") if not p.name.startswith("_"))
+        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(("_", "."))
+                      and p.suffix.lower() in (".py", *sources.SUFFIXES))
     return [path]
 
 
@@ -132,24 +137,29 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
     """What there is to check in one file: {"jobs": [...], "absent": [...]}. Imports the file."""
     module = guard.call(import_file, f"import {Path(path).name}", (path,))
     path = str(Path(path).resolve())
+    doc = getattr(module, "__gradaudit_document__", None)  # a notebook or notes: what was skipped, and why
+    notes = [f"{Path(path).name}: {m}" for m in (doc.messages if doc else [])]
     if convention == "cs231n":
         from . import cs231n
         from properties import catalogue
 
-        run, skipped, absent = cs231n.plan(set(cs231n.functions_in(module)))
-        jobs = [Job(p.target, p.op, "cs231n", path, p.target, list(catalogue.load()[p.op].regimes), p.forward,
-                    source=Path(path).name) for p in run]
+        fns = cs231n.functions_in(module)
+        run, skipped, absent = cs231n.plan(set(fns), fns)
+        jobs = [Job(qualified(path, p.target, folder), p.op, "cs231n", path, p.target,
+                    list(catalogue.load()[p.op].regimes), p.forward, source=Path(path).name) for p in run]
         for target, why in skipped:
             op = cs231n.BY_TARGET[target].op if target in cs231n.BY_TARGET else target.replace("_backward", "")
-            jobs.append(Job(target, op, "cs231n", path, target, ["-"], skip=why, source=Path(path).name))
+            jobs.append(Job(qualified(path, target, folder), op, "cs231n", path, target, ["-"], skip=why,
+                            source=Path(path).name))
         jobs += _model_jobs(module, path, guard)
-        return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": absent}
+        return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": absent, "notes": notes}
     jobs = []
     hint = None
     if not derivations_in(module):
         from . import cs231n, models
 
-        if cs231n.plan(set(cs231n.functions_in(module)))[0] or models.models_in(module):
+        fns = cs231n.functions_in(module)
+        if cs231n.plan(set(fns), fns)[0] or models.models_in(module):
             hint = f"{Path(path).name} has cs231n-named functions or classes: audit them with --convention cs231n"
     for d in derivations_in(module):
         target = qualified(path, d.target_name, folder)
@@ -157,7 +167,7 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
         skip = None if d.backward_fn is not None else f"{d.name} has no backward (decorate one with @{d.name}.backward)"
         jobs.append(Job(target, op, "derivation", path, d.name, list(d.regimes), d.name,
                         source=d.source or Path(path).name, skip=skip, formula=d.formula))
-    return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": [], "hint": hint}
+    return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": [], "hint": hint, "notes": notes}
 
 
 def _model_jobs(module, path: str, guard: Guard) -> list[Job]:
@@ -472,12 +482,13 @@ def _isolated_job(jobs, timeout, verbose, progress, sink, cfg, done=()):
 
 
 def plan_isolated(path: Path, convention: str | None, timeout: float, verbose: bool):
-    """(jobs, absent pairs, error, hint) from a child that imports the file(s)."""
+    """(jobs, absent pairs, error, hint, notes) from a child that imports the file(s)."""
     out = drive_child({"mode": "plan", "path": str(path), "convention": convention, "verbose": verbose},
                       timeout, verbose=verbose)
     if out.plan is None:
-        return [], [], out.death or "the file could not be read", None
-    return out.plan["jobs"], out.plan["absent"], out.plan.get("error"), out.plan.get("hint")
+        return [], [], out.death or "the file could not be read", None, []
+    return (out.plan["jobs"], out.plan["absent"], out.plan.get("error"), out.plan.get("hint"),
+            out.plan.get("notes", []))
 
 
 def session_jobs(path: Path, convention: str | None, jobs: list[dict], error: str | None, *, timeout: float,
@@ -591,7 +602,8 @@ def _plan_module(module, file: str, convention: str | None) -> list[dict]:
     if convention == "cs231n":
         from properties import catalogue
 
-        run, skipped, _ = cs231n.plan(set(cs231n.functions_in(module)))
+        fns = cs231n.functions_in(module)
+        run, skipped, _ = cs231n.plan(set(fns), fns)
         jobs = [Job(p.target, p.op, "cs231n", file, p.target, list(catalogue.load()[p.op].regimes), p.forward,
                     source=Path(file).name) for p in run]
         jobs += [Job(t, cs231n.BY_TARGET[t].op if t in cs231n.BY_TARGET else t, "cs231n", file, t, ["-"],

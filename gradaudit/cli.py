@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ops", type=_csv, default=None, help="comma-separated op names (default: all; see `gradaudit list`)")
     _common(run)
     aud = sub.add_parser("audit", help="check a user's own derivations (a .py file)")
-    aud.add_argument("path", type=Path, help="a Python file with cs231n-style functions or @gradaudit.derivation")
+    aud.add_argument("path", type=Path, help="a Python file with cs231n-style functions or @gradaudit.derivation, a "
+                     "notebook (.ipynb) or notes (.md, .txt) with them in code cells or fenced blocks, or a folder of these")
     aud.add_argument("--convention", choices=("cs231n",), default=None,
                      help="check functions named as in the cs231n assignments against the catalogue")
     aud.add_argument("--timeout", type=float, default=60.0, help="seconds per check before a hang is an error (default 60)")
@@ -261,18 +262,17 @@ def cmd_audit(args) -> int:
     from . import audit
     from ._guard import clean
     from .selection import KeywordError, matcher, select
+    from .sources import SUFFIXES as SOURCE_SUFFIXES
 
     path = Path(args.path)
     if not path.exists():
         raise UsageError(f"no such file or folder: {str(path)!r}")
-    if path.is_dir() and args.convention:
-        raise UsageError("--convention cs231n audits one file; give the path of a .py file")
-    if path.is_file() and path.suffix != ".py":
-        raise UsageError(f"{str(path)!r} is not a .py file")
+    if path.is_file() and path.suffix.lower() not in (".py", *SOURCE_SUFFIXES):
+        raise UsageError(f"{str(path)!r} is not a .py file, a notebook or notes ({', '.join(SOURCE_SUFFIXES)})")
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     cfg = config_from_args(args)
-    jobs, absent, error, hint = audit.plan_isolated(path, args.convention, args.timeout, args.verbose)
+    jobs, absent, error, hint, notes = audit.plan_isolated(path, args.convention, args.timeout, args.verbose)
     if args.keyword is not None:
         planned = [j["target"] for j in jobs]
         try:
@@ -283,6 +283,8 @@ def cmd_audit(args) -> int:
             print(f"gradaudit audit: -k {args.keyword!r} matches none of {', '.join(clean(t) for t in planned)}",
                   file=sys.stderr)
     if not args.json:
+        for note in notes:  # what a notebook or notes held that could not run, and why
+            print(f"gradaudit audit: {clean(note)}", file=sys.stderr)
         if error:
             print(f"gradaudit audit: {clean(error)}", file=sys.stderr)
         if absent:
