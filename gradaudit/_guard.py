@@ -138,7 +138,10 @@ class Guard:
             raise  # from a guarded function it called
         except BaseException as e:  # noqa: BLE001  (GeneratorExit, RecursionError, anything)
             self._trace(fname, e)
-            raise UserCodeError(f"{fname} raised {clean(describe_exception(e))}") from None
+            from .sources import innermost  # in a notebook cell or a block of notes: say where, as the reader counts
+
+            at = innermost(e)
+            raise UserCodeError(f"{fname} raised {clean(describe_exception(e))}" + (f" at {at}" if at else "")) from None
         finally:
             if self.emit:
                 self.emit("R")

@@ -213,8 +213,9 @@ def build(job: Job, modules: Modules, guard: Guard, notes: dict):
         pair = cs231n.resolve(cs231n.BY_TARGET[job.name], set(functions))
         fns = {n: guard.wrap(f, n) for n, f in functions.items() if n in pair.functions}
         target, inputs = cs231n.build_target(pair, fns, notes)
-        # a forward mismatch is named after the user's forward (a loss function is its own)
-        target = dataclasses.replace(target, forward_name=job.forward or job.target)
+        # a forward mismatch is named after the user's forward (a loss function is its own); in a
+        # folder, the target is file.function
+        target = dataclasses.replace(target, name=job.target, forward_name=job.forward or job.target)
         return catalogue.load()[pair.op], target, inputs, tuple(job.regimes)
     d = modules.derivation(job.file, job.name)
     target = d.target(job.target, wrap=guard.wrap)

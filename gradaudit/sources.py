@@ -301,9 +301,16 @@ def load(path, module_name: str | None = None) -> types.ModuleType:
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # noqa: BLE001  SystemExit too: a cell's exit() must not end the audit
-            from ._guard import clean, describe_exception
-
             at = innermost(e) or chunk.name
-            doc.messages.append(f"{at}: {clean(describe_exception(e), 300)}; "
-                                f"the rest of {chunk.name} was not run")
+            doc.messages.append(f"{at}: {_describe(e)[:300]}; the rest of {chunk.name} was not run")
     return module
+
+
+def _describe(e: BaseException) -> str:
+    """`Type: message` of an exception raised by user code, whose str() may itself raise. (Messages
+    are user text: whoever prints them makes them safe, as gradaudit._guard.clean does.)"""
+    try:
+        msg = str(e)
+    except Exception:  # noqa: BLE001
+        msg = "<exception whose str() raised>"
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

@@ -1,0 +1,360 @@
+"""Code read straight out of documents (gradaudit/sources.py): notebook cells and fenced blocks of
+notes, every position named as the reader counts ("cell 7, line 3", "block 3, line 7"); cs231n
+backwards given without their forward (gradaudit/cache_inference.py); and `gradaudit audit` on
+notebooks, notes and the raw seed note 000 as a user runs it (a subprocess).
+"""
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradaudit import cs231n, sources
+from gradaudit.cache_inference import CannotPlace, Layout, place, read_layout, unplaceable
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "examples" / "notes" / "raw"
+FAST = ["--profile", "ci", "--oracles", "torch", "--dtypes", "float64"]
+
+
+def notebook(path: Path, cells: list[tuple[str, str]]) -> Path:
+    """An nbformat-4 notebook of (cell_type, source) cells, sources stored as lists of lines (as Jupyter saves them)."""
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": kind, "metadata": {}, "source": src.splitlines(keepends=True),
+         **({"outputs": [], "execution_count": None} if kind == "code" else {})} for kind, src in cells]}
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    return path
+
+
+def audit(path, report, *extra):
+    r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(path), "--report", str(report), *extra],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "CI": "1"})
+    results = Path(report) / "results.jsonl"
+    r.records = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
+    return r
+
+
+def statuses(records, target):
+    return {r["status"] for r in records if r["target"] == target}
+
+
+# ---- notebooks -------------------------------------------------------------------------------
+
+def test_notebook_cells_are_numbered_among_all_cells_and_ipython_syntax_is_skipped(tmp_path):
+    nb = notebook(tmp_path / "hw.ipynb", [
+        ("markdown", "# Assignment"),
+        ("code", "%matplotlib inline\nimport numpy as np\n!pip install nothing\nfiles = !ls\nnp.sum?\n"
+                 "def f(x):\n    return 2 * x"),
+        ("code", "%%timeit\nf(3)"),
+        ("raw", "raw text"),
+        ("code", "   \n"),
+        ("code", 'def g(x):\n    """100% of the time; !important"""\n    return f(x) + 1'),
+    ])
+    doc = sources.read(nb)
+    assert [c.name for c in doc.chunks] == ["cell 2", "cell 6"]
+    assert any("cell 3" in m and "%%timeit" in m for m in doc.messages)
+    cell2 = doc.chunks[0].code.split("\n")
+    assert cell2[1] == "import numpy as np" and cell2[5] == "def f(x):"  # line numbers kept
+    assert all(line.strip().startswith("pass") for line in (cell2[0], cell2[2], cell2[3], cell2[4]))
+    assert '"""100% of the time; !important"""' in doc.chunks[1].code  # plain Python stays verbatim
+    m = sources.load(nb)
+    assert m.g(1) == 3 and m.__file__ == str(nb.resolve())
+    # the combined source maps back to cells
+    lines = doc.source.split("\n")
+    at = lines.index("def g(x):") + 1
+    chunk, line = doc.position(at)
+    assert (chunk.name, line) == ("cell 6", 1)
+
+
+def test_tracebacks_and_getsource_name_the_cell(tmp_path):
+    nb = notebook(tmp_path / "hw.ipynb", [
+        ("code", "import numpy as np"),
+        ("markdown", "text"),
+        ("code", "def affine_backward(dout, cache):\n    x, w, b = cache\n    return undefined_name"),
+    ])
+    m = sources.load(nb)
+    with pytest.raises(NameError) as e:
+        m.affine_backward(None, (1, 2, 3))
+    text = "".join(traceback.format_exception(e.value))
+    assert f'File "{nb.resolve()}, cell 3", line 3, in affine_backward' in text
+    assert "return undefined_name" in text  # the source line itself, through linecache
+    assert sources.innermost(e.value) == "cell 3, line 3"
+    assert inspect.getsource(m.affine_backward).startswith("def affine_backward(dout, cache):")
+
+
+def test_a_cell_that_raises_or_does_not_compile_is_reported_and_the_rest_still_runs(tmp_path):
+    nb = notebook(tmp_path / "hw.ipynb", [
+        ("code", "data = load_cifar10('/datasets')"),
+        ("code", "def f(:\n    pass"),
+        ("code", "import sys\nsys.exit(3)"),
+        ("code", "def h():\n    return 7"),
+    ])
+    m = sources.load(nb)
+    msgs = m.__gradaudit_document__.messages
+    assert any(x.startswith("cell 1, line 1: NameError") for x in msgs), msgs
+    assert any(x.startswith("cell 2, line 1 does not compile") for x in msgs), msgs
+    assert any(x.startswith("cell 3, line 2: SystemExit") for x in msgs), msgs
+    assert m.h() == 7
+
+
+@pytest.mark.parametrize("text, why", [("{not json", "does not parse"), ('{"cells": 3}', "no list of cells"),
+                                       ('{"worksheets": []}', "nbformat 3")])
+def test_a_file_that_is_not_a_notebook_is_named_with_the_reason(tmp_path, text, why):
+    p = tmp_path / "broken.ipynb"
+    p.write_text(text)
+    with pytest.raises(sources.DocumentError, match=why):
+        sources.read(p)
+
+
+# ---- notes -----------------------------------------------------------------------------------
+
+NOTE = """\
+# 笔记
+
+```python
+import numpy as np
+def affine_backward(dout, cache):
+    x, w, b = cache
+    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+```
+
+```sh
+pip install numpy
+```
+
+```python
+dW = X^T · dY    (伪代码)
+```
+
+```
+def helper():
+    return 41
+```
+
+```
+not python at all: ∂L/∂x
+```
+
+~~~py
+    value = helper() + 1
+~~~
+"""
+
+
+def test_notes_blocks_are_read_in_order_and_numbered_among_all_fences(tmp_path):
+    p = tmp_path / "note.md"
+    p.write_text(NOTE, encoding="utf-8")
+    doc = sources.read(p)
+    assert [c.name for c in doc.chunks] == ["block 1", "block 4", "block 6"]
+    assert doc.chunks[0].doc_line == 4  # the line after the opening fence
+    assert doc.chunks[0].where(2) == "block 1, line 2 (line 5 of note.md)"
+    # the pseudo-code block says it is Python: skipped with a message naming it and the line
+    assert len(doc.messages) == 1 and doc.messages[0].startswith("block 3, line 1 (line 15 of note.md) does not parse (")
+    m = sources.load(p)
+    assert m.value == 42  # the indented snippet ran, after the unlabelled block that parses
+    dx, dw, db = m.affine_backward(np.ones((2, 3)), (np.ones((2, 4)), np.ones((4, 3)), np.zeros(3)))
+    assert dx.shape == (2, 4) and dw.shape == (4, 3)
+
+
+def test_notes_that_use_np_without_importing_it_get_numpy_and_a_message(tmp_path):
+    p = tmp_path / "n.txt"
+    p.write_text("```python\ndef f(x):\n    return np.sum(x)\n```\n", encoding="utf-8")
+    m = sources.load(p)
+    assert m.f(np.ones(3)) == 3 and any("np" in x for x in m.__gradaudit_document__.messages)
+    p.write_text("```python\nnp = 5\ndef f(x):\n    return np\n```\n", encoding="utf-8")
+    m = sources.load(p)
+    assert m.f(0) == 5 and m.__gradaudit_document__.messages == []
+
+
+def test_the_raw_seed_note_000_reads_as_two_blocks():
+    doc = sources.read(RAW / "000_2d8d11f8f22c7193.txt")
+    assert [c.name for c in doc.chunks] == ["block 1", "block 2"]
+    m = sources.load(RAW / "000_2d8d11f8f22c7193.txt")
+    assert {"affine_backward", "rnn_step_backward"} <= set(vars(m))
+
+
+# ---- a backward without its forward: the cache from how it unpacks it --------------------------
+
+def _fn(src: str, tmp_path, name="f"):
+    p = tmp_path / f"{name}_{abs(hash(src))}.md"
+    p.write_text(f"```python\n{textwrap.dedent(src)}\n```\n", encoding="utf-8")
+    m = sources.load(p)
+    return next(v for k, v in vars(m).items() if k.endswith("_backward"))
+
+
+def test_the_cache_layout_is_read_from_the_unpacking(tmp_path):
+    f = _fn("""
+        def rnn_step_backward(dnext_h, cache):
+            dx = None
+            x, Wx, Wh, prev_h, next_h, b = cache
+            return dx
+    """, tmp_path)
+    layout = read_layout(f, "rnn_step_backward")
+    assert layout == Layout("tuple", ("x", "Wx", "Wh", "prev_h", "next_h", "b"))
+    placed = place(layout, "rnn_step_backward", ())
+    assert placed == {"x": "x", "Wx": "Wx", "Wh": "Wh", "prev_h": "prev_h", "next_h": "next_h", "b": "b"}
+    # the usual spellings, nested tuples, `_`, dict caches
+    assert place(Layout("tuple", ("x", "W_xh", "W_hh", "h_prev", "h", "bias")), "rnn_step_backward", ()) == \
+        {"x": "x", "W_xh": "Wx", "W_hh": "Wh", "h_prev": "prev_h", "h": "next_h", "bias": "b"}
+    assert place(Layout("tuple", (("X", "W"), "_", "conv_param")), "conv_backward_naive", ("stride", "pad")) == \
+        {"X": "x", "W": "w", "_": None, "conv_param": "conv_param"}
+    g = _fn("""
+        def affine_backward(dout, cache):
+            x = cache['x']
+            return dout @ cache['w'].T, x.T @ dout, dout.sum(0)
+    """, tmp_path)
+    assert read_layout(g, "affine_backward") == Layout("dict", ("x", "w"))
+
+
+def test_names_that_cannot_be_placed_are_a_skip_naming_them(tmp_path):
+    f = _fn("""
+        def batchnorm_backward(dout, cache):
+            x_hat, gamma, var, eps = cache
+            return dout, dout, dout
+    """, tmp_path)
+    why = unplaceable(cs231n.BY_TARGET["batchnorm_backward"], f)
+    assert why and "x_hat, var" in why and "batchnorm_forward is not defined" in why and "gamma" not in why.split(
+        "holds")[1].split(",")[0]
+    h = _fn("""
+        def rnn_step_backward(dnext_h, cache):
+            x, W, prev_h, next_h, b = cache   # W: Wx or Wh?
+            return None
+    """, tmp_path)
+    with pytest.raises(CannotPlace):
+        place(read_layout(h, "rnn_step_backward"), "rnn_step_backward", ())
+    assert "W" in unplaceable(cs231n.BY_TARGET["rnn_step_backward"], h)
+    k = _fn("""
+        def affine_backward(dout, cache):
+            return dout, dout, dout
+    """, tmp_path)
+    assert "never unpacks `cache`" in unplaceable(cs231n.BY_TARGET["affine_backward"], k)
+    # relu's cache is x: a backward that never unpacks it still gets it
+    r = _fn("""
+        def relu_backward(dout, cache):
+            return dout * (cache > 0)
+    """, tmp_path)
+    assert unplaceable(cs231n.BY_TARGET["relu_backward"], r) is None
+
+
+def test_plan_checks_a_backward_alone_only_when_its_cache_can_be_built(tmp_path):
+    f = _fn("""
+        def affine_backward(dout, cache):
+            x, w, b = cache
+            return dout @ w.T, x.T @ dout, dout.sum(0)
+    """, tmp_path)
+    run, skipped, _ = cs231n.plan({"affine_backward"}, {"affine_backward": f})
+    assert [p.target for p in run] == ["affine_backward"] and skipped == []
+    run, skipped, _ = cs231n.plan({"affine_backward"})  # without the functions: as before, a skip
+    assert run == [] and skipped[0][0] == "affine_backward"
+
+
+# ---- gradaudit audit on documents ------------------------------------------------------------
+
+STUDENT_NOTE = """\
+# 作业笔记
+
+仿射层的反向传播（没有给出前向）：
+
+```python
+import numpy as np
+
+def affine_backward(dout, cache):
+    x, w, b = cache
+    N = x.shape[0]
+    x2 = x.reshape(N, -1)
+    dx = np.zeros_like(x2)
+    dw = np.zeros_like(w)
+    for i in range(N):                 # loops, as students write them
+        dx[i] += dout[i] @ w.T
+        dw += np.outer(x2[i], dout[i])
+    db = np.zeros_like(b)
+    for j in range(dout.shape[1]):
+        db[j] = dout[:, j].sum()
+    return dx.reshape(x.shape), dw, db
+```
+
+ReLU：
+
+```python
+def relu_backward(dout, cache):
+    x = cache
+    dx = dout.copy()
+    dx[x < 0] = 0
+    dx *= 0.5                           # planted: a constant factor
+    return dx
+```
+
+```python
+def conv_backward_naive(dout, cache):
+    x, w, b, conv_param = cache
+    return undefined_helper(dout, x, w)
+```
+"""
+
+
+@pytest.fixture(scope="module")
+def student_note(tmp_path_factory):
+    d = tmp_path_factory.mktemp("note")
+    p = d / "笔记.md"
+    p.write_text(STUDENT_NOTE, encoding="utf-8")
+    return audit(p, d / "report", "--convention", "cs231n", *FAST)
+
+
+@pytest.mark.xdist_group("sources-student-note")
+def test_a_note_audited_as_written_judges_each_backward_and_names_blocks(student_note):
+    r = student_note
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert statuses(r.records, "affine_backward") == {"pass"}, r.stdout
+    assert "fail" in statuses(r.records, "relu_backward")
+    errors = [x for x in r.records if x["target"] == "conv_backward_naive" and x["status"] == "error"]
+    assert errors and all("block 3, line 3" in x["message"] for x in errors), errors[:1]
+    assert "NameError" in errors[0]["message"] and "undefined_helper" in errors[0]["message"]
+
+
+def test_the_raw_seed_note_000_as_text_affine_right_rnn_step_wrong(tmp_path):
+    """Done-when of issue 20: the note as written, no transcription."""
+    r = audit(RAW / "000_2d8d11f8f22c7193.txt", tmp_path, "--convention", "cs231n", *FAST)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert statuses(r.records, "affine_backward") == {"pass"}
+    rnn = [x for x in r.records if x["target"] == "rnn_step_backward"]
+    assert rnn and {x["status"] for x in rnn} == {"error"}
+    msg = rnn[0]["message"]
+    assert "dprev_h is None (never computed)" in msg  # never computed
+    assert "dx has shape" in msg  # computed with Wh: (N, H) where (N, D) is due
+    assert "np is NumPy" in r.stderr  # the note never imports numpy
+
+
+def test_a_notebook_audited_names_cells_and_skips_its_magics(tmp_path):
+    nb = notebook(tmp_path / "assignment.ipynb", [
+        ("markdown", "# Layers"),
+        ("code", "%load_ext autoreload\n%autoreload 2\nimport numpy as np"),
+        ("code", "def affine_forward(x, w, b):\n    out = x.reshape(x.shape[0], -1) @ w + b\n"
+                 "    return out, (x, w, b)"),
+        ("code", "def affine_backward(dout, cache):\n    x, w, b = cache\n    dx = (dout @ w.T).reshape(x.shape)\n"
+                 "    dw = x.reshape(x.shape[0], -1).T @ dout\n    db = dout.sum(axis=0)\n    return dx, dw, db"),
+        ("code", "def relu_forward(x):\n    return np.maximum(0, x), x"),
+        ("code", "def relu_backward(dout, cache):\n    x = cache\n    return dout * (x > 0) * undefined_scale"),
+        ("code", "!nvidia-smi"),
+    ])
+    r = audit(nb, tmp_path / "report", "--convention", "cs231n", *FAST)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert statuses(r.records, "affine_backward") == {"pass"}
+    relu = [x for x in r.records if x["target"] == "relu_backward"]
+    assert relu and all(x["status"] == "error" and "cell 6, line 3" in x["message"] for x in relu), relu[:1]
+    assert all(x["audited"] == "assignment.ipynb" for x in r.records)
+
+
+def test_a_folder_of_notes_with_the_convention(tmp_path):
+    (tmp_path / "a.md").write_text("```python\ndef relu_backward(dout, cache):\n    return dout * (cache > 0)\n```\n")
+    (tmp_path / "b.txt").write_text("```python\ndef relu_backward(dout, cache):\n    return -dout * (cache > 0)\n```\n")
+    (tmp_path / "README.md").write_text("No code here.\n")
+    r = audit(tmp_path, tmp_path / "report", "--convention", "cs231n", *FAST)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert statuses(r.records, "a.relu_backward") == {"pass"}
+    assert "fail" in statuses(r.records, "b.relu_backward")
