@@ -1,11 +1,14 @@
-"""`gradaudit audit PATH`: check a user's own derivations, and `gradaudit.check(...)` from a test.
+"""`gradaudit audit PATH`: check a user's own derivations (`gradaudit.check(...)`, in gradaudit/api.py,
+plans and runs its jobs in the caller's process with the pieces here).
 
 Two dialects, one report:
 
 - `--convention cs231n`: every function of the file named as in the cs231n assignments is adapted to
   its catalogue op (gradaudit/cs231n.py) and judged by the catalogue's strategies and oracles;
-- otherwise the file's `@gradaudit.derivation`s are (gradaudit/derivation.py); PATH may then be a
-  folder of such files.
+- otherwise the file's `@gradaudit.derivation`s are (gradaudit/derivation.py).
+
+PATH may be a .py file, a notebook or notes (gradaudit/sources.py: their code cells or fenced Python
+blocks, run as one module), or a folder of these.
 
 The user's code is not trusted to behave. The CLI never runs it in its own process: a child
 (`python -m gradaudit._audit_worker`) imports the file and checks the functions one after the
@@ -27,14 +30,13 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from . import sources
 from ._guard import Guard, UserCodeError, clean
 
-__all__ = ["AuditSink", "Job", "Modules", "build", "check", "derivation_files", "derivations_in", "drive_child",
+__all__ = ["AuditSink", "Job", "Modules", "build", "derivation_files", "derivations_in", "drive_child",
            "error_record", "import_file", "plan_file", "plan_isolated", "polish", "qualified", "run_isolated",
            "run_job", "session_jobs", "skip_record", "target_for"]
 
@@ -535,83 +537,3 @@ def target_for(meta: dict):
               meta.get("audit_name") or meta["target"], [meta.get("regime", "typical")])
     _, target, _, _ = build(job, Modules(guard), guard, {})
     return target
-
-
-# ---- from a test ------------------------------------------------------------------------------
-
-def check(*things, convention: str | None = None, oracles=("torch", "jax", "numeric"), dtypes=("float64",),
-          profile: str = "ci", examples: int | None = None, seed: int | None = None, report=None,
-          raise_on_failure: bool = True) -> list[dict]:
-    """Check derivations (or a cs231n-style module) from inside any test, in this process.
-
-    things: `@gradaudit.derivation` objects, modules, or paths of .py files (or folders of them).
-    Returns the records (docs/result_record.md); raises AssertionError listing the failures when a
-    cell fails or errors (unless raise_on_failure=False). Counterexamples go to `report` (a folder;
-    default a temporary one). For code that may hang or crash, use `gradaudit audit` instead: it
-    runs the code in a child process with a timeout.
-    """
-    from properties.config import RunConfig
-    from properties.session import apply_precision
-    from reports.records import RecordSink
-
-    from .derivation import Derivation
-
-    report_dir = Path(report) if report is not None else Path(tempfile.mkdtemp(prefix="gradaudit-check-"))
-    cfg = RunConfig(oracles=tuple(oracles), dtypes=tuple(dtypes), profile=profile, examples=examples, seed=seed,
-                    report_dir=report_dir)
-    apply_precision(cfg)
-    guard = Guard()
-    modules = Modules(guard)
-    jobs: list[Job] = []
-    for thing in things:
-        if isinstance(thing, Derivation):
-            file = getattr(sys.modules.get(thing.fn.__module__), "__file__", None) or "<memory>"
-            modules.objects[(file, thing.name)] = thing
-            jobs.append(Job(thing.target_name, thing.name, "derivation", file, thing.name, list(thing.regimes),
-                            thing.name, source=thing.source or thing.name, formula=thing.formula,
-                            skip=None if thing.backward_fn else f"{thing.name} has no backward"))
-            continue
-        if isinstance(thing, (str, os.PathLike)):
-            paths = derivation_files(Path(thing)) if convention is None else [Path(thing)]
-            folder = Path(thing).is_dir()
-            for p in paths:
-                jobs.extend(Job(**j) for j in plan_file(p, convention, guard, folder=folder)["jobs"])
-            continue
-        # a module object
-        file = str(Path(thing.__file__).resolve())
-        modules.modules[file] = thing
-        jobs.extend(Job(**j) for j in _plan_module(thing, file, convention))
-    sink = RecordSink(report_dir / "results.jsonl")
-    records = []
-    try:
-        for job in jobs:
-            records.extend(run_job(job, cfg, sink, modules, guard))
-    finally:
-        sink.close()
-    bad = [r for r in records if r["status"] in ("fail", "error")]
-    if bad and raise_on_failure:
-        raise AssertionError(f"gradaudit: {len(bad)} of {len(records)} cells failed:\n" + "\n".join(
-            f"  {r['id']}: {r['status']}" + (f" ({r['kind']}, blame={r['blame']}" + (f", pattern={r['pattern']}" if r.get('pattern') else "") + ")" if r['status'] == 'fail' else "")
-            + f": {r['message']}" + (f" [{r['replay']} --report {report_dir}]" if r.get("replay") else "")
-            for r in bad))
-    return records
-
-
-def _plan_module(module, file: str, convention: str | None) -> list[dict]:
-    from . import cs231n
-
-    if convention == "cs231n":
-        from properties import catalogue
-
-        fns = cs231n.functions_in(module)
-        run, skipped, _ = cs231n.plan(set(fns), fns)
-        jobs = [Job(p.target, p.op, "cs231n", file, p.target, list(catalogue.load()[p.op].regimes), p.forward,
-                    source=Path(file).name) for p in run]
-        jobs += [Job(t, cs231n.BY_TARGET[t].op if t in cs231n.BY_TARGET else t, "cs231n", file, t, ["-"],
-                     skip=why, source=Path(file).name) for t, why in skipped]
-        jobs += _model_jobs(module, file, Guard())
-        return [dataclasses.asdict(j) for j in jobs]
-    return [dataclasses.asdict(Job(d.target_name, d.name, "derivation", file, d.name, list(d.regimes), d.name,
-                                   source=d.source or Path(file).name, formula=d.formula,
-                                   skip=None if d.backward_fn else f"{d.name} has no backward"))
-            for d in derivations_in(module)]
