@@ -112,7 +112,7 @@ class CheckResult(list):
                 how += f" ({rec.get('kind') or 'gradient'}, blame {rec.get('blame') or '?'}" + (
                     f", pattern {rec['pattern']}" if rec.get("pattern") else "") + ")"
             where = f"{rec['oracle']} {rec['device']} {rec['dtype']} {rec['regime']}"
-            lines += ["", f"{r['target']}: {how}, first at [{where}]"]
+            lines += [""] + textwrap.wrap(f"{r['target']}: {how}, first at [{where}]", WIDTH, subsequent_indent="  ")
             lines += textwrap.wrap(" ".join(str(rec.get("message") or "").split()), WIDTH,
                                    initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False)
         skipped = [r for r in rows if r["skip"] is not None]
