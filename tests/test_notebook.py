@@ -167,6 +167,23 @@ def test_check_raises_with_the_result_attached():
     assert "constant_factor" in str(e.value) and "pass report=DIR" in str(e.value)
 
 
+def test_numpy_warnings_from_the_extreme_regimes_do_not_bury_the_verdict():
+    import warnings
+
+    def naive_softmax_loss(x, y):  # no max shift: overflows in exp, log of 0
+        p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+        dx = p.copy()
+        dx[np.arange(x.shape[0]), y] -= 1
+        return -np.log(p[np.arange(x.shape[0]), y]).mean(), dx / x.shape[0]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = gradaudit.check(_rename(naive_softmax_loss, "softmax_loss"), convention="cs231n",
+                                 raise_on_failure=False, **FAST)
+    assert {r["regime"] for r in result if r["status"] == "fail"}  # the overflow is found...
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]  # ...and said once, by the verdict
+
+
 def _rename(fn, name):
     fn.__name__ = name
     return fn
