@@ -169,13 +169,14 @@ def _read_notebook(path: Path) -> Document:
 
 # -- notes --
 
-_FENCE = re.compile(r"^( {0,3})(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*$")
+_FENCE = re.compile(r"^( *)(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*$")
 
 
 def fenced_blocks(text: str) -> list[tuple[int, str, int, str]]:
     """(block number, label, document line of the first code line, code) for every fenced block
     (CommonMark: ``` or ~~~, three or more, closed by at least as many of the same; an unclosed
-    fence runs to the end of the document). The fence's indentation is taken off its lines."""
+    fence runs to the end of the document). Unlike CommonMark, a fence may be indented by any
+    amount (notes put code under list items); the fence's indentation is taken off its lines."""
     lines = text.split("\n")
     out, i, number = [], 0, 0
     while i < len(lines):
@@ -187,7 +188,7 @@ def fenced_blocks(text: str) -> list[tuple[int, str, int, str]]:
         number += 1
         start = i + 1
         j = start
-        close = re.compile(rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*$")
+        close = re.compile(rf"^ *{re.escape(fence[0])}{{{len(fence)},}}\s*$")
         while j < len(lines) and not close.match(lines[j]):
             j += 1
         body = [line[min(indent, len(line) - len(line.lstrip(' '))):] for line in lines[start:j]]

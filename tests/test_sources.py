@@ -144,6 +144,13 @@ not python at all: ∂L/∂x
 ~~~py
     value = helper() + 1
 ~~~
+
+1. Under a list item:
+
+    ```python
+    def indented():
+        return value
+    ```
 """
 
 
@@ -151,13 +158,14 @@ def test_notes_blocks_are_read_in_order_and_numbered_among_all_fences(tmp_path):
     p = tmp_path / "note.md"
     p.write_text(NOTE, encoding="utf-8")
     doc = sources.read(p)
-    assert [c.name for c in doc.chunks] == ["block 1", "block 4", "block 6"]
+    assert [c.name for c in doc.chunks] == ["block 1", "block 4", "block 6", "block 7"]
     assert doc.chunks[0].doc_line == 4  # the line after the opening fence
     assert doc.chunks[0].where(2) == "block 1, line 2 (line 5 of note.md)"
     # the pseudo-code block says it is Python: skipped with a message naming it and the line
     assert len(doc.messages) == 1 and doc.messages[0].startswith("block 3, line 1 (line 15 of note.md) does not parse (")
     m = sources.load(p)
     assert m.value == 42  # the indented snippet ran, after the unlabelled block that parses
+    assert m.indented() == 42  # a fence under a list item
     dx, dw, db = m.affine_backward(np.ones((2, 3)), (np.ones((2, 4)), np.ones((4, 3)), np.zeros(3)))
     assert dx.shape == (2, 4) and dw.shape == (4, 3)
 
