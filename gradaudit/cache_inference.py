@@ -50,7 +50,7 @@ SPELLINGS = {
     "w": {"weight", "weights"},
     "b": {"bias", "biases"},
     "wx": {"wxh", "wih", "wi"},
-    "wh": {"whh", "whh"},
+    "wh": {"whh"},
     "prevh": {"hprev", "hprevious", "previoush", "hlast", "lasth", "hold", "oldh", "htminus1", "hpre"},
     "prevc": {"cprev", "cprevious", "previousc", "clast", "lastc", "cold", "oldc", "ctminus1", "cpre"},
     "nexth": {"hnext", "h", "hnew", "newh", "ht"},
@@ -115,7 +115,7 @@ def _tuple_names(node) -> tuple:
     raise CannotPlace(f"unpacks its cache into {ast.unparse(node)}")
 
 
-def read_layout(fn: Callable, fname: str) -> Layout:
+def read_layout(fn: Callable) -> Layout:
     """How `fn` (a backward, its last positional parameter the cache) unpacks its cache."""
     try:
         src = textwrap.dedent(inspect.getsource(inspect.unwrap(fn)))
@@ -155,10 +155,7 @@ def place(layout: Layout, target: str, params: tuple[str, ...]) -> dict[str, str
         for s in {_norm(r)} | SPELLINGS.get(_norm(r), set()):
             by_spelling.setdefault(s, []).append(r)
     placed, unplaced, ambiguous = {}, [], []
-    names = layout.flat()
-    if len(names) == 1 and layout.kind == "tuple":
-        names = [names[0]]
-    for n in names:
+    for n in layout.flat():
         if n.strip("_") == "":
             placed[n] = None
             continue
@@ -192,7 +189,7 @@ def layout_for(pair, fn: Callable) -> tuple[Layout, dict]:
                           f"its cache")
     args = FORWARD_ARGS[pair.target]
     try:
-        layout = read_layout(fn, pair.target)
+        layout = read_layout(fn)
     except CannotPlace:
         if len(args) != 1:
             raise

@@ -203,7 +203,7 @@ def test_the_cache_layout_is_read_from_the_unpacking(tmp_path):
             x, Wx, Wh, prev_h, next_h, b = cache
             return dx
     """, tmp_path)
-    layout = read_layout(f, "rnn_step_backward")
+    layout = read_layout(f)
     assert layout == Layout("tuple", ("x", "Wx", "Wh", "prev_h", "next_h", "b"))
     placed = place(layout, "rnn_step_backward", ())
     assert placed == {"x": "x", "Wx": "Wx", "Wh": "Wh", "prev_h": "prev_h", "next_h": "next_h", "b": "b"}
@@ -217,7 +217,7 @@ def test_the_cache_layout_is_read_from_the_unpacking(tmp_path):
             x = cache['x']
             return dout @ cache['w'].T, x.T @ dout, dout.sum(0)
     """, tmp_path)
-    assert read_layout(g, "affine_backward") == Layout("dict", ("x", "w"))
+    assert read_layout(g) == Layout("dict", ("x", "w"))
 
 
 def test_names_that_cannot_be_placed_are_a_skip_naming_them(tmp_path):
@@ -235,7 +235,7 @@ def test_names_that_cannot_be_placed_are_a_skip_naming_them(tmp_path):
             return None
     """, tmp_path)
     with pytest.raises(CannotPlace):
-        place(read_layout(h, "rnn_step_backward"), "rnn_step_backward", ())
+        place(read_layout(h), "rnn_step_backward", ())
     assert "W" in unplaceable(cs231n.BY_TARGET["rnn_step_backward"], h)
     k = _fn("""
         def affine_backward(dout, cache):
