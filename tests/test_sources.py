@@ -307,22 +307,32 @@ def conv_backward_naive(dout, cache):
 
 
 @pytest.fixture(scope="module")
-def student_note(tmp_path_factory):
-    d = tmp_path_factory.mktemp("note")
-    p = d / "笔记.md"
-    p.write_text(STUDENT_NOTE, encoding="utf-8")
-    return audit(p, d / "report", "--convention", "cs231n", *FAST)
+def notes_folder(tmp_path_factory):
+    """A folder of notes audited as one (targets are file.function): the student's note above, a
+    second note with a sign-flipped relu, and a README without code."""
+    d = tmp_path_factory.mktemp("notes")
+    (d / "笔记.md").write_text(STUDENT_NOTE, encoding="utf-8")
+    (d / "b.txt").write_text("```python\ndef relu_backward(dout, cache):\n    return -dout * (cache > 0)\n```\n")
+    (d / "README.md").write_text("No code here.\n```sh\ngradaudit audit .\n```\n")
+    return audit(d, d / "report", "--convention", "cs231n", *FAST)
 
 
-@pytest.mark.xdist_group("sources-student-note")
-def test_a_note_audited_as_written_judges_each_backward_and_names_blocks(student_note):
-    r = student_note
+@pytest.mark.xdist_group("sources-notes-folder")
+def test_a_note_audited_as_written_judges_each_backward_and_names_blocks(notes_folder):
+    r = notes_folder
     assert r.returncode == 1, r.stdout + r.stderr
-    assert statuses(r.records, "affine_backward") == {"pass"}, r.stdout
-    assert "fail" in statuses(r.records, "relu_backward")
-    errors = [x for x in r.records if x["target"] == "conv_backward_naive" and x["status"] == "error"]
+    assert statuses(r.records, "笔记.affine_backward") == {"pass"}, r.stdout
+    assert "fail" in statuses(r.records, "笔记.relu_backward")
+    errors = [x for x in r.records if x["target"] == "笔记.conv_backward_naive" and x["status"] == "error"]
     assert errors and all("block 3, line 3" in x["message"] for x in errors), errors[:1]
     assert "NameError" in errors[0]["message"] and "undefined_helper" in errors[0]["message"]
+
+
+@pytest.mark.xdist_group("sources-notes-folder")
+def test_a_folder_of_notes_with_the_convention(notes_folder):
+    r = notes_folder
+    assert statuses(r.records, "b.relu_backward") == {"fail"}
+    assert {x["audited"] for x in r.records} == {"笔记.md", "b.txt"}
 
 
 def test_the_raw_seed_note_000_as_text_affine_right_rnn_step_wrong(tmp_path):
@@ -356,13 +366,3 @@ def test_a_notebook_audited_names_cells_and_skips_its_magics(tmp_path):
     relu = [x for x in r.records if x["target"] == "relu_backward"]
     assert relu and all(x["status"] == "error" and "cell 6, line 3" in x["message"] for x in relu), relu[:1]
     assert all(x["audited"] == "assignment.ipynb" for x in r.records)
-
-
-def test_a_folder_of_notes_with_the_convention(tmp_path):
-    (tmp_path / "a.md").write_text("```python\ndef relu_backward(dout, cache):\n    return dout * (cache > 0)\n```\n")
-    (tmp_path / "b.txt").write_text("```python\ndef relu_backward(dout, cache):\n    return -dout * (cache > 0)\n```\n")
-    (tmp_path / "README.md").write_text("No code here.\n")
-    r = audit(tmp_path, tmp_path / "report", "--convention", "cs231n", *FAST)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert statuses(r.records, "a.relu_backward") == {"pass"}
-    assert "fail" in statuses(r.records, "b.relu_backward")
