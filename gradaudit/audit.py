@@ -153,7 +153,7 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
             op = cs231n.BY_TARGET[target].op if target in cs231n.BY_TARGET else target.replace("_backward", "")
             jobs.append(Job(qualified(path, target, folder), op, "cs231n", path, target, ["-"], skip=why,
                             source=Path(path).name))
-        jobs += _model_jobs(module, path, guard)
+        jobs += _model_jobs(module, path, guard, folder)
         return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": absent, "notes": notes}
     jobs = []
     hint = None
@@ -172,11 +172,12 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
     return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": [], "hint": hint, "notes": notes}
 
 
-def _model_jobs(module, path: str, guard: Guard) -> list[Job]:
+def _model_jobs(module, path: str, guard: Guard, folder: bool = False) -> list[Job]:
     """The cs231n model classes of the module (gradaudit/models.py), one job per configuration."""
     from . import models
 
-    return [Job(**j, convention="cs231n", file=path, source=Path(path).name) for j in models.plan(module, guard)]
+    return [Job(**{**j, "target": qualified(path, j["target"], folder)}, convention="cs231n", file=path,
+                source=Path(path).name) for j in models.plan(module, guard)]
 
 
 class Modules:
@@ -210,7 +211,8 @@ def build(job: Job, modules: Modules, guard: Guard, notes: dict):
         if job.name not in cs231n.BY_TARGET:  # a model class
             from . import models
 
-            return models.build(job.name, module, guard, notes)
+            spec, target, inputs, regimes = models.build(job.name, module, guard, notes)
+            return spec, dataclasses.replace(target, name=job.target), inputs, regimes  # file.Class in a folder
         functions = cs231n.functions_in(module)
         pair = cs231n.resolve(cs231n.BY_TARGET[job.name], set(functions))
         fns = {n: guard.wrap(f, n) for n, f in functions.items() if n in pair.functions}
@@ -234,7 +236,7 @@ class AuditSink:
         self.inner, self.job, self.notes, self.emit = inner, job, notes, emit
 
     def write(self, rec: dict) -> None:
-        rec = polish(rec, self.job, self.notes.get(self.job.target))
+        rec = polish(rec, self.job, self.notes.get(self.job.name))  # notes are by function or class name
         self.inner.write(rec)
         if self.emit:
             self.emit("J " + json.dumps(rec, default=str))
@@ -279,7 +281,7 @@ def run_job(job: Job, cfg, sink, modules: Modules, guard: Guard, emit=None, done
     class _Collect:
         def write(self, rec):
             out.write(rec)
-            collected.append(polish(rec, job, notes.get(job.target)))
+            collected.append(polish(rec, job, notes.get(job.name)))
 
     extra = {"audit_path": job.file, "convention": job.convention, "audit_name": job.name, "audit_op": job.op}
     run_target_cells(spec, target, inputs, regimes, cfg, _Collect(), done=done, family=job.convention,

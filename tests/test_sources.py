@@ -366,3 +366,80 @@ def test_a_notebook_audited_names_cells_and_skips_its_magics(tmp_path):
     relu = [x for x in r.records if x["target"] == "relu_backward"]
     assert relu and all(x["status"] == "error" and "cell 6, line 3" in x["message"] for x in relu), relu[:1]
     assert all(x["audited"] == "assignment.ipynb" for x in r.records)
+
+
+# ---- a folder: every file's functions and classes apart ----------------------------------------
+
+MODEL_FILE = '''
+import numpy as np
+
+def relu_forward(x):
+    return np.maximum(0, x), x
+
+def relu_backward(dout, cache):
+    return dout * (cache > 0)
+
+class TwoLayerNet(object):
+    def __init__(self, input_dim=3 * 32 * 32, hidden_dim=100, num_classes=10, weight_scale=1e-3, reg=0.0):
+        self.reg = reg
+        self.params = {"W1": weight_scale * np.random.randn(input_dim, hidden_dim), "b1": np.zeros(hidden_dim),
+                       "W2": weight_scale * np.random.randn(hidden_dim, num_classes), "b2": np.zeros(num_classes)}
+
+    def loss(self, X, y=None):
+        raise NotImplementedError
+'''
+
+
+def test_a_folder_keeps_each_files_functions_and_model_classes_apart(tmp_path):
+    """Two files that define the same function and class: every job (a model's configurations too)
+    and the Target it builds are named file.name, so no two share a cell id."""
+    from gradaudit import audit
+    from gradaudit._guard import Guard
+
+    for stem in ("a", "b"):
+        (tmp_path / f"{stem}.py").write_text(MODEL_FILE)
+    guard = Guard()
+    jobs = [audit.Job(**j) for p in audit.derivation_files(tmp_path)
+            for j in audit.plan_file(p, "cs231n", guard, folder=True)["jobs"]]
+    targets = [j.target for j in jobs]
+    assert {"a.relu_backward", "b.relu_backward", "a.TwoLayerNet", "b.TwoLayerNet.test_mode"} <= set(targets)
+    assert len(targets) == len(set(targets)), targets
+    for j in (j for j in jobs if j.target in ("b.relu_backward", "b.TwoLayerNet")):
+        _, target, _, _ = audit.build(j, audit.Modules(guard), guard, {})
+        assert target.name == j.target
+
+
+DROPOUT_NOT_INVERTED = '''Dropout as first written, before inverted dropout:
+
+```python
+import numpy as np
+
+def dropout_forward(x, dropout_param):
+    p, mode = dropout_param["p"], dropout_param["mode"]
+    if "seed" in dropout_param:
+        np.random.seed(dropout_param["seed"])
+    mask = None
+    if mode == "train":
+        mask = np.random.rand(*x.shape) < p
+        out = x * mask
+    else:
+        out = x
+    return out, (dropout_param, mask)
+
+def dropout_backward(dout, cache):
+    dropout_param, mask = cache
+    if dropout_param["mode"] == "train":
+        return dout * mask
+    return dout
+```
+'''
+
+
+def test_in_a_folder_a_verdict_keeps_the_sentence_about_the_forward(tmp_path):
+    """What the dropout probe found about the forward is said with the verdict of file.dropout_backward."""
+    import gradaudit
+
+    (tmp_path / "a.md").write_text(DROPOUT_NOT_INVERTED)
+    recs = gradaudit.check(tmp_path, convention="cs231n", oracles=("torch",), raise_on_failure=False)
+    bad = [r for r in recs if r["target"] == "a.dropout_backward" and r["status"] == "fail"]
+    assert bad and all("expected 1/p" in r["message"] for r in bad), [r["message"] for r in recs]
