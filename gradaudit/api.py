@@ -1,7 +1,6 @@
 """`gradaudit.check(...)`: check derivations or cs231n functions from a test or a notebook, in this process."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import tempfile
@@ -54,13 +53,12 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
     from reports.records import RecordSink
 
     from ._guard import Guard
-    from .audit import Modules, run_job
+    from .audit import InProcess, check_job
 
     if convention not in (None, "cs231n"):
         raise ValueError(f"convention must be None or 'cs231n', got {convention!r}")
-    guard = Guard()
-    modules = Modules(guard)
-    jobs, notes = plan(things, convention, modules, guard)
+    code = InProcess(Guard())
+    jobs, notes = plan(things, convention, code)
     temporary = tempfile.TemporaryDirectory(prefix="gradaudit-check-") if report is None else None
     report_dir = Path(temporary.name if temporary else report)
     try:
@@ -75,7 +73,7 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
                 # verdict says what that means, the warnings would only bury it
                 warnings.simplefilter("ignore", RuntimeWarning)
                 for job in jobs:
-                    records.extend(run_job(job, cfg, sink, modules, guard))
+                    records.extend(check_job(job, code, cfg, sink))
         finally:
             sink.close()
         meta = {"command": "gradaudit.check(...)", "profile": profile, "seed": seed, "oracles": list(oracles),
@@ -116,37 +114,36 @@ def _namespace_label(ns: dict) -> str:
     return ns.get("__name__") or "namespace"
 
 
-def plan(things, convention, modules, guard) -> tuple[list, list[str]]:
-    """(jobs, notes) for check's arguments; namespaces and functions become in-memory modules."""
-    from .audit import Job, derivation_files, plan_file
+def plan(things, convention, code) -> tuple[list, list[str]]:
+    """(jobs, notes) for check's arguments, their code in `code` (gradaudit.audit.InProcess);
+    namespaces and functions become in-memory modules."""
+    from . import audit
     from .derivation import Derivation
 
     jobs, notes, functions = [], [], {}
-    for thing in things:
+    for i, thing in enumerate(things):
+        key = f"m{i}"
         if isinstance(thing, Derivation):
+            code.objects[key] = thing
             file = getattr(sys.modules.get(thing.fn.__module__), "__file__", None) or f"<{thing.fn.__module__}>"
-            modules.objects[(file, thing.name)] = thing
-            jobs.append(Job(thing.target_name, thing.name, "derivation", file, thing.name, list(thing.regimes),
-                            thing.name, source=thing.source or thing.name, formula=thing.formula,
-                            skip=None if thing.backward_fn else f"{thing.name} has no backward"))
+            jobs += audit.plan(code.describe(key), file, key, None)[0]
         elif isinstance(thing, (str, os.PathLike)):
             path = Path(thing)
             if not path.exists():
                 raise FileNotFoundError(f"gradaudit.check: no such file or folder: {str(path)!r}")
-            for p in derivation_files(path):
-                got = plan_file(p, convention, guard, folder=path.is_dir())
-                jobs.extend(Job(**j) for j in got["jobs"])
-                notes += got.get("notes", [])
+            for k, p in enumerate(audit.derivation_files(path)):
+                module = code.guard.call(audit.import_file, f"import {p.name}", (p,))
+                doc = getattr(module, "__gradaudit_document__", None)  # a notebook or notes: what was skipped
+                notes += [f"{p.name}: {m}" for m in (doc.messages if doc else [])]
+                jobs += _from_module(module, str(p.resolve()), f"{key}.{k}", convention, code, folder=path.is_dir())
         elif isinstance(thing, dict):
-            jobs.extend(_from_namespace(thing, _namespace_label(thing), convention, modules))
+            jobs += _from_namespace(thing, _namespace_label(thing), key, convention, code)
         elif isinstance(thing, types.ModuleType):
             file = getattr(thing, "__file__", None)
             if file is None:  # a notebook's __main__, or a module made in memory
-                jobs.extend(_from_namespace(vars(thing), _namespace_label(vars(thing)), convention, modules))
+                jobs += _from_namespace(vars(thing), _namespace_label(vars(thing)), key, convention, code)
             else:
-                file = str(Path(file).resolve())
-                modules.modules[file] = thing
-                jobs.extend(Job(**j) for j in _plan_module(thing, file, convention))
+                jobs += _from_module(thing, str(Path(file).resolve()), key, convention, code)
         elif callable(thing) and getattr(thing, "__name__", None):
             functions[thing.__name__] = thing
         else:
@@ -164,41 +161,20 @@ def plan(things, convention, modules, guard) -> tuple[list, list[str]]:
         if unknown:
             raise ValueError(f"gradaudit.check: {', '.join(unknown)} is not a cs231n function name; "
                              f"known: {', '.join(sorted(known))}")
-        jobs.extend(_from_namespace(functions, "functions given to check()", convention, modules))
+        jobs += _from_namespace(functions, "functions given to check()", "functions", convention, code)
     return jobs, notes
 
 
-def _from_namespace(ns: dict, label: str, convention, modules) -> list:
-    from .audit import Job
-
+def _from_namespace(ns: dict, label: str, key: str, convention, code) -> list:
     module = types.ModuleType(label)
     module.__dict__.update(ns)
-    key, n = f"<{label}>", 1
-    while key in modules.modules:  # two namespaces of the same name in one call
-        n += 1
-        key = f"<{label} {n}>"
-    modules.modules[key] = module
-    return [Job(**j) for j in _plan_module(module, key, convention)]
+    return _from_module(module, f"<{label}>", key, convention, code)
 
 
-def _plan_module(module, file: str, convention: str | None) -> list[dict]:
+def _from_module(module, file: str, key: str, convention, code, *, folder: bool = False) -> list:
     """The jobs of a module already in memory (it is not imported again)."""
-    from . import cs231n, models
-    from ._guard import Guard
-    from .audit import Job, derivations_in
+    from . import audit, cs231n
 
-    if convention == "cs231n":
-        from properties import catalogue
-
-        fns = cs231n.functions_in(module)
-        run, skipped, _ = cs231n.plan(set(fns), fns)
-        jobs = [Job(p.target, p.op, "cs231n", file, p.target, list(catalogue.load()[p.op].regimes), p.forward,
-                    source=Path(file).name) for p in run]
-        jobs += [Job(t, cs231n.BY_TARGET[t].op if t in cs231n.BY_TARGET else t, "cs231n", file, t, ["-"],
-                     skip=why, source=Path(file).name) for t, why in skipped]
-        jobs += [Job(**j, convention="cs231n", file=file, source=Path(file).name) for j in models.plan(module, Guard())]
-        return [dataclasses.asdict(j) for j in jobs]
-    return [dataclasses.asdict(Job(d.target_name, d.name, "derivation", file, d.name, list(d.regimes), d.name,
-                                   source=d.source or Path(file).name, formula=d.formula,
-                                   skip=None if d.backward_fn else f"{d.name} has no backward"))
-            for d in derivations_in(module)]
+    code.modules[key] = module
+    return audit.plan(code.describe(key), file, key, convention, folder=folder,
+                      functions=cs231n.functions_in(module))[0]

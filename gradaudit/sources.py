@@ -85,11 +85,14 @@ class Document:
     kind: str  # "notebook" | "notes"
     chunks: list[Chunk]
     messages: list[str] = field(default_factory=list)  # what was skipped, and why
+    prelude: str = ""  # a statement on the first header line ("import numpy as np" for notes that need it)
 
     @property
     def source(self) -> str:
-        """The chunks as one module source, each under a comment naming it."""
-        return "".join(f"# ---- {c.name} ----\n{c.code}\n" for c in self.chunks)
+        """The chunks as one module source, each under a comment naming it (one line: `position`
+        counts on it)."""
+        return "".join(f"{self.prelude + '  ' if i == 0 and self.prelude else ''}# ---- {c.name} ----\n{c.code}\n"
+                       for i, c in enumerate(self.chunks))
 
     def position(self, line: int) -> tuple[Chunk, int] | None:
         """(chunk, line in the chunk) of a 1-based line of `source`; None on a header line."""
@@ -230,19 +233,42 @@ def _read_notes(path: Path) -> Document:
 # ---- where a frame is ------------------------------------------------------------------------
 
 _CHUNKS: dict[str, Chunk] = {}  # compiled file name -> chunk, for every document loaded in this process
+_TEXTS: dict[str, Document] = {}  # document path -> the document whose `source` was made by `text`
 
 
 def where(filename: str, lineno: int | None = None) -> str | None:
-    """'cell 7, line 3' for a code location inside a loaded document; None elsewhere."""
+    """'cell 7, line 3' for a code location inside a loaded document, or inside the text `text` made
+    of one (compiled under the document's own path); None elsewhere."""
     chunk = _CHUNKS.get(filename)
-    return None if chunk is None else chunk.where(lineno)
+    if chunk is not None:
+        return chunk.where(lineno)
+    doc = _TEXTS.get(filename)
+    at = doc.position(lineno) if doc is not None and lineno else None
+    return None if at is None else at[0].where(at[1])
+
+
+def document_of(path) -> Document | None:
+    """The document whose text `text` made for this path (what it skipped: `messages`)."""
+    return _TEXTS.get(str(path))
+
+
+_FRAME = re.compile(r'File "([^"\n]+)", line (\d+)')
+
+
+def locate(traceback_text: str) -> str | None:
+    """Where in a document a formatted traceback (the audit child's) was raised: its innermost
+    frame inside a document's text, as 'cell 6, line 3'; None when no frame is in one."""
+    found = None
+    for m in _FRAME.finditer(traceback_text or ""):
+        found = where(m.group(1), int(m.group(2))) or found
+    return found
 
 
 def innermost(exc: BaseException) -> str | None:
     """Where in a loaded document an exception was raised (its innermost frame in a cell or block):
     'block 3, line 7', or None when it did not pass through one."""
     found = None
-    if isinstance(exc, SyntaxError) and exc.filename in _CHUNKS:
+    if isinstance(exc, SyntaxError) and (exc.filename in _CHUNKS or exc.filename in _TEXTS):
         return where(exc.filename, exc.lineno)
     tb = exc.__traceback__
     while tb is not None:
@@ -270,6 +296,32 @@ def _binds_or_uses_np(chunks: list[Chunk]) -> tuple[bool, bool]:
     return binds, uses
 
 
+def _compiles(chunk: Chunk, doc: Document):
+    """The chunk's code object, or None with a message saying why it does not compile."""
+    try:
+        return compile(chunk.code, chunk.filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as e:
+        doc.messages.append(f"{chunk.where(getattr(e, 'lineno', None))} does not compile "
+                            f"({getattr(e, 'msg', e)}): skipped")
+        return None
+
+
+def text(path) -> tuple[Document, str]:
+    """(the document, its code as one module's text) without running anything: what the audit child
+    is sent and compiles under the document's path. Chunks that do not compile are left out (with a
+    message); notes that use np without binding it get `import numpy as np` on their first line.
+    `where` and `locate` name the cell or block of a line of this text from then on."""
+    doc = read(path)
+    doc.chunks = [c for c in doc.chunks if _compiles(c, doc) is not None]
+    if doc.kind == "notes":
+        binds, uses = _binds_or_uses_np(doc.chunks)
+        if uses and not binds:
+            doc.prelude = "import numpy as np"
+            doc.messages.append("the notes use np without importing it: np is NumPy here")
+    _TEXTS[str(doc.path)] = doc
+    return doc, doc.source
+
+
 def load(path, module_name: str | None = None) -> types.ModuleType:
     """Run a document's chunks in order as one module; `module.__gradaudit_document__` is its
     Document, whose `messages` say what was skipped or raised."""
@@ -284,11 +336,9 @@ def load(path, module_name: str | None = None) -> types.ModuleType:
         _CHUNKS[chunk.filename] = chunk
         lines = [line + "\n" for line in chunk.code.split("\n")]
         linecache.cache[chunk.filename] = (len(chunk.code), None, lines, chunk.filename)  # mtime None: kept
-        try:
-            runnable.append((chunk, compile(chunk.code, chunk.filename, "exec", dont_inherit=True)))
-        except (SyntaxError, ValueError) as e:
-            at = where(chunk.filename, getattr(e, "lineno", None)) or chunk.name
-            doc.messages.append(f"{at} does not compile ({getattr(e, 'msg', e)}): skipped")
+        code = _compiles(chunk, doc)
+        if code is not None:
+            runnable.append((chunk, code))
     if doc.kind == "notes":
         binds, uses = _binds_or_uses_np([c for c, _ in runnable])
         if uses and not binds:

@@ -398,14 +398,16 @@ def test_a_folder_keeps_each_files_functions_and_model_classes_apart(tmp_path):
 
     for stem in ("a", "b"):
         (tmp_path / f"{stem}.py").write_text(MODEL_FILE)
-    guard = Guard()
-    jobs = [audit.Job(**j) for p in audit.derivation_files(tmp_path)
-            for j in audit.plan_file(p, "cs231n", guard, folder=True)["jobs"]]
+    code = audit.InProcess(Guard())
+    jobs = []
+    for src in audit.sources_of(tmp_path):
+        code.modules[src.key] = audit.import_file(src.path)
+        jobs += audit.plan(code.describe(src.key), src.path, src.key, "cs231n", folder=True)[0]
     targets = [j.target for j in jobs]
     assert {"a.relu_backward", "b.relu_backward", "a.TwoLayerNet", "b.TwoLayerNet.test_mode"} <= set(targets)
     assert len(targets) == len(set(targets)), targets
     for j in (j for j in jobs if j.target in ("b.relu_backward", "b.TwoLayerNet")):
-        _, target, _, _ = audit.build(j, audit.Modules(guard), guard, {})
+        _, target, _, _ = audit.build(j, code, {})
         assert target.name == j.target
 
 
