@@ -1,12 +1,15 @@
 """Code read out of documents: the code cells of a Jupyter notebook, the fenced Python blocks of notes.
 
-A document becomes a list of chunks (one per code cell or fenced block), each compiled under a
-file name of its own — ``/path/to/hw.ipynb, cell 7`` or ``/path/to/note.md, block 3`` — with
-line numbers counted inside the chunk, and its lines registered in `linecache`. So every
-traceback, SyntaxError and `inspect.getsource` names the cell or the block as a reader finds it,
-without any translation; `where(filename, lineno)` turns such a frame back into words, and
-`Document.position(line)` maps a line of the combined module source (`Document.source`) to its
-chunk.
+A document becomes a list of chunks (one per code cell or fenced block). Two ways to run them:
+
+- `text(path)` (`gradaudit audit`): the chunks as one module's text (`Document.source`, each chunk
+  under a one-line header), which the audit child compiles under the document's own path;
+  `Document.position(line)` maps a line of that text to its chunk, so `where`, `innermost` and
+  `locate` (a traceback sent by the child) name "cell 6, line 3" as a reader counts.
+- `load(path)` (`gradaudit.check`, in this process): each chunk compiled under a file name of its
+  own — ``/path/to/hw.ipynb, cell 7`` or ``/path/to/note.md, block 3`` — with line numbers counted
+  inside the chunk and its lines in `linecache`, so that tracebacks and `inspect.getsource` name
+  the cell or block without translation.
 
 Numbering, as a reader counts:
 
@@ -31,7 +34,10 @@ binds ``np``, it is NumPy (and a message says so).
 
 `load(path)` runs the chunks in order, in one module. A chunk that raises is reported (naming the
 cell or block and line) and the next chunk runs, as when a reader runs the notebook's cells one by
-one: a data-loading cell that fails here does not hide the functions defined after it.
+one: a data-loading cell that fails here does not hide the functions defined after it. The audit
+child imports `text(path)` as one module: there a chunk that raises fails the import of the
+document (one error naming the cell and line); chunks that do not compile are left out of the
+text, with a message, in both.
 """
 from __future__ import annotations
 

@@ -103,6 +103,30 @@ def test_a_cell_that_raises_or_does_not_compile_is_reported_and_the_rest_still_r
     assert m.h() == 7
 
 
+def test_the_text_sent_to_the_audit_child_names_cells_from_its_own_lines(tmp_path):
+    """gradaudit audit sends the child one module's text (audit.source_text), compiled under the
+    notebook's path: its line numbers map back to cells, in a traceback the child sends (locate)
+    and in an exception (innermost); a cell that does not compile is left out, with a message."""
+    from gradaudit import audit
+    from gradaudit._child import exec_source
+
+    nb = notebook(tmp_path / "hw.ipynb", [
+        ("markdown", "# hw"),
+        ("code", "%matplotlib inline\nimport numpy as np"),
+        ("code", "def broken(:\n    pass"),
+        ("code", "def f(x):\n    y = np.asarray(x) + 1\n    return y / undefined_name"),
+    ])
+    m = exec_source("_gradaudit_test_hw_text", str(nb.resolve()), audit.source_text(nb))
+    assert any(msg.startswith("cell 3") and "does not compile" in msg
+               for msg in sources.document_of(nb.resolve()).messages)
+    with pytest.raises(NameError) as e:
+        m.f(1)
+    assert sources.innermost(e.value) == "cell 4, line 3"
+    assert sources.locate("".join(traceback.format_exception(e.value))) == "cell 4, line 3"
+    assert "return y / undefined_name" in inspect.getsource(m.f)
+
+
+
 @pytest.mark.parametrize("text, why", [("{not json", "does not parse"), ('{"cells": 3}', "no list of cells"),
                                        ('{"worksheets": []}', "nbformat 3")])
 def test_a_file_that_is_not_a_notebook_is_named_with_the_reason(tmp_path, text, why):
