@@ -23,7 +23,7 @@ class CheckFailed(AssertionError):
 
 def check(*things, convention: str | None = None, oracles=("torch", "jax", "numeric"), dtypes=("float64",),
           profile: str = "ci", examples: int | None = None, seed: int | None = None, report=None,
-          raise_on_failure: bool = True) -> CheckResult:
+          raise_on_failure: bool = True, fail_on=("fail", "unstable")) -> CheckResult:
     """Check hand-derived gradients against PyTorch, JAX and finite differences, in this process.
 
     things:
@@ -38,7 +38,8 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
 
     Returns a `CheckResult`: a list of records (docs/result_record.md) that a notebook displays as a
     verdict table with the evidence of each failure. Raises `CheckFailed` (an AssertionError, with
-    `.result`) listing the failures when a cell fails or errors, unless `raise_on_failure=False`.
+    `.result`) listing the errors and the findings whose severity `fail_on` names (default a wrong
+    value or an unstable evaluation; add "warning" for the hazards), unless `raise_on_failure=False`.
 
     Defaults differ from `gradaudit audit` on purpose, to keep a test or a notebook cell quick:
     `profile="ci"` (few examples, derandomized: the same verdict on every run) where the CLI uses
@@ -84,19 +85,21 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
     finally:
         if temporary:
             temporary.cleanup()
-    if result.failures and raise_on_failure:
-        raise CheckFailed(_failure_message(result), result)
+    from reports.records import severity
+
+    bad = [r for r in result if r["status"] == "error" or severity(r) in frozenset(fail_on)]
+    if bad and raise_on_failure:
+        raise CheckFailed(_failure_message(result, bad), result)
     return result
 
 
-def _failure_message(result: CheckResult) -> str:
-    bad = result.failures
+def _failure_message(result: CheckResult, bad: list[dict]) -> str:
     where = f" --report {result.report_dir}" if result.report_dir else ""
     lines = [f"gradaudit: {len(bad)} of {len(result)} cells failed:"]
     for r in bad:
         how = ""
         if r["status"] == "fail":
-            how = f" ({r['kind']}, blame={r['blame']}" + (f", pattern={r['pattern']}" if r.get("pattern") else "") + ")"
+            how = f" ({r.get('severity') or 'fail'}, {r['kind']}, blame={r['blame']}" + (f", pattern={r['pattern']}" if r.get("pattern") else "") + ")"
         replay = f" [{r['replay']}{where}]" if r.get("replay") and where else ""
         lines.append(f"  {r['id']}: {r['status']}{how}: {r['message']}{replay}")
     if not result.report_dir:

@@ -234,8 +234,10 @@ def polish(rec: dict, job: Job, note: str | None = None) -> dict:
     carries their names.)"""
     rec = dict(rec)
     msg = str(rec.get("message") or "")
-    if note and rec.get("status") in ("fail", "error"):
-        msg = f"{msg} — {note}"
+    # a note is context for a fail or an error; a standing one (cs231n.StandingNote: what could be
+    # judged at all) goes on every record of the target
+    if note and (rec.get("status") in ("fail", "error") or getattr(note, "standing", False)):
+        msg = f"{msg} — {note}" if msg else str(note)
     rec["message"] = clean(msg, 2000)
     if rec.get("kink"):
         rec["kink"] = clean(rec["kink"], 500)
