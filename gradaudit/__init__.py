@@ -3,19 +3,15 @@
 Importing gradaudit imports neither torch nor jax: the oracles load their framework on first use.
 
     @gradaudit.derivation              a forward (array API) whose backward you derived by hand
-    gradaudit.check(...)               check derivations or a cs231n-style module from a test
+    gradaudit.check(...)               check derivations, cs231n functions, a notebook's globals() or files
+                                       from a test or a notebook; returns a CheckResult that displays itself
     gradaudit.array/const/labels/onehot/mask/choice   what to draw for an argument
 """
 __version__ = "0.1.0"
 
+from .api import CheckFailed, check
 from .derivation import Derivation, array, choice, const, derivation, labels, mask, onehot
+from .results import CheckResult
 
 
-def check(*things, **options):
-    """Check `@gradaudit.derivation`s, modules or .py paths in this process; see gradaudit.audit.check."""
-    from .audit import check as _check
-
-    return _check(*things, **options)
-
-
-__all__ = ["Derivation", "array", "check", "choice", "const", "derivation", "labels", "mask", "onehot"]
+__all__ = ["CheckFailed", "CheckResult", "Derivation", "array", "check", "choice", "const", "derivation", "labels", "mask", "onehot"]

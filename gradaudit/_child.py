@@ -12,6 +12,7 @@ File descriptors 1 and 2 go to a counting drain before any audited code runs; SI
 """
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import linecache
 import os
@@ -291,7 +292,10 @@ def exec_source(name: str, path: str, source: bytes):
         if folder not in [os.path.realpath(p) for p in getattr(parent, "__path__", ())]:  # another package came first
             name = f"_gradaudit_user_{os.path.basename(path).removesuffix('.py')}"
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:  # a notebook's or notes' text (gradaudit.audit.source_text): no loader for the suffix
+        spec = importlib.machinery.ModuleSpec(name, None, origin=path)
     module = importlib.util.module_from_spec(spec)
+    module.__file__ = path
     text = importlib.util.decode_source(source)
     linecache.cache[path] = (len(text), None, text.splitlines(True), path)  # tracebacks, inspect
     if folder not in sys.path:

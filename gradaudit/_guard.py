@@ -118,7 +118,9 @@ class Guard:
             raise  # from a guarded function it called
         except BaseException as e:  # noqa: BLE001  (GeneratorExit, RecursionError, anything)
             self.trace(fname, e)
-            raise UserCodeError(f"{fname} raised {clean(describe_exception(e))}") from None
+            documents = sys.modules.get("gradaudit.sources")  # a notebook's cells, notes' blocks: say where
+            at = documents.innermost(e) if documents is not None else None
+            raise UserCodeError(f"{fname} raised {clean(describe_exception(e))}" + (f" at {at}" if at else "")) from None
         if self.output is not None:
             wrote = self.output.total() - before
             if wrote > self.flood_limit:

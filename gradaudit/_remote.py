@@ -202,6 +202,11 @@ class Child:
             if self.verbose and isinstance(tb, str) and fname not in self._shown:
                 self._shown.add(fname)
                 print(f"--- traceback from {clean(fname)} ---\n{clean(tb, 20000, keep_newlines=True)}", file=sys.stderr)
+            if isinstance(tb, str):  # raised in a notebook's or notes' text: name the cell or block, and the line
+                from .sources import locate
+
+                at = locate(tb)
+                message += f" at {clean(at, 200)}" if at else ""
             raise UserCodeError(message)
         if kind == "unavailable":
             from oracles import OracleUnavailable

@@ -1,11 +1,14 @@
-"""`gradaudit audit PATH`: check a user's own derivations, and `gradaudit.check(...)` from a test.
+"""`gradaudit audit PATH`: check a user's own derivations (`gradaudit.check(...)`, in gradaudit/api.py,
+checks them in the caller's process with the pieces here: `plan`, `InProcess`, `check_job`).
 
 Two dialects, one report:
 
 - `--convention cs231n`: every function of the file named as in the cs231n assignments is adapted to
   its catalogue op (gradaudit/cs231n.py) and judged by the catalogue's strategies and oracles;
-- otherwise the file's `@gradaudit.derivation`s are (gradaudit/derivation.py); PATH may then be a
-  folder of such files.
+- otherwise the file's `@gradaudit.derivation`s are (gradaudit/derivation.py).
+
+PATH may be a .py file, a notebook or notes (gradaudit/sources.py: their code cells or fenced Python
+blocks, as one module's text), or a folder of these; in a folder, targets are file.function.
 
 User code computes, the harness judges. The CLI never runs audited code in its own process: a
 confined child (gradaudit/_child.py, gradaudit/_sandbox.py) imports the sources once and runs the
@@ -13,36 +16,37 @@ user's functions on the inputs this process sends; this process (or each `--work
 the cases, runs the oracles, compares, blames and writes every record (gradaudit/_remote.py, and
 docs/security.md for what the child can and cannot do). A call that hangs past `--timeout`, a child
 that crashes, exits or breaks the protocol ends its target with an `error` naming the function, and
-a fresh child serves the next one. `gradaudit.check` runs in the caller's process (a test's).
+a fresh child serves the next one.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
-import os
 import re
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
+from . import sources as documents
 from ._child import derivations_in
 from ._guard import Guard, UserCodeError, clean
-from ._proxy import InChild
+from ._proxy import InChild, located_functions
 from ._remote import Child, ChildLost, ChildStartError, Source
 from ._sandbox import Confinement, TerminateAsInterrupt, child_jax_cache, parse_size
 
-__all__ = ["Audit", "ChildStartError", "Job", "build", "check", "confinement", "derivation_files", "derivations_in", "error_record",
-           "import_file", "plan", "polish", "qualified", "source_text"]
+__all__ = ["Audit", "ChildStartError", "InProcess", "Job", "build", "check_job", "confinement", "derivation_files",
+           "derivations_in", "error_record", "import_file", "plan", "polish", "qualified", "source_text", "sources_of"]
 
 
 # ---- the user's files ---------------------------------------------------------------------------
 
 def source_text(path: Path) -> bytes:
     """The Python source of an audited file, as the judge reads it (the child is sent this text and
-    compiles it under `path`, so tracebacks and inspect point into it). The place where a source that
-    is not a .py file (a notebook's code cells) becomes the text the child imports."""
+    compiles it under `path`, so tracebacks and inspect point into it). A notebook's code cells or the
+    Python blocks of notes become one module's text here (gradaudit/sources.py, which from then on
+    names "cell 6, line 3" for a line of it); sources.DocumentError when the document cannot be read."""
+    if Path(path).suffix.lower() in documents.SUFFIXES:
+        return documents.text(path)[1].encode()
     return Path(path).read_bytes()
 
 
@@ -62,23 +66,29 @@ def module_name(path: Path) -> str:
 
 
 def import_file(path: Path):
-    """Import a user's file in this process (gradaudit.check only), as the child does."""
+    """Import a user's file in this process (gradaudit.check only), as the child does; a notebook's
+    cells run one by one (a cell that raises is a message of `__gradaudit_document__`, and the next
+    one runs, as in a notebook)."""
     from ._child import exec_source
 
     path = Path(path).resolve()
+    if path.suffix.lower() in documents.SUFFIXES:
+        return documents.load(path, module_name(path))
     return exec_source(module_name(path), str(path), source_text(path))
 
 
 def derivation_files(path: Path) -> list[Path]:
+    """The files a path names: itself, or a folder's .py files, notebooks and notes."""
     path = Path(path)
     if path.is_dir():
-        return sorted(p for p in path.glob("*.py") if not p.name.startswith("_"))
+        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(("_", "."))
+                      and p.suffix.lower() in (".py", *documents.SUFFIXES))
     return [path]
 
 
-def sources_of(path: Path, convention: str | None) -> list[Source]:
-    files = derivation_files(path) if convention is None else [Path(path)]
-    return [Source(f"m{i}", str(f.resolve()), source_text(f), module_name(f)) for i, f in enumerate(files)]
+def sources_of(path: Path, convention: str | None = None) -> list[Source]:
+    return [Source(f"m{i}", str(f.resolve()), source_text(f), module_name(f))
+            for i, f in enumerate(derivation_files(path))]
 
 
 # ---- what there is to check -----------------------------------------------------------------------
@@ -111,32 +121,36 @@ def qualified(path: str, name: str, folder: bool) -> str:
     return f"{Path(path).stem}.{name}" if folder else name
 
 
-def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: bool = False):
-    """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py)."""
+def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: bool = False,
+         functions: dict | None = None):
+    """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py).
+    `functions`: the cs231n functions (or stubs that inspect finds), for a backward given without its
+    forward, checked when its cache can be built from how it unpacks it (gradaudit/cache_inference.py)."""
     from . import cs231n
 
-    functions = {n for n in desc.get("functions") or () if isinstance(n, str)}
+    names = {n for n in desc.get("functions") or () if isinstance(n, str)}
     base = Path(path).name
     if convention == "cs231n":
         from properties import catalogue
 
-        run, skipped, absent = cs231n.plan(functions)
-        jobs = [Job(p.target, p.op, "cs231n", path, key, p.target, list(catalogue.load()[p.op].regimes), p.forward,
-                    source=base) for p in run]
+        run, skipped, absent = cs231n.plan(names, functions)
+        jobs = [Job(qualified(path, p.target, folder), p.op, "cs231n", path, key, p.target,
+                    list(catalogue.load()[p.op].regimes), p.forward, source=base) for p in run]
         for target, why in skipped:
             op = cs231n.BY_TARGET[target].op if target in cs231n.BY_TARGET else target.replace("_backward", "")
-            jobs.append(Job(target, op, "cs231n", path, key, target, ["-"], skip=why, source=base))
+            jobs.append(Job(qualified(path, target, folder), op, "cs231n", path, key, target, ["-"], skip=why,
+                            source=base))
         from .models import CLASSES
 
         for m in desc.get("models") or ():  # the child's word: only the classes gradaudit knows
             if type(m) is dict and isinstance(m.get("target"), str) and m["target"].split(".")[0] in CLASSES:
                 skip = clean(m["skip"], 2000) if isinstance(m.get("skip"), str) else None
-                jobs.append(Job(m["target"], str(m.get("op")), "cs231n", path, key, m["target"], ["typical"],
+                jobs.append(Job(qualified(path, m["target"], folder), str(m.get("op")), "cs231n", path, key, m["target"], ["typical"],
                                 f"{m['target'].split('.')[0]}.loss", source=base, skip=skip))
         return jobs, absent, None
     derivations = [d for d in desc.get("derivations") or () if isinstance(d.get("name"), str) and d["name"].isidentifier()]
     hint = None
-    if not derivations and (cs231n.plan(functions)[0] or desc.get("models")):
+    if not derivations and (cs231n.plan(names)[0] or desc.get("models")):
         hint = f"{base} has cs231n-named functions or classes: audit them with --convention cs231n"
     jobs = []
     backwards = [d.get("backward") for d in derivations]
@@ -172,7 +186,8 @@ class InProcess:
     def model(self, job: Job, notes: dict):
         from . import models
 
-        return models.build(job.name, self.modules[job.key], self.guard, notes)
+        spec, target, inputs, regimes = models.build(job.name, self.modules[job.key], self.guard, notes)
+        return spec, dataclasses.replace(target, name=job.target), inputs, regimes  # file.Class in a folder
 
     def functions(self, key: str, pair) -> dict:
         from . import cs231n
@@ -202,8 +217,9 @@ def build(job: Job, code, notes: dict):
             return code.model(job, notes)
         pair = cs231n.resolve(cs231n.BY_TARGET[job.name], set(code.describe(job.key).get("functions") or ()))
         target, inputs = cs231n.build_target(pair, code.functions(job.key, pair), notes)
-        # a forward mismatch is named after the user's forward (a loss function is its own)
-        target = dataclasses.replace(target, forward_name=job.forward or job.target)
+        # a forward mismatch is named after the user's forward (a loss function is its own); in a folder
+        # the target is file.function
+        target = dataclasses.replace(target, name=job.target, forward_name=job.forward or job.target)
         return catalogue.load()[pair.op], target, inputs, tuple(job.regimes)
     d, target = code.derivation_target(job.key, job)
     return d.spec(), target, d.inputs, tuple(d.regimes)
@@ -291,7 +307,7 @@ def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
             written = {r["id"] for r in recs} | set(done)
             recs = [r if r["status"] in ("fail", "error") else error_record(job, r, lost) for r in recs]
             recs += [error_record(job, c, lost) for c in job.cells(cfg) if c["id"] not in written]
-    recs = [polish(r, job, notes.get(job.target)) for r in recs]
+    recs = [polish(r, job, notes.get(job.name, notes.get(job.target))) for r in recs]  # by function or class name
     for r in recs:
         sink.write(r)
     return recs
@@ -344,6 +360,9 @@ class Audit:
         self.sources, self.convention, self.conf, self.folder, self.verbose = sources, convention, conf, folder, verbose
         self.child = Child(conf, sources, verbose=verbose)
         self._signals = TerminateAsInterrupt()
+        # what a notebook or notes held that cannot run (IPython syntax, pseudo-code), and why
+        self.notes = [f"{Path(s.path).name}: {m}" for s in sources
+                      for m in getattr(documents.document_of(s.path), "messages", ())]
 
     def __enter__(self):
         self._signals.__enter__()
@@ -363,8 +382,9 @@ class Audit:
         for src in self.sources:
             if src.key not in self.child.load_errors:
                 try:
-                    got, gone, hint = plan(self.child.describe(src.key), src.path, src.key, self.convention,
-                                           folder=self.folder)
+                    desc = self.child.describe(src.key)
+                    got, gone, hint = plan(desc, src.path, src.key, self.convention, folder=self.folder,
+                                           functions=self._backwards(src, desc))
                     jobs, absent, hints = jobs + got, absent + gone, hints + ([hint] if hint else [])
                     continue
                 except (UserCodeError, ChildLost) as e:
@@ -374,6 +394,14 @@ class Audit:
             jobs.insert(0, Job(name, "(import)", self.convention or "derivation", src.path, src.key, name, ["-"],
                                source=name))
         return jobs, absent, errors, hints
+
+    def _backwards(self, src: Source, desc: dict) -> dict | None:
+        if self.convention != "cs231n":
+            return None
+        from .cache_inference import FORWARD_ARGS
+
+        have = {n for n in desc.get("functions") or () if isinstance(n, str)}
+        return located_functions(src, desc, [n for n in FORWARD_ARGS if n in have])
 
     def session_jobs(self, jobs: list[Job], *, workers: int = 1, sharded: bool = False):
         """The audit as session jobs: all of it in this audit's child, or one chunk per worker (one
@@ -386,83 +414,3 @@ class Audit:
         chunks = [[j] for j in jobs] if sharded else [jobs[i::workers] for i in range(workers)]
         return [(c[0].target if len(c) == 1 else f"{len(c)} functions",
                  functools.partial(check_in_fresh_child, self.sources, self.conf, c, self.verbose)) for c in chunks if c]
-
-
-# ---- from a test ------------------------------------------------------------------------------------
-
-def check(*things, convention: str | None = None, oracles=("torch", "jax", "numeric"), dtypes=("float64",),
-          profile: str = "ci", examples: int | None = None, seed: int | None = None, report=None,
-          raise_on_failure: bool = True, fail_on=("fail", "unstable")) -> list[dict]:
-    """Check derivations (or a cs231n-style module) from inside any test, IN THIS PROCESS.
-
-    things: `@gradaudit.derivation` objects, modules, or paths of .py files (or folders of them).
-    Returns the records (docs/result_record.md); raises AssertionError listing the findings whose
-    severity `fail_on` names (default a wrong value or an unstable evaluation; add "warning" for the
-    hazards) and errors, unless raise_on_failure=False. Counterexamples go to `report` (a folder;
-    default a temporary one).
-
-    The checked code runs in the caller's process, with the caller's privileges, and could change
-    the judge: that is the point of a check inside one's own test suite, and no boundary at all.
-    For code that may hang, crash or is not trusted, use `gradaudit audit`: it runs the code in a
-    confined child process with a timeout (docs/security.md).
-    """
-    from properties.config import RunConfig
-    from properties.session import apply_precision
-    from reports.records import RecordSink
-
-    from .derivation import Derivation
-
-    report_dir = Path(report) if report is not None else Path(tempfile.mkdtemp(prefix="gradaudit-check-"))
-    cfg = RunConfig(oracles=tuple(oracles), dtypes=tuple(dtypes), profile=profile, examples=examples, seed=seed,
-                    report_dir=report_dir)
-    apply_precision(cfg)
-    code = InProcess(Guard())
-    jobs: list[Job] = []
-    broken: list[tuple[Job, str]] = []  # files of a folder that fail to import: an error each, the others checked
-    for i, thing in enumerate(things):
-        key = f"m{i}"
-        if isinstance(thing, Derivation):
-            if any(o is thing for o in code.objects.values()):
-                continue  # the same object twice: checked once
-            code.objects[key] = thing
-            file = getattr(sys.modules.get(thing.fn.__module__), "__file__", None) or "<memory>"
-            jobs += plan(code.describe(key), file, key, None)[0]
-        elif isinstance(thing, (str, os.PathLike)):
-            folder = Path(thing).is_dir()
-            for k, src in enumerate(sources_of(Path(thing), convention)):
-                try:
-                    code.modules[f"{key}.{k}"] = import_file(src.path)
-                except Exception as e:
-                    if not folder:
-                        raise
-                    name = Path(src.path).name
-                    broken.append((Job(name, "(import)", convention or "derivation", src.path, key, name, ["-"],
-                                       source=name), f"{name}: {type(e).__name__}: {e}"))
-                    continue
-                jobs += plan(code.describe(f"{key}.{k}"), src.path, f"{key}.{k}", convention, folder=folder)[0]
-        else:  # a module object
-            code.modules[key] = thing
-            jobs += plan(code.describe(key), str(Path(thing.__file__).resolve()), key, convention)[0]
-    taken: set = set()
-    for j in jobs:  # two derivations with one name (given twice, or a factory's): each its own cells
-        op, k = j.op, 2
-        while (j.target, j.op) in taken:
-            j.op, j.target, k = f"{op}_{k}", f"{op}_{k}_backward", k + 1
-        taken.add((j.target, j.op))
-    sink = RecordSink(report_dir / "results.jsonl")
-    try:
-        records = [error_record(j, first_cell(j, cfg, "import"), why) for j, why in broken]
-        for r in records:
-            sink.write(r)
-        records += [r for job in jobs for r in check_job(job, code, cfg, sink)]
-    finally:
-        sink.close()
-    from reports.records import failing
-
-    bad = failing(records, fail_on)
-    if bad and raise_on_failure:
-        raise AssertionError(f"gradaudit: {len(bad)} of {len(records)} cells failed:\n" + "\n".join(
-            f"  {r['id']}: {r['severity'] if r['status'] != 'error' else 'error'}" + (f" ({r['kind']}, blame={r['blame']}" + (f", pattern={r['pattern']}" if r.get('pattern') else "") + ")" if r['status'] == 'fail' else "")
-            + f": {r['message']}" + (f" [{r['replay']} --report {report_dir}]" if r.get("replay") else "")
-            for r in bad))
-    return records

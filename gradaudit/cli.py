@@ -222,14 +222,13 @@ def cmd_audit(args) -> int:
     from . import audit
     from ._guard import clean
     from .selection import KeywordError, matcher
+    from .sources import SUFFIXES as SOURCE_SUFFIXES
 
     path = Path(args.path)
     if not path.exists():
         raise UsageError(f"no such file or folder: {str(path)!r}")
-    if path.is_dir() and args.convention:
-        raise UsageError("--convention cs231n audits one file; give the path of a .py file")
-    if path.is_file() and path.suffix != ".py":
-        raise UsageError(f"{str(path)!r} is not a .py file")
+    if path.is_file() and path.suffix.lower() not in (".py", *SOURCE_SUFFIXES):
+        raise UsageError(f"{str(path)!r} is not a .py file, a notebook or notes ({', '.join(SOURCE_SUFFIXES)})")
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     cfg = config_from_args(args)
@@ -259,6 +258,8 @@ def cmd_audit(args) -> int:
                 print(f"gradaudit audit: -k {args.keyword!r} matches none of {', '.join(clean(t) for t in planned)}",
                       file=sys.stderr)
         if not args.json:
+            for note in run.notes:  # what a notebook or notes held that could not run, and why
+                print(f"gradaudit audit: {clean(note)}", file=sys.stderr)
             for error in errors:
                 print(f"gradaudit audit: {clean(error)}", file=sys.stderr)
             if absent:
@@ -272,7 +273,7 @@ def cmd_audit(args) -> int:
         # cells per session job, as session_jobs makes them: one job per function when sharded (else
         # the shard selection does not apply and only the sum counts); a file that cannot be imported: one
         per = [1 if j.skip or j.op == "(import)" else len(cfg.dtypes) * len(j.regimes) * len(cfg.sides()) for j in jobs]
-        code = code_hash(audit.derivation_files(path) if args.convention is None else [path])
+        code = code_hash(audit.derivation_files(path))
         return _session(args, cfg, session_jobs, what=[j.target for j in jobs], shard=shard, code=code,
                         cells=per if args.shard else [sum(per)])
 

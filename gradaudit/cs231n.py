@@ -124,13 +124,24 @@ def resolve(pair: Pair, names: set[str]) -> Pair:
     return pair
 
 
-def plan(names: set[str]) -> tuple[list[Pair], list[tuple[str, str]], list[str]]:
-    """(pairs to check, (function, why skipped) for half-present pairs, absent pairs)."""
+def plan(names: set[str], functions: dict[str, Callable] | None = None
+         ) -> tuple[list[Pair], list[tuple[str, str]], list[str]]:
+    """(pairs to check, (function, why skipped) for half-present pairs, absent pairs). With
+    `functions`, a backward whose forward is missing is checked when its cache can be built from
+    how it unpacks it (gradaudit/cache_inference.py)."""
     run, skipped, absent = [], [], []
     for p in (resolve(p, names) for p in PAIRS):
         have = [f for f in p.required if f in names]
         if len(have) == len(p.required):
             run.append(p)
+        elif have == [p.target] and functions is not None and p.target in functions:
+            from .cache_inference import unplaceable
+
+            why = unplaceable(p, functions[p.target])
+            if why is None:
+                run.append(p)
+            else:
+                skipped.append((p.target, why))
         elif have:
             missing = [f for f in p.required if f not in names]
             skipped.append((p.target, f"{', '.join(missing)} is not defined (only {', '.join(have)} is): "
@@ -211,6 +222,11 @@ def build_target(pair: Pair, fns: dict[str, Callable], notes: dict[str, str] | N
         return _batchnorm_modes_target(pair, fns, spec, notes)
     if pair.op in ("linear_svm", "linear_softmax"):
         return _linear_classifier_target(pair, fns, spec, notes)
+    if pair.forward is not None and pair.forward not in fns:  # the backward alone: see cache_inference
+        from .cache_inference import adapt
+
+        forward, backward = adapt(pair, fns[pair.target], spec, AdapterError)
+        return audit_target(pair.target, pair.op, forward, backward, spec.forward), spec.inputs
     if pair.forward is None:
         loss_fn = fns[pair.target]
 

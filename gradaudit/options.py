@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="check the catalogue's reference derivations")
     run.add_argument("--ops", type=csv_list, default=None, help="comma-separated op names (default: all; see `gradaudit list`)")
     add_common_options(run)
-    aud = sub.add_parser("audit", help="check a user's own derivations (a .py file)")
-    aud.add_argument("path", type=Path, help="a Python file with cs231n-style functions or @gradaudit.derivation")
+    aud = sub.add_parser("audit", help="check a user's own derivations (a .py file, a notebook, notes, a folder)")
+    aud.add_argument("path", type=Path, help="a Python file with cs231n-style functions or @gradaudit.derivation, a "
+                     "notebook (.ipynb) or notes (.md, .txt) with them in code cells or fenced blocks, or a folder of these")
     aud.add_argument("--convention", choices=("cs231n",), default=None,
                      help="check functions named as in the cs231n assignments against the catalogue")
     aud.add_argument("--timeout", type=float, default=60.0, help="seconds per check before a hang is an error (default 60)")
