@@ -99,6 +99,21 @@ def derivations_in(module) -> list:
     return out
 
 
+def _subject_jobs(module, path: str, folder: bool) -> list[Job]:
+    """The module's `gradaudit.function` subjects, one job each (its checks are its targets)."""
+    from .function import subjects_in
+
+    jobs, seen = [], set()
+    for s in subjects_in(module):
+        if s.name in seen:
+            raise ValueError(f"two gradaudit.function subjects are named {s.name!r} in {Path(path).name}: "
+                             f"give one of them name=")
+        seen.add(s.name)
+        jobs.append(Job(qualified(path, s.name, folder), qualified(path, s.name, folder), "function", path, s.name,
+                        list(s.regimes), s.name, source=s.source or Path(path).name))
+    return jobs
+
+
 def qualified(path: Path, name: str, folder: bool) -> str:
     return f"{Path(path).stem}.{name}" if folder else name
 
@@ -144,9 +159,9 @@ def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool 
             jobs.append(Job(target, op, "cs231n", path, target, ["-"], skip=why, source=Path(path).name))
         jobs += _model_jobs(module, path, guard)
         return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": absent}
-    jobs = []
+    jobs = _subject_jobs(module, path, folder)
     hint = None
-    if not derivations_in(module):
+    if not derivations_in(module) and not jobs:
         from . import cs231n, models
 
         if cs231n.plan(set(cs231n.functions_in(module)))[0] or models.models_in(module):
@@ -186,6 +201,16 @@ class Modules:
         if d is None:
             raise LookupError(f"no derivation {name!r} in {path}")
         return d
+
+    def subject(self, path: str, name: str):
+        from .function import subjects_in
+
+        if (path, name) in self.objects:
+            return self.objects[(path, name)]
+        s = next((s for s in subjects_in(self.get(path)) if s.name == name), None)
+        if s is None:
+            raise LookupError(f"no gradaudit.function subject {name!r} in {path}")
+        return s
 
 
 def build(job: Job, modules: Modules, guard: Guard, notes: dict):
@@ -253,6 +278,8 @@ def run_job(job: Job, cfg, sink, modules: Modules, guard: Guard, emit=None, done
         rec = skip_record(job, cfg, job.skip)
         out.write(rec)
         return [polish(rec, job)]
+    if job.convention == "function":
+        return _run_subject_job(job, cfg, out, modules, done)
     try:
         spec, target, inputs, regimes = build(job, modules, guard, notes)
     except Exception as e:  # the import or the derivation itself is broken: every cell errors
@@ -271,6 +298,30 @@ def run_job(job: Job, cfg, sink, modules: Modules, guard: Guard, emit=None, done
     extra = {"audit_path": job.file, "convention": job.convention, "audit_name": job.name, "audit_op": job.op}
     run_target_cells(spec, target, inputs, regimes, cfg, _Collect(), done=done, family=job.convention,
                      source=job.source, case_meta=extra)
+    return collected
+
+
+def _run_subject_job(job: Job, cfg, out, modules: Modules, done=()) -> list[dict]:
+    """A `gradaudit.function` subject: every one of its checks (gradaudit/_subject.py)."""
+    from ._subject import run_subject
+
+    collected = []
+
+    class _Collect:
+        def write(self, rec):
+            out.write(rec)
+            collected.append(polish(rec, job))
+
+    try:
+        subject = modules.subject(job.file, job.name)
+    except Exception as e:
+        why = str(e) if isinstance(e, UserCodeError) else f"{type(e).__name__}: {e}"
+        recs = [error_record(job, c, f"{job.target} could not be set up: {why}") for c in job.cells(cfg)]
+        for r in recs:
+            out.write(r)
+        return [polish(r, job) for r in recs]
+    extra = {"audit_path": job.file, "convention": job.convention, "audit_name": job.name, "audit_op": job.op}
+    run_subject(subject, cfg, _Collect(), done=done, case_meta=extra, family="function", source=job.source)
     return collected
 
 
@@ -521,6 +572,11 @@ def target_for(meta: dict):
     guard = Guard()
     job = Job(meta["target"], meta.get("audit_op") or meta["op"], meta["convention"], path,
               meta.get("audit_name") or meta["target"], [meta.get("regime", "typical")])
+    if job.convention == "function":
+        from ._subject import subject_target
+
+        subject = Modules(guard).subject(path, job.name)
+        return subject_target(subject, meta["function_check"], meta.get("function_device", "cpu"))
     _, target, _, _ = build(job, Modules(guard), guard, {})
     return target
 
@@ -543,6 +599,7 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
     from reports.records import RecordSink
 
     from .derivation import Derivation
+    from .function import FunctionSubject
 
     report_dir = Path(report) if report is not None else Path(tempfile.mkdtemp(prefix="gradaudit-check-"))
     cfg = RunConfig(oracles=tuple(oracles), dtypes=tuple(dtypes), profile=profile, examples=examples, seed=seed,
@@ -558,6 +615,12 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
             jobs.append(Job(thing.target_name, thing.name, "derivation", file, thing.name, list(thing.regimes),
                             thing.name, source=thing.source or thing.name, formula=thing.formula,
                             skip=None if thing.backward_fn else f"{thing.name} has no backward"))
+            continue
+        if isinstance(thing, FunctionSubject):
+            file = _defined_in(thing.fn)
+            modules.objects[(file, thing.name)] = thing
+            jobs.append(Job(thing.name, thing.name, "function", file, thing.name, list(thing.regimes), thing.name,
+                            source=thing.source or thing.name))
             continue
         if isinstance(thing, (str, os.PathLike)):
             paths = derivation_files(Path(thing)) if convention is None else [Path(thing)]
@@ -585,6 +648,15 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
     return records
 
 
+def _defined_in(fn) -> str:
+    """The file a function (or a Function class, or a custom_vjp's fun) comes from, for replay."""
+    for obj in (fn, getattr(fn, "__self__", None), getattr(fn, "fun", None)):
+        mod = sys.modules.get(getattr(obj, "__module__", None) or "")
+        if getattr(mod, "__file__", None):
+            return mod.__file__
+    return "<memory>"
+
+
 def _plan_module(module, file: str, convention: str | None) -> list[dict]:
     from . import cs231n
 
@@ -601,4 +673,4 @@ def _plan_module(module, file: str, convention: str | None) -> list[dict]:
     return [dataclasses.asdict(Job(d.target_name, d.name, "derivation", file, d.name, list(d.regimes), d.name,
                                    source=d.source or Path(file).name, formula=d.formula,
                                    skip=None if d.backward_fn else f"{d.name} has no backward"))
-            for d in derivations_in(module)]
+            for d in derivations_in(module)] + _subject_jobs(module, file, False)
