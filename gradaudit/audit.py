@@ -585,7 +585,7 @@ def target_for(meta: dict):
 
 def check(*things, convention: str | None = None, oracles=("torch", "jax", "numeric"), dtypes=("float64",),
           profile: str = "ci", examples: int | None = None, seed: int | None = None, report=None,
-          raise_on_failure: bool = True) -> list[dict]:
+          raise_on_failure: bool = True, devices=("cpu",)) -> list[dict]:
     """Check derivations (or a cs231n-style module) from inside any test, in this process.
 
     things: `@gradaudit.derivation` objects, modules, or paths of .py files (or folders of them).
@@ -603,7 +603,7 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
 
     report_dir = Path(report) if report is not None else Path(tempfile.mkdtemp(prefix="gradaudit-check-"))
     cfg = RunConfig(oracles=tuple(oracles), dtypes=tuple(dtypes), profile=profile, examples=examples, seed=seed,
-                    report_dir=report_dir)
+                    report_dir=report_dir, devices=tuple(devices))
     apply_precision(cfg)
     guard = Guard()
     modules = Modules(guard)

@@ -162,11 +162,14 @@ class TorchSubject:
 
     def _input(self, a, device: str, layout: str | None):
         torch = _torch()
-        if layout == "strided":  # the same values, every other element of a buffer: not contiguous
+        if layout == "strided":
+            # the same values, every other element of a buffer laid out in the reverse order of the axes
+            # (column-major for a matrix): not contiguous, and not viewable as a flat tensor either
             src = tensor(a, device)
-            buf = torch.zeros((*src.shape, 2), dtype=src.dtype, device=src.device)
-            buf[..., 0] = src
-            return buf.requires_grad_(True)[..., 0]
+            rev = tuple(reversed(range(src.dim())))
+            buf = torch.zeros((*(src.shape[i] for i in rev), 2), dtype=src.dtype, device=src.device)
+            buf[..., 0] = src.permute(rev)
+            return buf.requires_grad_(True)[..., 0].permute(rev)
         if layout == "expanded":  # one slice expanded along the first axis longer than 1 (stride 0)
             axis = next((i for i, s in enumerate(np.shape(a)) if s > 1), None)
             if axis is not None:
