@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "functions"
 SIZES = {"small": (3, 5), "medium": (64, 100)}  # (N, features), as bench.py's softmax_cross_entropy
 # example file -> (correct subject, planted twin, the pattern the twin plants)
-EXAMPLES_ = {"softmax_ce": ("softmax_ce", "softmax_ce_unreduced", "unreduced_broadcast"),
+EXAMPLES_ = {"softmax_ce": ("softmax_ce", "softmax_ce_unreduced", "missing_sum"),
              "layernorm": ("layer_norm", "layer_norm_kept", "ctx_intermediate"),
              "logsumexp": ("lse", "lse_f32", "wrong_dtype")}
 

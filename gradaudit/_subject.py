@@ -6,7 +6,7 @@ What the records add for a subject (reports/records.py, docs/result_record.md): 
 `vjp` check: the subject run twice on the same case, the largest difference of its gradients:
 nondeterministic atomics, reported apart from the error), `tolerance_mode` (reference-relative in
 float16 and bfloat16), and the pattern of a rule that breaks autograd's contract where the engine
-would hide it (`unreduced_broadcast`, `wrong_dtype`, `batching`) or keeps tensors a double backward
+would hide it (`missing_sum`, `wrong_dtype`, `batching`) or keeps tensors a double backward
 cannot differentiate (`ctx_intermediate`).
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import oracles
 from oracles import numeric
 from oracles.base import OracleUnavailable, as_tuple
 from oracles.subject_oracle import LOW_PRECISION, RuleError, finite_differences, same_math_errors, two_dtypes
+from properties import patterns
 from properties.compare import compare
 from properties.runner import run_target_cells
 from properties.spec import Case, OpSpec
@@ -55,7 +56,7 @@ class SubjectState:
 
     spread: float | None = None  # largest run-to-run difference since the last group's records
     measured: bool = False  # spread measured in this group (on the CPU once per group)
-    violations: dict = field(default_factory=dict)  # error message -> pattern
+    violations: dict = field(default_factory=dict)  # error message -> (pattern, its sentence)
     kept: list = field(default_factory=list)  # tensors the Function keeps that are neither inputs nor outputs
     computes_float64: bool | None = None
 
@@ -234,26 +235,33 @@ def _contract(name: str, framework: str, names, arrays, grads, state: SubjectSta
         if g is None:
             out.append(np.zeros(a.shape, a.dtype))
             continue
-        pattern = None
+        pattern, sentence = None, None
         if not isinstance(g, np.ndarray):
             msg = f"{name}: grad[{n}] is a {type(g).__name__}, expected an array of shape {list(a.shape)}"
         elif g.shape != a.shape:
             axes = _broadcast_axes(a.shape, g.shape)
             msg = f"{name}: grad[{n}] has shape {list(g.shape)}, expected {list(a.shape)}"
             if axes is not None:
-                pattern = "unreduced_broadcast"
+                pattern = "missing_sum"
+                kept_dims = len(a.shape) == len(g.shape)  # broadcast along size-1 axes: keepdims
+                axis_arg = str(axes[0]) if len(axes) == 1 else str(tuple(axes))
+                sentence = patterns.explain("missing_sum", grad=f"grad[{n}]", got=list(g.shape), want=list(a.shape),
+                                            array=n, axes=", ".join(f"axis {i}" for i in axes),
+                                            them="it" if len(axes) == 1 else "them",
+                                            axis_arg=axis_arg + (", keepdims=True" if kept_dims else ""))
                 msg += (f": the sum over axes {list(axes)}, along which {n} is broadcast, is missing"
                         + (" (autograd's engine sums it silently, so gradcheck passes)" if framework == "torch" and raw
                            else ""))
         elif g.dtype != a.dtype:
             pattern = "wrong_dtype"
+            sentence = patterns.explain("wrong_dtype", grad=f"grad[{n}]", got=g.dtype, array=n, want=a.dtype)
             hides = (f" (autograd's engine casts it to {a.dtype} silently, so gradcheck passes)" if framework == "torch"
                      else f" (jax.grad returns it as {g.dtype}, so check_grads passes)")
             msg = f"{name}: grad[{n}] has dtype {g.dtype}, expected {a.dtype} (its input's){hides}"
         else:
             out.append(g)
             continue
-        state.violations[msg] = pattern
+        state.violations[msg] = (pattern, sentence)
         raise ContractViolation(msg, pattern)
     return out
 
@@ -271,7 +279,7 @@ def _batched(ad, run, douts, name, names, arrays, device, dtype, state) -> list:
         a = np.asarray(a)
         if np.shape(g) != (len(BATCH_SCALES), *a.shape):
             msg = f"{name}: batched grad[{n}] has shape {list(np.shape(g))}, expected {[len(BATCH_SCALES), *a.shape]}"
-            state.violations[msg] = "batching"
+            state.violations[msg] = ("batching", patterns.explain("batching"))
             raise ContractViolation(msg, "batching")
         pol = policy(dtype, size=max(a.size, 1), oracle="torch", dout_max=dout_max,
                      input_max=float(np.abs(a.astype(np.float64)).max(initial=1.0)))
@@ -282,7 +290,7 @@ def _batched(ad, run, douts, name, names, arrays, device, dtype, state) -> list:
                 msg = (f"{name}: grad[{n}] for the upstream gradient {s:g}·dout, computed in one batch with dout, "
                        f"is not {s:g} × the one for dout: greatest difference {c.max_abs:.3g} at index "
                        f"{c.worst_index}")
-                state.violations[msg] = "batching"
+                state.violations[msg] = ("batching", patterns.explain("batching"))
                 raise ContractViolation(msg, "batching")
         out.append(np.asarray(g[0]))
     return out
@@ -468,13 +476,14 @@ class _Sink:
         if self.check == "vjp":
             rec["target_spread"] = self.spread
         if rec.get("status") == "error" and rec.get("pattern") is None:
-            rec["pattern"] = self.state.violations.get(rec.get("message"))
+            rec["pattern"], rec["explanation"] = self.state.violations.get(rec.get("message"), (None, None))
         if (self.check == "vjp_of_vjp" and rec.get("status") == "fail" and rec.get("blame") == "reference"
                 and self.state.kept):
             # the cause, where the judge saw its symptom (a zero or partial second derivative)
             rec["message"] = f"{rec['message']} — " + KEPT_NOTE.format(name=self.subject.name,
                                                                         kept=", ".join(self.state.kept))
             rec["pattern"] = "ctx_intermediate"
+            rec["explanation"] = patterns.explain("ctx_intermediate", kept=", ".join(self.state.kept))
         self.inner.write(rec)
 
 

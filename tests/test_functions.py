@@ -45,7 +45,7 @@ def check(subject, tmp_path, **kw):
 
 TWINS = {
     # example, correct, twin, the check that catches it, status, pattern, what the message names
-    "unreduced_broadcast": ("softmax_ce", "softmax_ce", "softmax_ce_unreduced", "vjp", "error",
+    "missing_sum": ("softmax_ce", "softmax_ce", "softmax_ce_unreduced", "vjp", "error",
                             "grad[scale] has shape"),
     "ctx_intermediate": ("layernorm", "layer_norm", "layer_norm_kept", "vjp_of_vjp", "fail", "ctx.rstd, ctx.xhat"),
     "wrong_dtype": ("logsumexp", "lse", "lse_f32", "vjp", "error", "has dtype float32, expected float64"),
@@ -64,6 +64,7 @@ def test_each_planted_twin_fails_with_its_blame_and_cause_and_its_original_passe
     for r in judged:
         assert (r["blame"], r["pattern"]) == ("reference", pattern), r
         assert needle in r["message"] and r["target"].endswith(f".{chk}")
+        assert r["explanation"]  # the pattern's sentence (properties.patterns.SENTENCES), what a user reads first
         assert (tmp_path / "bad" / r["counterexample"]).is_file()
 
 
@@ -121,7 +122,7 @@ def test_cli_audit_passes_the_originals_in_every_check_and_flags_each_twin(audit
         checks = {r["target"].rsplit(".", 1)[1] for r in ops[good]}
         assert "vjp" in checks and len(checks) >= 3
     assert "vjp_of_vjp" in {r["target"].rsplit(".", 1)[1] for r in ops["LayerNorm"]}
-    for bad, pattern in (("SoftmaxCrossEntropyUnreduced", "unreduced_broadcast"),
+    for bad, pattern in (("SoftmaxCrossEntropyUnreduced", "missing_sum"),
                          ("LayerNormKeptIntermediates", "ctx_intermediate"), ("logsumexp_f32", "wrong_dtype")):
         failing = [r for r in ops[bad] if r["status"] in ("fail", "error")]
         assert failing and {(r["blame"], r["pattern"]) for r in failing} == {("reference", pattern)}, bad
