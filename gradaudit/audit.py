@@ -110,7 +110,7 @@ def _subject_jobs(module, path: str, folder: bool) -> list[Job]:
                              f"give one of them name=")
         seen.add(s.name)
         jobs.append(Job(qualified(path, s.name, folder), qualified(path, s.name, folder), "function", path, s.name,
-                        list(s.regimes), s.name, source=s.source or Path(path).name))
+                        list(s.regimes), s.name, source=s.source or Path(path).name, checks=len(s.checks)))
     return jobs
 
 
@@ -134,6 +134,7 @@ class Job:
     source: str = ""
     skip: str | None = None  # why it is not checked (a skip record instead)
     formula: str = ""  # a derivation's formula as written in the notes
+    checks: int = 1  # a gradaudit.function subject: its checks, each a target of its own (the progress count)
 
     def cells(self, cfg) -> list[dict]:
         from reports.records import cell_id

@@ -296,7 +296,8 @@ def cmd_audit(args) -> int:
                                       workers=args.workers or 1, sharded=bool(args.shard), progress=False)
     # cells per session job, as session_jobs makes them: the import error's one, then one job per
     # function when sharded (else the shard selection does not apply and only the sum counts)
-    per = [1 if j.get("skip") else len(cfg.dtypes) * len(j["regimes"]) * len(cfg.sides()) for j in jobs]
+    per = [1 if j.get("skip") else len(cfg.dtypes) * len(j["regimes"]) * len(cfg.sides()) * j.get("checks", 1)
+           for j in jobs]
     cells = [1] * bool(error) + (per if args.shard else [sum(per)])
     return _session(args, cfg, session_jobs, what=[j["target"] for j in jobs], cells=cells)
 

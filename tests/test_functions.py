@@ -8,6 +8,7 @@ float64 unless the test is about a dtype, and only the checks and oracles a test
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,9 @@ def test_cli_audit_passes_the_originals_in_every_check_and_flags_each_twin(audit
         assert failing and {(r["blame"], r["pattern"]) for r in failing} == {("reference", pattern)}, bad
         assert all(r["audited"] for r in failing)
     assert "logsumexp_f32.vjp" in audited.stdout and (audited.dir / "junit.xml").is_file()
+    # the progress line counts every check's cells: k/N never passes N, and ends at it
+    counts = [(int(k), int(n)) for k, n in re.findall(r"(\d+)/(\d+) cells", audited.stderr)]
+    assert counts and all(k <= n for k, n in counts) and counts[-1][0] == counts[-1][1] == len(audited.records)
     assert "errors=" in (audited.dir / "junit.xml").read_text()
 
 
