@@ -25,7 +25,7 @@ from oracles.subject_oracle import LOW_PRECISION, RuleError, finite_differences,
 from properties import patterns
 from properties.compare import compare
 from properties.runner import run_target_cells
-from properties.spec import Case, OpSpec
+from properties.spec import Case, OpSpec, Tolerance
 from properties.strategies import upstream
 from properties.target import Target
 from properties.tolerances import policy
@@ -537,7 +537,8 @@ def run_subject(subject, cfg, sink, *, done=(), case_meta: dict | None = None, f
             if not live:
                 continue
             inputs = _inputs(subject, adapter(subject), check)
-            spec = OpSpec(name=subject.name, family=family, source=src, inputs=inputs, regimes=tuple(subject.regimes))
+            spec = OpSpec(name=subject.name, family=family, source=src, inputs=inputs, regimes=tuple(subject.regimes),
+                          tolerance=Tolerance(*subject.tolerance) if subject.tolerance else None)
             meta = {**(case_meta or {}), "function_check": check, "function_device": device}
             records += run_target_cells(spec, target, inputs, subject.regimes, dataclasses.replace(c, oracles=live),
                                         _Sink(sink, state, subject, check), done=done, family=family, source=src,

@@ -143,6 +143,7 @@ class FunctionSubject:
     reference: Callable | None = None
     order: int = 1
     source: str = ""
+    tolerance: tuple | None = None  # (rtol factor or case -> factor, the numerical reason): properties.spec.Tolerance
     regimes: tuple = ("typical",)
     sizes: dict = field(default_factory=dict)
     dtypes: tuple | None = None  # None: the run's
@@ -183,7 +184,7 @@ class FunctionSubject:
 
 def function(fn: Callable, *, reference: Callable | None = None, order: int = 1, name: str | None = None,
              framework: str | None = None, regimes=("typical",), sizes: dict | None = None, dtypes=None,
-             checks=None, source: str = "", **shapes) -> FunctionSubject:
+             checks=None, source: str = "", tolerance=None, **shapes) -> FunctionSubject:
     """A subject for a framework function with a hand-written derivative.
 
     fn: `SomeFunction.apply` or the `torch.autograd.Function` subclass, a `jax.custom_vjp` or
@@ -195,6 +196,9 @@ def function(fn: Callable, *, reference: Callable | None = None, order: int = 1,
     regimes, sizes: as for `@gradaudit.derivation`; dtypes: the dtypes this subject is checked in
         (default: the run's), float16 and bfloat16 included (judged reference-relative);
     checks: a subset of CHECKS (default: every one that applies);
+    tolerance: `(factor, reason)`: the policy's rtol times `factor` (a number, or `case -> number`: a
+        condition number), as a catalogue op's override (properties.spec.Tolerance); `reason`, the
+        numerical reason, is mandatory. Not used in float16/bfloat16 (reference-relative there);
     **shapes: every argument by name: `x=("N", "D")`, `labels=gradaudit.labels("N", classes="C")`, ...
     """
     if order not in (1, 2):
@@ -235,6 +239,11 @@ def function(fn: Callable, *, reference: Callable | None = None, order: int = 1,
         (arrays if diff else params)[n] = spec
     if not arrays:
         raise TypeError(f"{label}: no differentiated argument (declare one with a shape tuple such as x=(\"N\", \"D\"))")
+    if tolerance is not None:
+        if (not isinstance(tolerance, tuple) or len(tolerance) != 2 or not isinstance(tolerance[1], str)
+                or not tolerance[1].strip() or not (callable(tolerance[0]) or isinstance(tolerance[0], (int, float)))):
+            raise TypeError(f"{label}: tolerance must be (factor, reason): a number or a function case -> number, "
+                            f"and the numerical reason for it")
     if isinstance(regimes, str):
         regimes = (regimes,)
     if dtypes is not None:
@@ -252,7 +261,7 @@ def function(fn: Callable, *, reference: Callable | None = None, order: int = 1,
             raise ValueError(f"{label}: unknown check {', '.join(map(repr, bad))}; accepted: {', '.join(CHECKS)}")
         chosen = tuple(c for c in CHECKS if c in chosen)
     return FunctionSubject(fn=fn, name=label, framework=fw, kind=kind, reference=reference, order=order,
-                           source=source, regimes=tuple(regimes), sizes=dict(sizes or {}), dtypes=dtypes,
+                           source=source, tolerance=tolerance, regimes=tuple(regimes), sizes=dict(sizes or {}), dtypes=dtypes,
                            checks=chosen, order_names=order_names, arrays=arrays, params=params)
 
 

@@ -393,6 +393,18 @@ def test_finite_differences_take_a_step_the_dtype_resolves():
     assert np.all(fixed.grads["x"] == 0)
 
 
+def test_a_tolerance_override_takes_a_condition_number_and_says_so(ex, tmp_path):
+    """LayerNorm's double backward in float32 over a near-constant row: the rounding of x − μ, divided by
+    σ ~ sqrt(eps), is beyond the policy's float32 tolerance for any correct computation; the example
+    declares the catalogue layernorm's condition number |x|/σ, and the records name it."""
+    subject = only(ex["layernorm"].layer_norm, "vjp_of_vjp")
+    recs = check(subject, tmp_path / "a", dtypes=("float32",))
+    assert {r["status"] for r in recs} == {"pass"}, [r["message"] for r in recs if r["status"] != "pass"]
+    assert all("condition number |x|/σ" in r["tolerance_source"] for r in recs)
+    bare = check(dataclasses.replace(subject, tolerance=None), tmp_path / "b", dtypes=("float32",))
+    assert any(r["status"] == "fail" for r in bare)  # the ci profile's search finds such a row
+
+
 # ---- declaring a subject --------------------------------------------------------------------------
 
 def test_function_rejects_what_it_cannot_check():
@@ -404,6 +416,8 @@ def test_function_rejects_what_it_cannot_check():
         gradaudit.function(Square, checks=("hessian",), x=("N",))
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         gradaudit.function(Square, order=3, x=("N",))
+    with pytest.raises(TypeError, match=r"tolerance must be \(factor, reason\)"):
+        gradaudit.function(Square, x=("N",), tolerance=(2.0, ""))
     with pytest.raises(TypeError, match="no differentiated argument"):
         gradaudit.function(Square, x=gradaudit.labels("N", classes=3))
 

@@ -17,6 +17,7 @@ records no graph: the double backward takes them as constants and is silently wr
 
     gradaudit audit examples/functions/layernorm.py --dtypes float64
 """
+import numpy as np
 import torch
 
 import gradaudit
@@ -77,10 +78,21 @@ def layernorm(xp, x, gamma, beta):
     return gamma * (x - mu) / xp.sqrt(var + EPS) + beta
 
 
+def centering_condition(case):
+    """|x| / σ, row by row: x − μ cancels log10(|x|/σ) digits, and x̂ and its derivatives divide by σ
+    (down to sqrt(eps), 3e-3, on a near-constant row), so two correct float32 computations differ by
+    ~eps·|x|/σ relative (measured: 3.9e-5 against the policy's 3.75e-5 in the double backward of a
+    two-feature row). The catalogue's layernorm has the same override."""
+    x = np.asarray(case.arrays["x"], dtype=np.float64)
+    sigma = np.sqrt(x.var(axis=-1) + EPS)
+    return float(np.max(np.abs(x).max(axis=-1, initial=0.0) / sigma, initial=1.0))
+
+
 # rows of at least two features: the normalisation of one feature is 0 whatever x is
 SHAPES = dict(x=("N", "D"), gamma=("D",), beta=("D",))
 SIZES = {"D": (2, 3, 4, 5)}
+TOLERANCE = (centering_condition, "condition number |x|/σ of the centring x − μ (see centering_condition)")
 
-layer_norm = gradaudit.function(LayerNorm, reference=layernorm, order=2, sizes=SIZES, **SHAPES)
+layer_norm = gradaudit.function(LayerNorm, reference=layernorm, order=2, sizes=SIZES, tolerance=TOLERANCE, **SHAPES)
 layer_norm_kept = gradaudit.function(LayerNormKeptIntermediates, reference=layernorm, order=2, sizes=SIZES,
-                                     **SHAPES)
+                                     tolerance=TOLERANCE, **SHAPES)
