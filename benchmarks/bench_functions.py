@@ -78,7 +78,8 @@ def make_case(subject, size: str, rng):
 
 def _gradaudit(subject, case, checks):
     """A callable that evaluates `case` in each of `checks` (what one drawn input costs gradaudit)."""
-    from gradaudit._subject import _expanded, dout_names, subject_target
+    from gradaudit._subject import subject_target
+    from gradaudit._subject_run import dout_names, expanded
     from oracles.base import as_tuple
     from properties.evaluate import evaluate
     from properties.spec import Case, OpSpec
@@ -90,7 +91,7 @@ def _gradaudit(subject, case, checks):
     runs = []
     for check in checks:
         target = subject_target(subject, check)
-        c = _expanded(case) if check == "vjp_expanded" else case  # as the check's cases are drawn
+        c = expanded(case) if check == "vjp_expanded" else case  # as the check's cases are drawn
         if check in ("vjp_of_vjp", "jvp_of_vjp"):
             outs = as_tuple(_forward(subject, case))
             ds = upstream([np.shape(o) for o in outs], 1)

@@ -303,8 +303,8 @@ def run_job(job: Job, cfg, sink, modules: Modules, guard: Guard, emit=None, done
 
 
 def _run_subject_job(job: Job, cfg, out, modules: Modules, done=()) -> list[dict]:
-    """A `gradaudit.function` subject: every one of its checks (gradaudit/_subject.py)."""
-    from ._subject import run_subject
+    """A `gradaudit.function` subject: every one of its checks (gradaudit/_subject_run.py)."""
+    from ._subject_run import run_subject
 
     collected = []
 
