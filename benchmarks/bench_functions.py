@@ -8,7 +8,7 @@ interleaved round by round, the median reported (the load of a shared machine fa
 
   gradaudit_vjp_s   properties.evaluate.evaluate on one case of the subject's `vjp` check, with the sides
                     torch, jax and numeric (a side the subject has no forward for is a skip): the code
-                    path of `gradaudit audit` for one drawn input: the rule called directly, its contract
+                    path of `gradaudit.check` for one drawn input: the rule called directly, its contract
                     checked, autograd of the bypassed primal, the reference in the other framework,
                     finite differences, comparisons, the mutation check. JAX compiles for the shapes
                     happen in a warm-up call, as a run pays them once per (subject, shapes, dtype).

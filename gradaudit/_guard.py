@@ -1,7 +1,7 @@
 """Calling code that is not trusted to behave: every call into the user's functions goes through
-`Guard.wrap`, which turns whatever it does into an ordinary exception with a message that names the
-function, announces the call to the parent process (so a hang can be timed out), and measures what
-it printed (a torrent of output is an error, and never reaches the terminal).
+`Guard.call`, which turns whatever it does into an ordinary exception with a message that names the
+function, and measures what it printed (a torrent of output is an error, and never reaches the
+terminal). Used in the audit child (gradaudit/_child.py) and by gradaudit.check in-process.
 """
 from __future__ import annotations
 
@@ -14,35 +14,15 @@ import threading
 import traceback
 
 from properties.verdict import CodeUnderTestError
+from reports.text import MESSAGE_LIMIT, clean  # the one escaping function, re-exported
 
 __all__ = ["FLOOD_LIMIT", "Guard", "MESSAGE_LIMIT", "OutputDrain", "UserCodeError", "clean", "describe_exception"]
 
 FLOOD_LIMIT = 1 << 20  # bytes a function may print during one call before it is an error
-MESSAGE_LIMIT = 1000  # characters of a user-supplied text kept in a message
 
 
 class UserCodeError(CodeUnderTestError):
     """The audited code raised, exited, or misbehaved; the message names the function."""
-
-
-def clean(text, limit: int = MESSAGE_LIMIT, *, keep_newlines: bool = False) -> str:
-    """Text from user code made safe for a terminal, a log line and JSON: control characters
-    (ANSI escapes included) are shown escaped, and it is cut at `limit` characters."""
-    try:
-        text = str(text)
-    except Exception:
-        text = "<unprintable>"
-    out = []
-    for ch in text[: limit + 1]:
-        o = ord(ch)
-        if ch == "\n" and keep_newlines:
-            out.append(ch)
-        elif o < 0x20 or 0x7F <= o < 0xA0 or 0xD800 <= o < 0xE000 or ch in "\u2028\u2029\u202e\u202d\u200e\u200f":
-            out.append(repr(ch)[1:-1] if o < 0x100 else f"\\u{o:04x}")
-        else:
-            out.append(ch)
-    s = "".join(out)
-    return s if len(text) <= limit else s[:limit] + "…"
 
 
 def describe_exception(e: BaseException) -> str:
@@ -99,13 +79,15 @@ class OutputDrain:
 
 
 class Guard:
-    """Wraps the user's functions. `emit(line)` tells the parent process about calls (None when
-    running in-process); `output` measures printing (None: not measured)."""
+    """Wraps the user's functions. `output` measures printing (None: not measured); the traceback of
+    the last failure is kept in `last_traceback` (the audit child sends it to the parent, which
+    shows it with --verbose); `verbose` prints it here instead (gradaudit.check in a test)."""
 
-    def __init__(self, emit=None, output: OutputDrain | None = None, *, convert_interrupt: bool = False,
+    def __init__(self, output: OutputDrain | None = None, *, convert_interrupt: bool = False,
                  flood_limit: int = FLOOD_LIMIT, verbose: bool = False):
-        self.emit, self.output, self.convert_interrupt = emit, output, convert_interrupt
+        self.output, self.convert_interrupt = output, convert_interrupt
         self.flood_limit, self.verbose = flood_limit, verbose
+        self.last_traceback: str | None = None
         self._traced: set[str] = set()
 
     def wrap(self, fn, fname: str):
@@ -122,26 +104,21 @@ class Guard:
 
     def call(self, fn, fname, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.emit:
-            self.emit(f"C {fname}")
         before = self.output.total() if self.output else 0
         try:
             result = fn(*args, **kwargs)
         except SystemExit as e:
-            raise UserCodeError(f"{fname} called sys.exit({e.code!r})") from None
+            raise UserCodeError(f"{fname} called sys.exit({clean(repr(e.code), 200)})") from None
         except KeyboardInterrupt as e:
             if not self.convert_interrupt:
                 raise
-            self._trace(fname, e)
+            self.trace(fname, e)
             raise UserCodeError(f"{fname} raised KeyboardInterrupt") from None
         except UserCodeError:
             raise  # from a guarded function it called
         except BaseException as e:  # noqa: BLE001  (GeneratorExit, RecursionError, anything)
-            self._trace(fname, e)
+            self.trace(fname, e)
             raise UserCodeError(f"{fname} raised {clean(describe_exception(e))}") from None
-        finally:
-            if self.emit:
-                self.emit("R")
         if self.output is not None:
             wrote = self.output.total() - before
             if wrote > self.flood_limit:
@@ -149,14 +126,13 @@ class Guard:
                                     f"(more than {self.flood_limit / 1e6:.1f} MB; the output is discarded)")
         return result
 
-    def _trace(self, fname, e):
-        if fname in self._traced:
-            return
-        self._traced.add(fname)
-        text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        if self.emit:
-            import json
-
-            self.emit("X " + json.dumps({"function": fname, "traceback": clean(text, 20000, keep_newlines=True)}))
-        elif self.verbose:
-            print(clean(text, 20000, keep_newlines=True), file=sys.stderr)
+    def trace(self, fname, e) -> None:
+        """Keep (and with `verbose`, print once per function) the traceback of `e`."""
+        try:
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        except Exception:  # a hostile __str__ or a broken frame
+            text = f"{type(e).__name__} (no traceback available)"
+        self.last_traceback = clean(text, 20000, keep_newlines=True)
+        if self.verbose and fname not in self._traced:
+            self._traced.add(fname)
+            print(self.last_traceback, file=sys.stderr)

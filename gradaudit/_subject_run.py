@@ -19,9 +19,9 @@ from properties.strategies import upstream
 from reports.records import cell_id, new_record
 
 from ._subject import SubjectState, adapter, subject_target
-from .function import SECOND_ORDER
+from .function import SECOND_ORDER, subjects_in
 
-__all__ = ["check_inputs", "dout_names", "expanded", "run_subject"]
+__all__ = ["check_inputs", "dout_names", "expanded", "run_cells", "run_subject", "subject_in"]
 
 
 # ---- the cases of a check -----------------------------------------------------------------------
@@ -168,3 +168,23 @@ def run_subject(subject, cfg, sink, *, done=(), case_meta: dict | None = None, f
                                         _Sink(sink, state, subject, check), done=done, family=family, source=src,
                                         case_meta=meta)
     return records
+
+
+
+def run_cells(spec, target, inputs, regimes, cfg, sink, *, done=(), family: str = "", source: str = "",
+              case_meta: dict | None = None) -> list[dict]:
+    """properties.runner.run_target_cells, or, for a job of the "function" family, every check of the
+    subject that `target` then is (its own spec, inputs and regimes: one target per check)."""
+    if family == "function":
+        return run_subject(target, cfg, sink, done=done, case_meta=case_meta, family=family, source=source)
+    return run_target_cells(spec, target, inputs, regimes, cfg, sink, done=done, family=family, source=source,
+                            case_meta=case_meta)
+
+
+def subject_in(module, meta: dict):
+    """The Target of the check a saved case of a subject in `module` records (gradaudit/replay.py)."""
+    name = meta.get("audit_name")
+    s = next((s for s in subjects_in(module) if s.name == name), None)
+    if s is None:
+        raise LookupError(f"no gradaudit.function subject {name!r} in {getattr(module, '__file__', module)}")
+    return subject_target(s, meta["function_check"], meta.get("function_device", "cpu"))

@@ -7,78 +7,67 @@ Two dialects, one report:
 - otherwise the file's `@gradaudit.derivation`s are (gradaudit/derivation.py); PATH may then be a
   folder of such files.
 
-The user's code is not trusted to behave. The CLI never runs it in its own process: a child
-(`python -m gradaudit._audit_worker`) imports the file and checks the functions one after the
-other, writing a record per cell to results.jsonl as it goes and telling the parent, over a pipe,
-which user function it is calling. The parent ends a call that outlives `--timeout`, notices a child
-that exited or crashed, writes an `error` for each cell the child could not finish, and starts a
-fresh child for the functions still to check. Output of the user's code is counted and discarded.
+User code computes, the harness judges. The CLI never runs audited code in its own process: a
+confined child (gradaudit/_child.py, gradaudit/_sandbox.py) imports the sources once and runs the
+user's functions on the inputs this process sends; this process (or each `--workers` process) draws
+the cases, runs the oracles, compares, blames and writes every record (gradaudit/_remote.py, and
+docs/security.md for what the child can and cannot do). A call that hangs past `--timeout`, a child
+that crashes, exits or breaks the protocol ends its target with an `error` naming the function, and
+a fresh child serves the next one. `gradaudit.check` runs in the caller's process (a test's).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
-import importlib.util
-import json
 import os
 import re
-import select
-import signal
-import subprocess
+import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from ._child import derivations_in
 from ._guard import Guard, UserCodeError, clean
+from ._proxy import InChild
+from ._remote import Child, ChildLost, ChildStartError, Source
+from ._sandbox import Confinement, TerminateAsInterrupt, child_jax_cache, parse_size
+from .function import FunctionSubject, described, subject_jobs, subject_of
 
-__all__ = ["AuditSink", "Job", "Modules", "build", "check", "derivation_files", "derivations_in", "drive_child",
-           "error_record", "import_file", "plan_file", "plan_isolated", "polish", "qualified", "run_isolated",
-           "run_job", "session_jobs", "skip_record", "target_for"]
-
-WORKER = "gradaudit._audit_worker"
+__all__ = ["Audit", "ChildStartError", "Job", "build", "check", "confinement", "derivation_files", "derivations_in", "error_record",
+           "import_file", "plan", "polish", "qualified", "source_text"]
 
 
-# ---- the user's file --------------------------------------------------------------------------
+# ---- the user's files ---------------------------------------------------------------------------
 
-def import_file(path: Path):
-    """Import a user's .py file as a fresh module (its folder goes at the END of sys.path, so its
-    sibling imports work without shadowing anything gradaudit needs). A file inside a package
-    (`cs231n/classifiers/fc_net.py` with `from ..layers import *` or `from cs231n.layers import *`)
-    is imported by its dotted name, with the folder above the package at the end of sys.path."""
+def source_text(path: Path) -> bytes:
+    """The Python source of an audited file, as the judge reads it (the child is sent this text and
+    compiles it under `path`, so tracebacks and inspect point into it). The place where a source that
+    is not a .py file (a notebook's code cells) becomes the text the child imports."""
+    return Path(path).read_bytes()
+
+
+def module_name(path: Path) -> str:
+    """`a.b.c` for .../a/b/c.py inside packages (a/ and a/b/ have an __init__.py): its relative and
+    absolute sibling imports work (the child puts the folder above `a` at the end of sys.path); else
+    a name of its own."""
     path = Path(path).resolve()
-    dotted = _package_name(path)
-    if dotted is not None:
-        module = importlib.import_module(dotted)
-        if Path(getattr(module, "__file__", "") or "").resolve() == path:
-            return module  # (else an installed package of that name came first: import the file itself)
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-    name = f"_gradaudit_user_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{digest}"
-    folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.append(folder)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path} (not a Python source file?)")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _package_name(path: Path) -> str | None:
-    """`a.b.c` for .../root/a/b/c.py when a/ and a/b/ are packages (have an __init__.py) and root/ is
-    not; root goes at the end of sys.path. None for a file outside any package."""
     parts, folder = [path.stem], path.parent
     while (folder / "__init__.py").is_file():
         parts.insert(0, folder.name)
         folder = folder.parent
-    if len(parts) == 1 or not all(p.isidentifier() for p in parts):
-        return None
-    if str(folder) not in sys.path:
-        sys.path.append(str(folder))
-    return ".".join(parts)
+    if len(parts) > 1 and all(p.isidentifier() for p in parts):
+        return ".".join(parts)
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    return f"_gradaudit_user_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{digest}"
+
+
+def import_file(path: Path):
+    """Import a user's file in this process (gradaudit.check only), as the child does."""
+    from ._child import exec_source
+
+    path = Path(path).resolve()
+    return exec_source(module_name(path), str(path), source_text(path))
 
 
 def derivation_files(path: Path) -> list[Path]:
@@ -88,53 +77,28 @@ def derivation_files(path: Path) -> list[Path]:
     return [path]
 
 
-def derivations_in(module) -> list:
-    from .derivation import Derivation
-
-    seen, out = set(), []
-    for v in vars(module).values():
-        if isinstance(v, Derivation) and id(v) not in seen:
-            seen.add(id(v))
-            out.append(v)
-    return out
+def sources_of(path: Path, convention: str | None) -> list[Source]:
+    files = derivation_files(path) if convention is None else [Path(path)]
+    return [Source(f"m{i}", str(f.resolve()), source_text(f), module_name(f)) for i, f in enumerate(files)]
 
 
-def _subject_jobs(module, path: str, folder: bool) -> list[Job]:
-    """The module's `gradaudit.function` subjects, one job each (its checks are its targets)."""
-    from .function import subjects_in
-
-    jobs, seen = [], set()
-    for s in subjects_in(module):
-        if s.name in seen:
-            raise ValueError(f"two gradaudit.function subjects are named {s.name!r} in {Path(path).name}: "
-                             f"give one of them name=")
-        seen.add(s.name)
-        jobs.append(Job(qualified(path, s.name, folder), qualified(path, s.name, folder), "function", path, s.name,
-                        list(s.regimes), s.name, source=s.source or Path(path).name, checks=len(s.checks)))
-    return jobs
-
-
-def qualified(path: Path, name: str, folder: bool) -> str:
-    return f"{Path(path).stem}.{name}" if folder else name
-
-
-# ---- one target, whichever process runs it ----------------------------------------------------
+# ---- what there is to check -----------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Job:
-    """One function (cs231n pair) or derivation to check: what the plan lists and a worker runs."""
+    """One function (cs231n pair) or derivation to check."""
 
     target: str  # the record's `target`
     op: str
     convention: str  # "cs231n" | "derivation"
     file: str  # absolute path of the user's file
+    key: str  # the source's key in the child (or in this process, for check)
     name: str  # cs231n: the pair's target function; derivation: the derivation's name in its module
     regimes: list
     forward: str | None = None  # the forward function's name, for messages
     source: str = ""
     skip: str | None = None  # why it is not checked (a skip record instead)
     formula: str = ""  # a derivation's formula as written in the notes
-    checks: int = 1  # a gradaudit.function subject: its checks, each a target of its own (the progress count)
 
     def cells(self, cfg) -> list[dict]:
         from reports.records import cell_id
@@ -144,116 +108,118 @@ class Job:
                 for dtype in cfg.dtypes for regime in self.regimes for o, d in cfg.sides()]
 
 
-def plan_file(path: Path, convention: str | None, guard: Guard, *, folder: bool = False) -> dict:
-    """What there is to check in one file: {"jobs": [...], "absent": [...]}. Imports the file."""
-    module = guard.call(import_file, f"import {Path(path).name}", (path,))
-    path = str(Path(path).resolve())
+def qualified(path: str, name: str, folder: bool) -> str:
+    return f"{Path(path).stem}.{name}" if folder else name
+
+
+def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: bool = False, models: bool = True):
+    """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py).
+    `models`: model classes and gradaudit.function subjects can be built (in this process, not the child)."""
+    from . import cs231n
+
+    functions = {n for n in desc.get("functions") or () if isinstance(n, str)}
+    base = Path(path).name
     if convention == "cs231n":
-        from . import cs231n
         from properties import catalogue
 
-        run, skipped, absent = cs231n.plan(set(cs231n.functions_in(module)))
-        jobs = [Job(p.target, p.op, "cs231n", path, p.target, list(catalogue.load()[p.op].regimes), p.forward,
-                    source=Path(path).name) for p in run]
+        run, skipped, absent = cs231n.plan(functions)
+        jobs = [Job(p.target, p.op, "cs231n", path, key, p.target, list(catalogue.load()[p.op].regimes), p.forward,
+                    source=base) for p in run]
         for target, why in skipped:
             op = cs231n.BY_TARGET[target].op if target in cs231n.BY_TARGET else target.replace("_backward", "")
-            jobs.append(Job(target, op, "cs231n", path, target, ["-"], skip=why, source=Path(path).name))
-        jobs += _model_jobs(module, path, guard)
-        return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": absent}
-    jobs = _subject_jobs(module, path, folder)
+            jobs.append(Job(target, op, "cs231n", path, key, target, ["-"], skip=why, source=base))
+        from .models import CLASSES
+
+        for m in desc.get("models") or ():  # the child's word: only the classes gradaudit knows
+            if type(m) is dict and isinstance(m.get("target"), str) and m["target"].split(".")[0] in CLASSES:
+                skip = clean(m["skip"], 2000) if isinstance(m.get("skip"), str) else None
+                if not models and skip is None:
+                    skip = (f"{m['target']} not checked: model classes are checked by gradaudit.check(PATH, "
+                            "convention='cs231n') from a test, not yet in the audit's child process")
+                jobs.append(Job(m["target"], str(m.get("op")), "cs231n", path, key, m["target"], ["typical"],
+                                f"{m['target'].split('.')[0]}.loss", source=base, skip=skip))
+        return jobs, absent, None
+    derivations = [d for d in desc.get("derivations") or () if isinstance(d.get("name"), str) and d["name"].isidentifier()]
     hint = None
-    if not derivations_in(module) and not jobs:
-        from . import cs231n, models
-
-        if cs231n.plan(set(cs231n.functions_in(module)))[0] or models.models_in(module):
-            hint = f"{Path(path).name} has cs231n-named functions or classes: audit them with --convention cs231n"
-    for d in derivations_in(module):
-        target = qualified(path, d.target_name, folder)
-        op = qualified(path, d.name, folder)
-        skip = None if d.backward_fn is not None else f"{d.name} has no backward (decorate one with @{d.name}.backward)"
-        jobs.append(Job(target, op, "derivation", path, d.name, list(d.regimes), d.name,
-                        source=d.source or Path(path).name, skip=skip, formula=d.formula))
-    return {"jobs": [dataclasses.asdict(j) for j in jobs], "absent": [], "hint": hint}
-
-
-def _model_jobs(module, path: str, guard: Guard) -> list[Job]:
-    """The cs231n model classes of the module (gradaudit/models.py), one job per configuration."""
-    from . import models
-
-    return [Job(**j, convention="cs231n", file=path, source=Path(path).name) for j in models.plan(module, guard)]
+    if not derivations and (cs231n.plan(functions)[0] or desc.get("models")):
+        hint = f"{base} has cs231n-named functions or classes: audit them with --convention cs231n"
+    jobs = []
+    for d in derivations:
+        name, bwd = d["name"], d.get("backward") if isinstance(d.get("backward"), str) else None
+        regimes = [r for r in d.get("regimes") or ("typical",) if isinstance(r, str)]
+        jobs.append(Job(qualified(path, bwd or f"{name}_backward", folder), qualified(path, name, folder),
+                        "derivation", path, key, name, regimes, name,
+                        source=clean(d.get("source") or "", 500) or base, formula=clean(d.get("formula") or "", 2000),
+                        skip=None if bwd else f"{name} has no backward (decorate one with @{name}.backward)"))
+    jobs += subject_jobs(desc, path, key, Job, functools.partial(qualified, path, folder=folder), runnable=models)
+    return jobs, [], hint
 
 
-class Modules:
-    """User modules imported by this process, by path (each imported once), and derivations handed
-    over directly (gradaudit.check(some_derivation))."""
+# ---- where the user's functions run -----------------------------------------------------------------
+
+class InProcess:
+    """The user's modules and derivations in this process, every call guarded (gradaudit.check)."""
 
     def __init__(self, guard: Guard):
-        self.guard, self.modules, self.objects = guard, {}, {}
+        self.guard, self.modules, self.objects, self.described = guard, {}, {}, {}
 
-    def get(self, path: str):
-        if path not in self.modules:
-            self.modules[path] = self.guard.call(import_file, f"import {Path(path).name}", (path,))
-        return self.modules[path]
+    def describe(self, key: str) -> dict:
+        from ._child import describe_derivation, describe_module
 
-    def derivation(self, path: str, name: str):
-        if (path, name) in self.objects:
-            return self.objects[(path, name)]
-        d = next((d for d in derivations_in(self.get(path)) if d.name == name), None)
+        if key in self.objects:  # a derivation or a gradaudit.function subject
+            return described(self.objects[key], describe_derivation)
+        if key not in self.described:
+            self.described[key] = describe_module(self.modules[key], self.guard)
+        return self.described[key]
+
+    def model(self, job: Job, notes: dict):
+        from . import models
+
+        return models.build(job.name, self.modules[job.key], self.guard, notes)
+
+    def functions(self, key: str, pair) -> dict:
+        from . import cs231n
+
+        fns = cs231n.functions_in(self.modules[key])
+        return {n: self.guard.wrap(fns[n], n) for n in pair.functions if n in fns}  # (optional ones may be absent)
+
+    def derivation_target(self, key: str, job: Job):
+        from ._child import derivations_in
+
+        d = self.objects.get(key) or next((d for d in derivations_in(self.modules[key]) if d.name == job.name), None)
         if d is None:
-            raise LookupError(f"no derivation {name!r} in {path}")
-        return d
+            raise LookupError(f"no derivation {job.name!r} in {job.file}")
+        return d, dataclasses.replace(d.target(job.target, wrap=self.guard.wrap), op=job.op, forward_name=job.target)
 
-    def subject(self, path: str, name: str):
-        from .function import subjects_in
-
-        if (path, name) in self.objects:
-            return self.objects[(path, name)]
-        s = next((s for s in subjects_in(self.get(path)) if s.name == name), None)
-        if s is None:
-            raise LookupError(f"no gradaudit.function subject {name!r} in {path}")
-        return s
+    def settle(self, job: Job) -> None:
+        pass
 
 
-def build(job: Job, modules: Modules, guard: Guard, notes: dict):
-    """(spec, target, inputs factory, regimes) for a job, with the user's functions guarded."""
+def build(job: Job, code, notes: dict):
+    """(spec, target, inputs factory, regimes) of a job, its user functions wherever `code` runs them."""
+    if job.convention == "function":  # a subject (gradaudit/function.py): its own spec, inputs and regimes
+        return None, subject_of(code, job), None, None
     if job.convention == "cs231n":
         from . import cs231n
         from properties import catalogue
 
-        module = modules.get(job.file)
         if job.name not in cs231n.BY_TARGET:  # a model class
-            from . import models
-
-            return models.build(job.name, module, guard, notes)
-        functions = cs231n.functions_in(module)
-        pair = cs231n.resolve(cs231n.BY_TARGET[job.name], set(functions))
-        fns = {n: guard.wrap(f, n) for n, f in functions.items() if n in pair.functions}
-        target, inputs = cs231n.build_target(pair, fns, notes)
+            return code.model(job, notes)
+        pair = cs231n.resolve(cs231n.BY_TARGET[job.name], set(code.describe(job.key).get("functions") or ()))
+        target, inputs = cs231n.build_target(pair, code.functions(job.key, pair), notes)
         # a forward mismatch is named after the user's forward (a loss function is its own)
         target = dataclasses.replace(target, forward_name=job.forward or job.target)
         return catalogue.load()[pair.op], target, inputs, tuple(job.regimes)
-    d = modules.derivation(job.file, job.name)
-    target = d.target(job.target, wrap=guard.wrap)
-    target = dataclasses.replace(target, op=job.op, forward_name=job.target)
+    d, target = code.derivation_target(job.key, job)
     return d.spec(), target, d.inputs, tuple(d.regimes)
 
 
-class AuditSink:
-    """Between the runner and results.jsonl: makes every message safe to print (user text escaped
-    and cut), and adds the notes of the target and where it comes from. (The verdicts already name
-    the user's functions: the Target carries their names.)"""
-
-    def __init__(self, inner, job: Job, notes: dict, emit=None):
-        self.inner, self.job, self.notes, self.emit = inner, job, notes, emit
-
-    def write(self, rec: dict) -> None:
-        rec = polish(rec, self.job, self.notes.get(self.job.target))
-        self.inner.write(rec)
-        if self.emit:
-            self.emit("J " + json.dumps(rec, default=str))
-
+# ---- checking jobs ------------------------------------------------------------------------------------
 
 def polish(rec: dict, job: Job, note: str | None = None) -> dict:
+    """A record of an audited function: safe to print (user text escaped and cut), with the notes of
+    the target and where it comes from. (The verdicts already name the user's functions: the Target
+    carries their names.)"""
     rec = dict(rec)
     msg = str(rec.get("message") or "")
     if note and rec.get("status") in ("fail", "error"):
@@ -268,376 +234,209 @@ def polish(rec: dict, job: Job, note: str | None = None) -> dict:
     return rec
 
 
-def run_job(job: Job, cfg, sink, modules: Modules, guard: Guard, emit=None, done=()) -> list[dict]:
-    """Check one job in this process; records go through AuditSink into `sink`. `done`: ids of cells
-    already recorded (a resumed run)."""
-    from properties.runner import run_target_cells
-
-    notes: dict = {}
-    out = AuditSink(sink, job, notes, emit)
-    if job.skip:
-        rec = skip_record(job, cfg, job.skip)
-        out.write(rec)
-        return [polish(rec, job)]
-    if job.convention == "function":
-        return _run_subject_job(job, cfg, out, modules, done)
-    try:
-        spec, target, inputs, regimes = build(job, modules, guard, notes)
-    except Exception as e:  # the import or the derivation itself is broken: every cell errors
-        why = str(e) if isinstance(e, UserCodeError) else f"{type(e).__name__}: {e}"
-        recs = [error_record(job, c, f"{job.target} could not be set up: {why}") for c in job.cells(cfg)]
-        for r in recs:
-            out.write(r)
-        return [polish(r, job) for r in recs]
-    collected = []
-
-    class _Collect:
-        def write(self, rec):
-            out.write(rec)
-            collected.append(polish(rec, job, notes.get(job.target)))
-
-    extra = {"audit_path": job.file, "convention": job.convention, "audit_name": job.name, "audit_op": job.op}
-    run_target_cells(spec, target, inputs, regimes, cfg, _Collect(), done=done, family=job.convention,
-                     source=job.source, case_meta=extra)
-    return collected
-
-
-def _run_subject_job(job: Job, cfg, out, modules: Modules, done=()) -> list[dict]:
-    """A `gradaudit.function` subject: every one of its checks (gradaudit/_subject_run.py)."""
-    from ._subject_run import run_subject
-
-    collected = []
-
-    class _Collect:
-        def write(self, rec):
-            out.write(rec)
-            collected.append(polish(rec, job))
-
-    try:
-        subject = modules.subject(job.file, job.name)
-    except Exception as e:
-        why = str(e) if isinstance(e, UserCodeError) else f"{type(e).__name__}: {e}"
-        recs = [error_record(job, c, f"{job.target} could not be set up: {why}") for c in job.cells(cfg)]
-        for r in recs:
-            out.write(r)
-        return [polish(r, job) for r in recs]
-    extra = {"audit_path": job.file, "convention": job.convention, "audit_name": job.name, "audit_op": job.op}
-    run_subject(subject, cfg, _Collect(), done=done, case_meta=extra, family="function", source=job.source)
-    return collected
-
-
-# ---- records the parent writes itself ---------------------------------------------------------
-
 def _record(job: Job, cell: dict, status: str, message: str) -> dict:
     from reports.records import new_record
 
     return new_record(target=job.target, op=job.op, oracle=cell["oracle"], device=cell["device"],
-                      dtype=cell["dtype"], regime=cell["regime"], status=status, message=message, id=cell["id"],
-                      family=job.convention, source=job.source, device_name=cell["device"], seconds=0.0,
-                      audited=Path(job.file).name)
+                      dtype=cell["dtype"], regime=cell["regime"], status=status, message=clean(message, 2000),
+                      id=cell["id"], family=job.convention, source=job.source, device_name=cell["device"],
+                      seconds=0.0, audited=Path(job.file).name)
 
 
 def error_record(job: Job, cell: dict, message: str) -> dict:
-    rec = _record(job, cell, "error", clean(message, 2000))
-    rec["blame"] = "reference"
-    return rec
+    if not message.startswith(job.target):
+        message = f"{job.target}: {message}"
+    return dict(_record(job, cell, "error", message), blame="reference")
 
 
-def skip_record(job: Job, cfg, message: str) -> dict:
+def first_cell(job: Job, cfg, suffix: str) -> dict:
     o, d = cfg.sides()[0]
-    cell = {"id": f"{job.target}-{o}-{d}-{cfg.dtypes[0]}-not-checked", "oracle": o, "device": d,
-            "dtype": cfg.dtypes[0], "regime": "-"}
-    return _record(job, cell, "skip", clean(message, 2000))
+    return {"id": f"{job.target}-{o}-{d}-{cfg.dtypes[0]}-{suffix}", "oracle": o, "device": d, "dtype": cfg.dtypes[0],
+            "regime": "-"}
 
 
-# ---- the parent: children, timeouts, crashes ---------------------------------------------------
+class _Collect:
+    """The records of one target, held until it is done (a target whose child is lost is not a pass)."""
 
-def _signal_name(code: int) -> str:
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-    return {"SIGSEGV": "SIGSEGV (segmentation fault)", "SIGKILL": "SIGKILL (killed)",
-            "SIGABRT": "SIGABRT (abort)", "SIGBUS": "SIGBUS (bus error)"}.get(name, name)
+    def __init__(self):
+        self.records: list[dict] = []
 
-
-@dataclasses.dataclass
-class ChildOutcome:
-    records: list
-    done: set  # targets finished
-    finished: bool  # the child reported that it had done everything
-    current: str | None = None  # the target it was on when it stopped
-    cells_written: set = dataclasses.field(default_factory=set)
-    death: str | None = None  # why it stopped early
-    plan: dict | None = None
-    fatal: str | None = None  # an error inside the worker itself
+    def write(self, rec: dict) -> None:
+        self.records.append(rec)
 
 
-def _child_env() -> dict:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("PYTHONHASHSEED", "0")
-    return env
+def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
+    """Check one job; its records, polished, go to `sink` once the target is done. `done`: ids of
+    cells already recorded (a resumed run)."""
+    from ._subject_run import run_cells
 
-
-def drive_child(job: dict, timeout: float, *, verbose: bool = False, on_target_done=None) -> ChildOutcome:
-    """Run one worker process on `job` (see _audit_worker) and follow it to its end."""
-    r, w = os.pipe()
-    job = dict(job, ctl_fd=w)
-    proc = subprocess.Popen([sys.executable, "-m", WORKER], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, pass_fds=(w,), env=_child_env(), start_new_session=True)
-    os.close(w)
-    try:
-        proc.stdin.write(json.dumps(job).encode())
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    outcome = ChildOutcome(records=[], done=set(), finished=False)
-    buf, err_head = b"", b""
-    in_call, call_t0 = None, 0.0
-    last_event = time.monotonic()
-    silence_limit = max(10 * timeout, 600.0)
-    fds = {r: "ctl", proc.stderr.fileno(): "err"}
-    try:
-        while fds:
-            ready, _, _ = select.select(list(fds), [], [], 0.1)
-            for fd in ready:
-                data = os.read(fd, 1 << 16)
-                if not data:
-                    del fds[fd]
-                    continue
-                if fds[fd] == "err":
-                    err_head = (err_head + data)[:8192]
-                    continue
-                last_event = time.monotonic()
-                buf += data
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    kind, _, rest = line.decode("utf-8", "replace").partition(" ")
-                    if kind == "C":
-                        in_call, call_t0 = rest, time.monotonic()
-                    elif kind == "R":
-                        in_call = None
-                    elif kind == "T":
-                        outcome.current = rest
-                        outcome.cells_written = set()
-                    elif kind == "J":
-                        rec = json.loads(rest)
-                        outcome.records.append(rec)
-                        outcome.cells_written.add(rec.get("id"))
-                    elif kind == "E":
-                        outcome.done.add(rest)
-                        if on_target_done:
-                            on_target_done(rest, [x for x in outcome.records if x.get("target") == rest])
-                        outcome.current = None
-                    elif kind == "X" and verbose:
-                        tb = json.loads(rest)
-                        print(f"--- traceback from {clean(tb['function'])} ---\n{tb['traceback']}", file=sys.stderr)
-                    elif kind == "P":
-                        outcome.plan = json.loads(rest)
-                    elif kind == "F":
-                        outcome.fatal = json.loads(rest)
-                    elif kind == "D":
-                        outcome.finished = True
-            now = time.monotonic()
-            if in_call is not None and now - call_t0 > timeout:
-                _kill(proc)
-                outcome.death = (f"{in_call} did not return within {timeout:g} s (--timeout {timeout:g}); "
-                                 f"the check was stopped")
-                in_call = None
-            elif now - last_event > silence_limit and proc.poll() is None:
-                _kill(proc)
-                outcome.death = f"the worker went silent for {silence_limit:g} s outside the audited code; stopped"
-        code = proc.wait()
-    except BaseException:
-        _kill(proc)
-        raise
-    finally:
-        os.close(r)
-        proc.stderr.close()
-    if not outcome.finished and outcome.death is None:
-        how = (f"it was killed by {_signal_name(code)} (a crash in native code?)" if code < 0
-               else f"it exited with status {code} (os._exit?)")
-        if in_call is not None:
-            outcome.death = f"the process died during a call to {in_call}: {how}"
-        elif outcome.fatal:
-            outcome.death = f"gradaudit's worker failed: {outcome.fatal.get('error')}"
-        else:
-            tail = clean(err_head.decode("utf-8", "replace")[-600:])
-            outcome.death = f"gradaudit's worker stopped ({how}) outside the audited code{': ' + tail if tail else ''}"
-    return outcome
-
-
-def _kill(proc) -> None:
-    if proc.poll() is None:
+    notes: dict = {}
+    if job.skip:
+        recs = [_record(job, first_cell(job, cfg, "not-checked"), "skip", job.skip)]
+    else:
+        got, lost = _Collect(), None
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the child and anything it started
-        except (ProcessLookupError, PermissionError):
-            proc.kill()
-    proc.wait()
-
-
-def run_isolated(jobs: list[dict], sink, cfg, *, timeout: float, verbose: bool, progress: bool,
-                 recorded=()) -> list[dict]:
-    """Check `jobs` in child processes, a fresh one after each death; every cell gets a record.
-    `recorded`: ids of cells already recorded (a resumed run)."""
-    records: list[dict] = []
-    remaining = [Job(**j) for j in jobs]
-
-    def done(target, recs):
-        if progress:
-            bad = sum(r["status"] in ("fail", "error") for r in recs)
-            n = sum(r.get("examples") or 0 for r in recs)
-            print(f"  {target:<34} {len(recs):>3} cells {n:>5} examples{'  ' + str(bad) + ' FAILING' if bad else ''}",
-                  file=sys.stderr)
-
-    while remaining:
-        job = {"mode": "run", "jobs": [dataclasses.asdict(j) for j in remaining], "cfg": cfg.to_json(),
-               "done": sorted(recorded), "results": str(Path(cfg.report_dir) / "results.jsonl"),
-               "verbose": verbose}
-        out = drive_child(job, timeout, verbose=verbose, on_target_done=done)
-        records.extend(out.records)
-        remaining = [j for j in remaining if j.target not in out.done]
-        if out.finished or not remaining:
-            break
-        current = next((j for j in remaining if j.target == out.current), None)
-        if current is None:  # it died before starting a target: the import, or the worker itself
-            victims, message = remaining, out.death
+            spec, target, inputs, regimes = build(job, code, notes)
+        except ChildLost as e:
+            lost = f"could not be set up: {e}"
+        except Exception as e:  # the import or the derivation itself is broken: every cell errors
+            lost = f"could not be set up: {e if isinstance(e, UserCodeError) else f'{type(e).__name__}: {e}'}"
         else:
-            victims, message = [current], out.death
-        for j in victims:
-            recs = [error_record(j, c, f"{j.target}: {message}" if not message.startswith(j.target) else message)
-                    for c in j.cells(cfg) if c["id"] not in out.cells_written and c["id"] not in recorded]
-            if j.skip:
-                recs = []
-            for rec in recs:
-                sink.write(rec)
-            records.extend(recs)
-            done(j.target, [r for r in records if r["target"] == j.target])
-        remaining = [j for j in remaining if j not in victims]
+            meta = {"audit_path": job.file, "convention": job.convention, "audit_name": job.name, "audit_op": job.op}
+            try:
+                run_cells(spec, target, inputs, regimes, cfg, got, done=done, family=job.convention, source=job.source,
+                          case_meta=meta)
+                code.settle(job)
+            except ChildLost as e:
+                lost = str(e)
+        recs = got.records
+        if lost is not None:  # every cell not already failing says why the target could not finish
+            written = {r["id"] for r in recs} | set(done)
+            recs = [r if r["status"] in ("fail", "error") else error_record(job, r, lost) for r in recs]
+            recs += [error_record(job, c, lost) for c in job.cells(cfg) if c["id"] not in written]
+    recs = [polish(r, job, notes.get(job.target)) for r in recs]
+    for r in recs:
+        sink.write(r)
+    return recs
+
+
+def check_in_child(child: Child, jobs: list[Job], sink, cfg, done=()) -> list[dict]:
+    """A session job (properties.session): `jobs` checked with the functions running in `child`."""
+    records = []
+    code = InChild(child)
+    for job in jobs:
+        if job.key in child.load_errors and not job.skip:
+            recs = [polish(error_record(job, first_cell(job, cfg, "import"), child.load_errors[job.key]), job)]
+            for r in recs:
+                sink.write(r)
+        else:
+            recs = check_job(job, code, cfg, sink, done)
+        records += recs
     return records
 
 
-def _isolated_job(jobs, timeout, verbose, progress, sink, cfg, done=()):
-    return run_isolated(jobs, sink, cfg, timeout=timeout, verbose=verbose, progress=progress, recorded=done)
+def check_in_fresh_child(sources: list[Source], conf: Confinement, jobs: list[Job], verbose: bool, sink, cfg,
+                         done=()) -> list[dict]:
+    """A session job for a `--workers` process or a shard: a child of its own."""
+    with TerminateAsInterrupt(), Child(conf, sources, verbose=verbose) as child:
+        return check_in_child(child, jobs, sink, cfg, done)
 
 
-def plan_isolated(path: Path, convention: str | None, timeout: float, verbose: bool):
-    """(jobs, absent pairs, error, hint) from a child that imports the file(s)."""
-    out = drive_child({"mode": "plan", "path": str(path), "convention": convention, "verbose": verbose},
-                      timeout, verbose=verbose)
-    if out.plan is None:
-        return [], [], out.death or "the file could not be read", None
-    return out.plan["jobs"], out.plan["absent"], out.plan.get("error"), out.plan.get("hint")
+# ---- `gradaudit audit PATH` ---------------------------------------------------------------------------
+
+def confinement(sources: list[Source], convention: str | None, cfg, *, timeout: float, memory_limit: str = "4G",
+                pass_env=(), sandbox: str = "process") -> Confinement:
+    """The child's confinement for an audit of `sources` under `cfg`; ValueError for a bad option."""
+    if sandbox not in ("process", "bwrap"):
+        raise ValueError(f"unknown sandbox {sandbox!r}; accepted: process, bwrap")
+    if sandbox == "bwrap" and shutil.which("bwrap") is None:
+        raise ValueError("--sandbox bwrap: bubblewrap is not installed (apt-get install bubblewrap)")
+    frameworks = () if convention == "cs231n" else tuple(o for o in cfg.oracles if o in ("torch", "jax"))
+    return Confinement(memory_limit=parse_size(memory_limit), pass_env=tuple(pass_env), sandbox=sandbox,
+                       timeout=timeout, frameworks=frameworks, allow_tf32=cfg.allow_tf32,
+                       jax_cache=child_jax_cache([s.text for s in sources], sandbox) if "jax" in frameworks else None)
 
 
-def session_jobs(path: Path, convention: str | None, jobs: list[dict], error: str | None, *, timeout: float,
-                 verbose: bool, workers: int = 1, sharded: bool = False, progress: bool = False) -> list:
-    """The audit as session jobs (properties.session): the planned functions in children, one chunk
-    per worker (one function per job when the run is sharded); an import error as one error cell."""
-    out = []
-    if error:
-        bad = Job(path.name, "(import)", convention or "derivation", str(path.resolve()), path.name, ["-"],
-                  source=path.name)
-        out.append((f"import {path.name}", functools.partial(_error_job, bad, error)))
-    if jobs:
-        if sharded or workers > 1:
-            chunks = [[j] for j in jobs] if sharded else [jobs[i::workers] for i in range(workers)]
-        else:
-            chunks = [jobs]
-        for chunk in chunks:
-            if not chunk:
-                continue
-            label = chunk[0]["target"] if len(chunk) == 1 else f"{path.name} ({len(chunk)} functions)"
-            out.append((label, functools.partial(_isolated_job, chunk, timeout, verbose, progress and workers == 1)))
-    return out
+class Audit:
+    """One `gradaudit audit PATH`: its sources, read once by this process; a confined child that
+    imports them once and serves the whole audit (or, with `--workers`, one child per worker); SIGTERM
+    and SIGHUP unwind like Ctrl-C, so that the child and all it started are killed on the way out."""
+
+    def __init__(self, sources: list[Source], convention: str | None, conf: Confinement, *, folder: bool = False,
+                 verbose: bool = False):
+        self.sources, self.convention, self.conf, self.folder, self.verbose = sources, convention, conf, folder, verbose
+        self.child = Child(conf, sources, verbose=verbose)
+        self._signals = TerminateAsInterrupt()
+
+    def __enter__(self):
+        self._signals.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.child.close()
+        finally:
+            self._signals.__exit__(*exc)
+
+    def plan(self) -> tuple[list[Job], list[str], list[str], list[str]]:
+        """(jobs, absent cs231n pairs, why files could not be imported, hints). A file that cannot be
+        imported is one error cell. ChildStartError when the child cannot start at all."""
+        self.child.ensure()
+        jobs, absent, errors, hints = [], [], [], []
+        for src in self.sources:
+            if src.key not in self.child.load_errors:
+                try:
+                    got, gone, hint = plan(self.child.describe(src.key), src.path, src.key, self.convention,
+                                           folder=self.folder, models=False)
+                    jobs, absent, hints = jobs + got, absent + gone, hints + ([hint] if hint else [])
+                    continue
+                except (UserCodeError, ChildLost) as e:
+                    self.child.load_errors[src.key] = str(e)
+            errors.append(self.child.load_errors[src.key])
+            name = Path(src.path).name
+            jobs.insert(0, Job(name, "(import)", self.convention or "derivation", src.path, src.key, name, ["-"],
+                               source=name))
+        return jobs, absent, errors, hints
+
+    def session_jobs(self, jobs: list[Job], *, workers: int = 1, sharded: bool = False):
+        """The audit as session jobs: all of it in this audit's child, or one chunk per worker (one
+        function per job when sharded), each with a child of its own."""
+        if not jobs:
+            return []
+        if not (sharded or workers > 1):
+            return [(Path(self.sources[0].path).name, functools.partial(check_in_child, self.child, jobs))]
+        self.child.close()  # each worker process or shard job starts its own
+        chunks = [[j] for j in jobs] if sharded else [jobs[i::workers] for i in range(workers)]
+        return [(c[0].target if len(c) == 1 else f"{len(c)} functions",
+                 functools.partial(check_in_fresh_child, self.sources, self.conf, c, self.verbose)) for c in chunks if c]
 
 
-def _error_job(job: Job, message: str, sink, cfg, done=()) -> list[dict]:
-    o, d = cfg.sides()[0]
-    rec = error_record(job, {"id": f"{job.target}-import", "oracle": o, "device": d, "dtype": cfg.dtypes[0],
-                             "regime": "-"}, message)
-    sink.write(rec)
-    return [rec]
-
-
-# ---- replay -----------------------------------------------------------------------------------
-
-def target_for(meta: dict):
-    """The Target of an audit counterexample (`gradaudit replay`): re-imports the user's file in this
-    process (replay is an explicit request to run that code again)."""
-    path = meta["audit_path"]
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"the audited file {path!r} is gone; replay needs it")
-    guard = Guard()
-    job = Job(meta["target"], meta.get("audit_op") or meta["op"], meta["convention"], path,
-              meta.get("audit_name") or meta["target"], [meta.get("regime", "typical")])
-    if job.convention == "function":
-        from ._subject import subject_target
-
-        subject = Modules(guard).subject(path, job.name)
-        return subject_target(subject, meta["function_check"], meta.get("function_device", "cpu"))
-    _, target, _, _ = build(job, Modules(guard), guard, {})
-    return target
-
-
-# ---- from a test ------------------------------------------------------------------------------
+# ---- from a test ------------------------------------------------------------------------------------
 
 def check(*things, convention: str | None = None, oracles=("torch", "jax", "numeric"), dtypes=("float64",),
           profile: str = "ci", examples: int | None = None, seed: int | None = None, report=None,
           raise_on_failure: bool = True, devices=("cpu",)) -> list[dict]:
-    """Check derivations (or a cs231n-style module) from inside any test, in this process.
+    """Check derivations (or a cs231n-style module) from inside any test, IN THIS PROCESS.
 
-    things: `@gradaudit.derivation` objects, modules, or paths of .py files (or folders of them).
+    things: derivations, `gradaudit.function` subjects, modules, or paths of .py files (or folders of them).
     Returns the records (docs/result_record.md); raises AssertionError listing the failures when a
     cell fails or errors (unless raise_on_failure=False). Counterexamples go to `report` (a folder;
-    default a temporary one). For code that may hang or crash, use `gradaudit audit` instead: it
-    runs the code in a child process with a timeout.
+    default a temporary one).
+
+    The checked code runs in the caller's process, with the caller's privileges, and could change
+    the judge: that is the point of a check inside one's own test suite, and no boundary at all.
+    For code that may hang, crash or is not trusted, use `gradaudit audit`: it runs the code in a
+    confined child process with a timeout (docs/security.md).
     """
     from properties.config import RunConfig
     from properties.session import apply_precision
     from reports.records import RecordSink
 
     from .derivation import Derivation
-    from .function import FunctionSubject
 
     report_dir = Path(report) if report is not None else Path(tempfile.mkdtemp(prefix="gradaudit-check-"))
     cfg = RunConfig(oracles=tuple(oracles), dtypes=tuple(dtypes), profile=profile, examples=examples, seed=seed,
                     report_dir=report_dir, devices=tuple(devices))
     apply_precision(cfg)
-    guard = Guard()
-    modules = Modules(guard)
+    code = InProcess(Guard())
     jobs: list[Job] = []
-    for thing in things:
-        if isinstance(thing, Derivation):
+    for i, thing in enumerate(things):
+        key = f"m{i}"
+        if isinstance(thing, (Derivation, FunctionSubject)):
+            code.objects[key] = thing
             file = getattr(sys.modules.get(thing.fn.__module__), "__file__", None) or "<memory>"
-            modules.objects[(file, thing.name)] = thing
-            jobs.append(Job(thing.target_name, thing.name, "derivation", file, thing.name, list(thing.regimes),
-                            thing.name, source=thing.source or thing.name, formula=thing.formula,
-                            skip=None if thing.backward_fn else f"{thing.name} has no backward"))
-            continue
-        if isinstance(thing, FunctionSubject):
-            file = _defined_in(thing.fn)
-            modules.objects[(file, thing.name)] = thing
-            jobs.append(Job(thing.name, thing.name, "function", file, thing.name, list(thing.regimes), thing.name,
-                            source=thing.source or thing.name))
-            continue
-        if isinstance(thing, (str, os.PathLike)):
-            paths = derivation_files(Path(thing)) if convention is None else [Path(thing)]
+            jobs += plan(code.describe(key), file, key, None)[0]
+        elif isinstance(thing, (str, os.PathLike)):
             folder = Path(thing).is_dir()
-            for p in paths:
-                jobs.extend(Job(**j) for j in plan_file(p, convention, guard, folder=folder)["jobs"])
-            continue
-        # a module object
-        file = str(Path(thing.__file__).resolve())
-        modules.modules[file] = thing
-        jobs.extend(Job(**j) for j in _plan_module(thing, file, convention))
+            for k, src in enumerate(sources_of(Path(thing), convention)):
+                code.modules[f"{key}.{k}"] = import_file(src.path)
+                jobs += plan(code.describe(f"{key}.{k}"), src.path, f"{key}.{k}", convention, folder=folder)[0]
+        else:  # a module object
+            code.modules[key] = thing
+            jobs += plan(code.describe(key), str(Path(thing.__file__).resolve()), key, convention)[0]
     sink = RecordSink(report_dir / "results.jsonl")
-    records = []
     try:
-        for job in jobs:
-            records.extend(run_job(job, cfg, sink, modules, guard))
+        records = [r for job in jobs for r in check_job(job, code, cfg, sink)]
     finally:
         sink.close()
     bad = [r for r in records if r["status"] in ("fail", "error")]
@@ -647,31 +446,3 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
             + f": {r['message']}" + (f" [{r['replay']} --report {report_dir}]" if r.get("replay") else "")
             for r in bad))
     return records
-
-
-def _defined_in(fn) -> str:
-    """The file a function (or a Function class, or a custom_vjp's fun) comes from, for replay."""
-    for obj in (fn, getattr(fn, "__self__", None), getattr(fn, "fun", None)):
-        mod = sys.modules.get(getattr(obj, "__module__", None) or "")
-        if getattr(mod, "__file__", None):
-            return mod.__file__
-    return "<memory>"
-
-
-def _plan_module(module, file: str, convention: str | None) -> list[dict]:
-    from . import cs231n
-
-    if convention == "cs231n":
-        from properties import catalogue
-
-        run, skipped, _ = cs231n.plan(set(cs231n.functions_in(module)))
-        jobs = [Job(p.target, p.op, "cs231n", file, p.target, list(catalogue.load()[p.op].regimes), p.forward,
-                    source=Path(file).name) for p in run]
-        jobs += [Job(t, cs231n.BY_TARGET[t].op if t in cs231n.BY_TARGET else t, "cs231n", file, t, ["-"],
-                     skip=why, source=Path(file).name) for t, why in skipped]
-        jobs += _model_jobs(module, file, Guard())
-        return [dataclasses.asdict(j) for j in jobs]
-    return [dataclasses.asdict(Job(d.target_name, d.name, "derivation", file, d.name, list(d.regimes), d.name,
-                                   source=d.source or Path(file).name, formula=d.formula,
-                                   skip=None if d.backward_fn else f"{d.name} has no backward"))
-            for d in derivations_in(module)] + _subject_jobs(module, file, False)

@@ -45,11 +45,15 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
+
+from reports.text import clean
 
 from .arguments import ArgSpec
 
-__all__ = ["CHECKS", "FunctionSubject", "function", "subjects_in"]
+__all__ = ["CHECKS", "FunctionSubject", "describe_subjects", "described", "function", "subject_jobs", "subject_of",
+           "subjects_in"]
 
 # every check a subject can get, in the order they run; `checks=` picks among them
 CHECKS = ("vjp", "vjp_strided", "vjp_expanded", "vjp_batched", "jvp", "vjp_of_vjp", "jvp_of_vjp")
@@ -296,10 +300,61 @@ def _defines(cls, attr: str) -> bool:
 
 def subjects_in(module) -> list[FunctionSubject]:
     """The FunctionSubjects defined at module level, each once."""
+    return _subjects(vars(module).values())
+
+
+def _subjects(values) -> list[FunctionSubject]:
     seen, out = set(), []
-    for v in vars(module).values():
+    for v in list(values):
         if isinstance(v, FunctionSubject) and id(v) not in seen:
             seen.add(id(v))
             out.append(v)
     return out
 
+
+
+IN_CHILD = ("{name} is a gradaudit.function subject: check it with gradaudit.check(...) or the pytest plugin, in "
+            "your test's process; gradaudit audit runs audited code in a confined child, which does not run a "
+            "subject's checks yet (docs/functions.md)")
+
+
+def describe_subjects(values) -> list[dict]:
+    """What the judge needs to plan the subjects among `values` (a module's, gradaudit/_child.py)."""
+    return [{"name": s.name, "regimes": list(s.regimes), "source": s.source}
+            for s in _subjects(values)]
+
+
+def subject_jobs(desc: dict, path: str, key: str, make, qualify, *, runnable: bool) -> list:
+    """A job (made by `make`, gradaudit.audit.Job) per subject described in `desc`: checked when
+    `runnable` (in this process), else a skip that says where subjects are checked."""
+    # from the child: its words, escaped and cut before they name a target or a message
+    named = [dict(s, name=s["name"] if runnable else clean(s["name"], 200)) for s in desc.get("subjects") or ()
+             if type(s) is dict and isinstance(s.get("name"), str) and s["name"]]
+    names = [s["name"] for s in named]
+    if runnable and len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"two gradaudit.function subjects are named {twice[0]!r} in {Path(path).name}: give one "
+                         f"of them name=")
+    return [make(qualify(s["name"]), qualify(s["name"]), "function", path, key, s["name"],
+                 [r for r in s.get("regimes") or () if isinstance(r, str) and r.isidentifier()] or ["typical"],
+                 source=clean(s["source"], 500) if isinstance(s.get("source"), str) and s["source"]
+                 else Path(path).name,
+                 skip=None if runnable else IN_CHILD.format(name=s["name"])) for s in named]
+
+
+def described(obj, describe_derivation) -> dict:
+    """gradaudit.check's description of one object it was given: a derivation or a subject."""
+    if isinstance(obj, FunctionSubject):
+        return {"functions": [], "derivations": [], "subjects": describe_subjects([obj])}
+    return {"functions": [], "derivations": [describe_derivation(obj)]}
+
+
+def subject_of(code, job):
+    """The subject a job checks, from the objects and modules `code` holds (gradaudit.audit.InProcess)."""
+    obj = code.objects.get(job.key)
+    if isinstance(obj, FunctionSubject):
+        return obj
+    s = next((s for s in subjects_in(code.modules[job.key]) if s.name == job.name), None)
+    if s is None:
+        raise LookupError(f"no gradaudit.function subject {job.name!r} in {job.file}")
+    return s

@@ -1,4 +1,9 @@
-"""`gradaudit replay ID`: re-run a saved minimal counterexample exactly, on the side it failed on."""
+"""`gradaudit replay ID`: re-run a saved minimal counterexample exactly, on the side it failed on.
+
+A case of an audit names the file its functions came from, but a case file is data, and data never
+says what to run: the audited code runs only in a confined child (as under `gradaudit audit`), from
+the file the user names (`file=`, `--file`), or else the recorded path, said aloud before anything runs.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,44 +30,61 @@ class Replayed:
 
 
 def load_case(path: Path):
-    """(meta, Case, douts) of a saved counterexample (reports.cases)."""
+    """(meta, Case, douts) of a saved counterexample (reports.cases). A file that is not one (not an
+    .npz, or without the arrays and metadata a case has) is a ReplayError saying what is missing."""
     from properties.spec import Case
     from reports.cases import read_case
+    from reports.text import clean
 
     saved = read_case(path)
+    where = f"counterexample {clean(str(path), 300)!r}"
     if saved.error:
-        raise ReplayError(f"counterexample {str(path)!r}: {saved.error}")
+        raise ReplayError(f"{where}: {clean(saved.error, 300)}")
     meta = saved.meta
-    arrays = {n: saved.inputs[n].astype(np.float64) for n in meta["arrays"]}
+    missing = [k for k in ("op", "oracle", "device", "dtype", "arrays") if k not in meta]
+    if missing:
+        raise ReplayError(f"{where} is not a gradaudit case: its metadata lacks {', '.join(missing)}")
+    if not (isinstance(meta["arrays"], list) and all(isinstance(n, str) for n in meta["arrays"])
+            and all(isinstance(meta[k], str) for k in ("op", "oracle", "device", "dtype"))
+            and isinstance(meta.get("params", {}), dict) and isinstance(meta.get("array_params", []), list)):
+        raise ReplayError(f"{where} is not a gradaudit case: its metadata has fields of the wrong type")
+    absent = [f"input/{n}" for n in meta["arrays"] if n not in saved.inputs] + [
+        f"param/{k}" for k in meta.get("array_params", []) if k not in saved.params]
+    if absent:
+        raise ReplayError(f"{where} is incomplete: no {', '.join(map(str, absent[:5]))}")
+    try:
+        arrays = {n: saved.inputs[n].astype(np.float64) for n in meta["arrays"]}
+    except (TypeError, ValueError) as e:
+        raise ReplayError(f"{where}: an input is not a float array ({clean(e, 200)})") from None
     params = dict(meta.get("params", {}))
     params.update({k: saved.params[k] for k in meta.get("array_params", [])})
     return meta, Case(arrays, params), tuple(saved.douts)
 
 
-def replay(ident: str, report_dir: Path) -> Replayed:
-    """Re-run the counterexample `ident` (a cell id under report_dir/cases, or a path to a .npz)."""
+def replay(ident: str, report_dir: Path, *, file: Path | None = None, timeout: float = 60.0,
+           say=None, in_process: bool = False) -> Replayed:
+    """Re-run the counterexample `ident` (a cell id under report_dir/cases, or a path to a .npz).
+    An audit's case runs the functions of `file` (default: the recorded path, told to `say` first)
+    in a confined child; a `gradaudit.function` subject's (gradaudit.check's), only `in_process`."""
     from properties import catalogue
     from properties.evaluate import evaluate
     from properties.target import Target
+    from reports.cases import case_path
+    from reports.text import clean
 
-    path = Path(ident) if ident.endswith(".npz") else Path(report_dir) / "cases" / f"{ident}.npz"
+    path = Path(ident) if ident.endswith(".npz") else case_path(report_dir, ident)
     if not path.is_file():
         raise ReplayError(_why_no_case(ident, path, Path(report_dir)))
     meta, case, douts = load_case(path)
-    spec = catalogue.load().get(meta["op"])
-    if meta.get("audit_path"):
-        from .audit import target_for  # audit mode re-imports the user's file
-
-        try:
-            target = target_for(meta)
-        except FileNotFoundError as e:
-            raise ReplayError(str(e)) from None
-    elif spec is None:
-        raise ReplayError(f"counterexample names op {meta['op']!r}, which is not in the catalogue")
-    else:
-        target = Target.reference(spec)
     side = (meta["oracle"], meta["device"])
-    ev = evaluate(spec, target, case, meta["dtype"], [side], douts=douts)
+    if meta.get("convention") == "function":
+        return _replay_subject(meta, case, douts, side, file, in_process, path)
+    if meta.get("audit_path") or file is not None:
+        return _replay_audit(meta, case, douts, side, file, timeout, say, path)
+    spec = catalogue.load().get(meta["op"])
+    if spec is None:
+        raise ReplayError(f"counterexample names op {clean(meta['op'], 200)!r}, which is not in the catalogue")
+    ev = evaluate(spec, Target.reference(spec), case, meta["dtype"], [side], douts=douts)
     return Replayed(meta.get("id", path.stem), case, ev.sides[side])
 
 
@@ -95,3 +117,69 @@ def _why_no_case(ident: str, path: Path, report_dir: Path) -> str:
     why = _NO_CASE.get(rec["status"], "it has none").format(examples=rec.get("examples"), cases=str(path.parent),
                                                            message=rec.get("message") or "no reason given")
     return f"cell {ident} has no counterexample to replay: {why}"
+
+
+def _replay_subject(meta, case, douts, side, file, in_process: bool, path) -> Replayed:
+    """A subject's case, in this process as gradaudit.check ran it (`gradaudit replay` runs audited code
+    only in its confined child, which does not run subjects: docs/functions.md)."""
+    from properties.evaluate import evaluate
+
+    from ._guard import clean
+    from ._subject_run import subject_in
+    from .audit import import_file
+
+    rid = str(meta.get("id", path.stem))
+    if not in_process:
+        raise ReplayError(f"{clean(rid)} is a gradaudit.function subject's case: replay it in your own process, as "
+                          f"gradaudit.check ran it, with gradaudit.replay.replay({rid!r}, REPORT, in_process=True)")
+    file = Path(file if file is not None else str(meta.get("audit_path")))
+    if not file.is_file():
+        raise ReplayError(f"the subject's file {clean(str(file))!r} is not there; give it with file=PATH")
+    try:
+        target = subject_in(import_file(file), meta)
+    except LookupError as e:
+        raise ReplayError(clean(str(e))) from None
+    return Replayed(rid, case, evaluate(None, target, case, meta["dtype"], [side], douts=douts).sides[side])
+
+
+def _replay_audit(meta, case, douts, side, file, timeout, say, path) -> Replayed:
+    from properties.evaluate import evaluate
+    from properties.verdict import Verdict
+
+    from . import cs231n
+    from ._guard import UserCodeError, clean
+    from ._proxy import InChild
+    from ._remote import Child, ChildLost, ChildStartError, Source
+    from ._sandbox import Confinement
+    from .audit import Job, build, module_name, source_text
+
+    convention, name = meta.get("convention"), meta.get("audit_name") or meta.get("target")
+    if convention not in ("cs231n", "derivation") or not isinstance(name, str):
+        raise ReplayError(f"{str(path)!r} is not the case of an audited function (convention {convention!r})")
+    if convention == "cs231n" and name not in cs231n.BY_TARGET:
+        raise ReplayError(f"{clean(name)!r} is no cs231n function gradaudit checks")
+    if file is None:
+        file = Path(str(meta["audit_path"]))
+        if say is not None:
+            say(f"replaying with the recorded file {clean(str(file))} (the audited code runs in a confined child; "
+                f"--file PATH to choose another)")
+    if not Path(file).is_file():
+        raise ReplayError(f"the audited file {clean(str(file))!r} is not there; give it with --file PATH")
+    file = Path(file)
+    src = Source("m0", str(file.resolve()), source_text(file), module_name(file))
+    job = Job(str(meta.get("target") or name), str(meta.get("audit_op") or meta.get("op")), convention, src.path, "m0",
+              name, [str(meta.get("regime", "typical"))])
+    frameworks = (side[0],) if convention == "derivation" and side[0] in ("torch", "jax") else ()
+    rid = str(meta.get("id", path.stem))
+    with Child(Confinement(timeout=timeout, frameworks=frameworks), [src]) as child:
+        try:
+            child.ensure()
+            if "m0" in child.load_errors:
+                raise UserCodeError(child.load_errors["m0"])
+            spec, target, _, _ = build(job, InChild(child), {})
+            ev = evaluate(spec, target, case, meta["dtype"], [side], douts=douts)
+            return Replayed(rid, case, ev.sides[side])
+        except ChildStartError as e:
+            raise ReplayError(str(e)) from None
+        except (ChildLost, UserCodeError) as e:
+            return Replayed(rid, case, Verdict("error", fault=clean(e, 4000)))

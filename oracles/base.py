@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OracleResult", "OracleUnavailable", "Projection", "as_tuple"]
+__all__ = ["Elsewhere", "OracleResult", "OracleUnavailable", "Projection", "as_tuple"]
 
 
 class OracleUnavailable(Exception):
@@ -36,6 +36,24 @@ class OracleResult:
     out: Any  # np.ndarray, or tuple of them for multi-output ops
     grads: dict[str, np.ndarray | Projection]
     info: dict[str, Any] = field(default_factory=dict)
+
+
+class Elsewhere:
+    """A forward that runs in another process (a `@gradaudit.derivation` audited in its child
+    process, gradaudit/_remote.py): a framework oracle cannot trace it, so it asks for the forward and
+    the VJP where the forward lives; the numeric oracle evaluates it at all its points in one call."""
+
+    def __call__(self, *arrays, **params):
+        """The NumPy forward's output at one point."""
+        raise NotImplementedError
+
+    def batch(self, points: list, params: dict) -> list:
+        """The outputs at each point (a tuple of arrays) with the same params."""
+        raise NotImplementedError
+
+    def vjp(self, oracle: str, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str) -> "OracleResult":
+        """`oracle`'s forward output and VJP, computed where the forward lives."""
+        raise NotImplementedError
 
 
 def as_tuple(x):

@@ -16,7 +16,7 @@ import functools
 
 import numpy as np
 
-from .base import OracleResult, OracleUnavailable, Projection, as_tuple
+from .base import Elsewhere, OracleResult, OracleUnavailable, Projection, as_tuple
 
 __all__ = ["CORROBORATING_DIRECTIONS", "DIRECTIONS", "FULL_JACOBIAN_MAX_ELEMENTS", "STEP", "check_available",
            "device_name", "flags", "name", "step_for", "vjp"]
@@ -84,9 +84,12 @@ def vjp(forward, arrays: dict, params: dict, douts: tuple, *, dtype: str, device
     xs = {n: np.array(a, dtype=np.float64) for n, a in arrays.items()}
     ds = [np.asarray(d, dtype=np.float64) for d in douts]
 
-    def g(values: dict) -> float:
-        outs = as_tuple(forward(*values.values(), **params))
-        return float(sum(np.sum(np.asarray(o, dtype=np.float64) * d) for o, d in zip(outs, ds)))
+    def g(points: list[dict]) -> list[float]:
+        # a forward in another process (oracles.base.Elsewhere) takes every point in one call
+        outs = forward.batch([tuple(p.values()) for p in points], params) if isinstance(forward, Elsewhere) else \
+            [forward(*p.values(), **params) for p in points]
+        return [float(sum(np.sum(np.asarray(o, dtype=np.float64) * d) for o, d in zip(as_tuple(out), ds)))
+                for out in outs]
 
     # Rounding in g is ~eps * sum|d * out| (the terms, not their possibly cancelling sum); a difference
     # quotient divides it by the step. That is this oracle's absolute noise floor.
@@ -96,35 +99,31 @@ def vjp(forward, arrays: dict, params: dict, douts: tuple, *, dtype: str, device
     noise = 8 * np.finfo(np.float64).eps * magnitude / h_min
 
     total = sum(a.size for a in xs.values())
-    grads = {}
+    # every point first (x with one element, or the whole array along one direction, moved by ±h), then
+    # the forward at all of them, then the difference quotients
+    points, steps = [], {}
     if total > FULL_JACOBIAN_MAX_ELEMENTS:
         all_dirs = dict(zip(xs, _directions(tuple(x.shape for x in xs.values()), directions)))
     for n, x in xs.items():
         if total <= FULL_JACOBIAN_MAX_ELEMENTS:
-            grad = np.zeros_like(x)
-            h = step_for(x)
-            flat, hflat, gflat = x.reshape(-1), h.reshape(-1), grad.reshape(-1)
-            for i in range(flat.size):
-                orig = flat[i]
-                flat[i] = orig + hflat[i]
-                plus = g(xs)
-                flat[i] = orig - hflat[i]
-                minus = g(xs)
-                flat[i] = orig
-                gflat[i] = (plus - minus) / (2 * hflat[i])
-            grads[n] = grad
+            steps[n] = step_for(x).reshape(-1)
+            for i in range(x.size):
+                for sign in (1, -1):
+                    moved = x.copy()
+                    moved.reshape(-1)[i] += sign * steps[n][i]
+                    points.append({**xs, n: moved})
         else:
-            dirs = all_dirs[n]
-            values = np.empty(directions)
-            h = STEP * max(1.0, float(np.abs(x).max(initial=0.0)))
-            for k, u in enumerate(dirs):
-                xs[n] = x + h * u
-                plus = g(xs)
-                xs[n] = x - h * u
-                minus = g(xs)
-                values[k] = (plus - minus) / (2 * h)
-            xs[n] = x
-            grads[n] = Projection(dirs=dirs, values=values)
+            steps[n] = STEP * max(1.0, float(np.abs(x).max(initial=0.0)))
+            for u in all_dirs[n]:
+                points += [{**xs, n: x + steps[n] * u}, {**xs, n: x - steps[n] * u}]
+    values = iter(g(points))
+    grads = {}
+    for n, x in xs.items():
+        if total <= FULL_JACOBIAN_MAX_ELEMENTS:
+            grads[n] = np.array([(next(values) - next(values)) / (2 * h) for h in steps[n]]).reshape(x.shape)
+        else:
+            grads[n] = Projection(dirs=all_dirs[n], values=np.array(
+                [(next(values) - next(values)) / (2 * steps[n]) for _ in range(directions)]))
     projected = total > FULL_JACOBIAN_MAX_ELEMENTS
     return OracleResult(out=None, grads=grads, info={"step": STEP, "noise": noise,
                                                      "directions": directions if projected else None})

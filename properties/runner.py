@@ -6,6 +6,7 @@ is done. The records' schema is reports.records; the saved case's, reports.cases
 from __future__ import annotations
 
 import functools
+import shlex
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -162,7 +163,7 @@ class GroupSearch:
             if v is not None and v.status in ("fail", "error"):
                 rec.update(_verdict_fields(v, final))
                 saved = _saved_case(final, s, v)
-                rec.update(replay=f"gradaudit replay {rec['id']}")
+                rec.update(replay=f"gradaudit replay {shlex.quote(rec['id'])}")  # a user's name may hold anything
             elif t.kinks:
                 rec.update(status="kink", kink=t.kink_reason,
                            message=f"{t.kinks} of {t.examples} examples on a kink: {t.kink_reason}")

@@ -2,30 +2,39 @@
 
 A *job* is the unit a worker process or a CI shard takes: `(label, fn)` with
 `fn(sink, cfg, done) -> records` (a picklable function for `workers > 1`); `catalogue_jobs` makes one
-per catalogue op and dtype. `run_session` sets up the process (or a pool of them), runs the jobs
-into `report_dir/results.jsonl`, writes `run.json` at the start and at the end, and returns both.
+per catalogue op and dtype. `run_session` locks the report folder, sets up the process (or a pool
+of them), runs the jobs into `report_dir/results.jsonl`, writes `run.json` at the start and at the
+end (every invocation on that folder is listed there), and returns both. A resumed run continues
+exactly the run it resumes (docs/reliability.md): same identity, partial groups rerun whole.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
 import functools
+import json
 import multiprocessing as mp
 import os
 import platform
+import signal
 import sys
+import threading
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import oracles
-from reports.records import RecordSink, write_run_meta
+from reports.records import (SOURCE_KEY, RecordError, RecordSink, ReportLock, cell_id, load_records, load_run_meta,
+                             repair_tail, rewrite_records, write_run_meta)
 
 from .config import RunConfig
 
-__all__ = ["JAX_CACHE_ENV", "TORCH_THREADS_ENV", "Job", "apply_precision", "catalogue_jobs", "jax_cache_dir",
-           "jax_cache_stats", "prepare_process", "run_meta", "run_session"]
+__all__ = ["IDENTITY_KEYS", "JAX_CACHE_ENV", "TORCH_THREADS_ENV", "Job", "ResumeRefused", "WorkersLost",
+           "apply_precision", "catalogue_jobs", "check_resume", "identity", "jax_cache_dir", "jax_cache_stats", "prepare_process",
+           "run_meta", "run_session"]
 
 Job = tuple[str, Callable]  # (label, fn(sink, cfg, done) -> records)
 
@@ -201,12 +210,44 @@ def _run_catalogue_op(op: str, dtype: str, sink, cfg: RunConfig, done=()) -> lis
 # Workers are spawned, not forked: torch and JAX start threads at import, and forking a process with
 # threads can deadlock. Each worker imports the frameworks once, keeps its JAX compile cache for all
 # the jobs it takes, and shares the persistent compilation cache on disk with the others.
+#
+# A worker never outlives the run: it leads a process group of its own (so that the run can kill it
+# with whatever it started, and a terminal's Ctrl-C reaches the run alone, which decides), and it
+# dies with its parent however the parent ends, kill -9 included (PR_SET_PDEATHSIG on Linux; a
+# watching thread elsewhere).
 
 _worker_sink: RecordSink | None = None
+_PR_SET_PDEATHSIG = 1
 
 
-def _worker_init(results: str, cfg: RunConfig) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Make this process end when `parent` does."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+    if not armed:
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="gradaudit-parent-watch", daemon=True).start()
+
+
+def _worker_init(results: str, cfg: RunConfig, parent: int) -> None:
     global _worker_sink
+    _die_with_parent(parent)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run decides what an interrupt stops
     prepare_process(cfg)
     apply_precision(cfg)
     _worker_sink = RecordSink(Path(results))
@@ -219,15 +260,69 @@ def _worker_run(label, fn, cfg, done):
     return label, records, time.perf_counter() - t0, _delta(before, jax_cache_stats())
 
 
+class _PoolBroken(Exception):
+    """A worker process died: `unfinished` are the jobs that did not come back."""
+
+    def __init__(self, unfinished: list, why: str):
+        super().__init__(why)
+        self.unfinished, self.why = unfinished, why
+
+
+class WorkersLost(RuntimeError):
+    """Worker processes kept dying; the message lists the jobs that did not finish."""
+
+
+def _kill_workers(procs) -> None:
+    """SIGKILL each worker and its process group; wait for them."""
+    for p in procs:
+        for kill in (os.kill, os.killpg):
+            with contextlib.suppress(OSError):
+                kill(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.join(5)
+
+
+def _exit_text(procs) -> str:
+    """How the worker that broke the pool ended (the pool stops the others with SIGTERM after it)."""
+    codes = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+    codes.sort(key=lambda c: c == -signal.SIGTERM)
+    if not codes:
+        return "it ended abruptly"
+    code = codes[0]
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
 def _in_pool(jobs: Sequence[Job], cfg: RunConfig, done, results: Path, workers: int, jax_stats: list):
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(str(results), cfg)) as pool:
-        futures = [pool.submit(_worker_run, label, fn, cfg, done) for label, fn in jobs]
+    before = set(mp.active_children())
+    pool = ProcessPoolExecutor(max_workers=min(workers, max(len(jobs), 1)), mp_context=ctx,
+                               initializer=_worker_init, initargs=(str(results), cfg, os.getpid()))
+    procs: list = []
+    clean_exit = False
+    try:
+        futures = {pool.submit(_worker_run, label, fn, cfg, done): (label, fn) for label, fn in jobs}
+        procs = [p for p in mp.active_children() if p not in before]
+        pending = set(futures)
         for f in as_completed(futures):
-            label, records, seconds, stats = f.result()
+            try:
+                label, records, seconds, stats = f.result()
+            except BrokenProcessPool:
+                _kill_workers(procs)
+                raise _PoolBroken([futures[g] for g in futures if g in pending],
+                                  f"a worker process died ({_exit_text(procs)})") from None
+            pending.discard(f)
             jax_stats.append(stats)
             yield label, records, seconds
+        clean_exit = True
+    finally:
+        if not clean_exit:  # interrupted, or a job raised: no worker goes on writing
+            _kill_workers(procs or [p for p in mp.active_children() if p not in before])
+        pool.shutdown(wait=clean_exit, cancel_futures=True)
 
 
 def _in_process(jobs: Sequence[Job], cfg: RunConfig, done, results: Path, jax_stats: list):
@@ -243,22 +338,166 @@ def _in_process(jobs: Sequence[Job], cfg: RunConfig, done, results: Path, jax_st
         jax_stats.append(_delta(before, jax_cache_stats()))
 
 
+# ---- what a results file holds, and whether a run may add to it -----------------------------------
+
+class ResumeRefused(ValueError):
+    """`--resume` onto records of another run (seed, profile, budget, lists or code differ)."""
+
+
+IDENTITY_KEYS = ("seed", "profile", "examples", "ops", "oracles", "dtypes", "devices", "code")
+
+
+def identity(cfg: RunConfig, what: Sequence[str], code: str | None) -> dict:
+    """What makes two runs' cells comparable: a resumed run must match the run it continues."""
+    from .config import PROFILES
+
+    return {"seed": cfg.seed, "profile": cfg.profile,
+            "examples": cfg.examples if cfg.examples is not None else PROFILES[cfg.profile]["max_examples"],
+            "ops": sorted(set(what)), "oracles": sorted(set(cfg.oracles)), "dtypes": sorted(set(cfg.dtypes)),
+            "devices": sorted(set(cfg.devices)), "code": code}
+
+
+def _differences(before: dict, now: dict) -> list[str]:
+    out = []
+    for k in IDENTITY_KEYS:
+        a, b = before.get(k), now.get(k)
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list):
+            gone, new = [x for x in a if x not in b], [x for x in b if x not in a]
+            parts = ([f"not in this run: {_few(gone)}"] if gone else []) + ([f"new: {_few(new)}"] if new else [])
+            out.append(f"{k} differ ({'; '.join(parts)})")
+        elif k == "code":
+            out.append("the checked code changed since")
+        else:
+            out.append(f"{k} differs (the records: {_none(a)}, this run: {_none(b)})")
+    return out
+
+
+def _none(v) -> str:
+    return "none" if v is None else str(v)
+
+
+def _few(items: list, n: int = 4) -> str:
+    return ", ".join(map(str, items[:n])) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _check_resumable(report_dir: Path, mine: dict) -> list[dict]:
+    """The previous invocations of run.json when this run may continue them; ResumeRefused else."""
+    meta = load_run_meta(report_dir)
+    theirs = meta.get("identity")
+    if not isinstance(theirs, dict):
+        raise ResumeRefused(f"cannot resume {report_dir}: its run.json does not say which run wrote the records "
+                            f"(seed, profile, lists); run without --resume to start afresh, or add --force")
+    diff = _differences(theirs, mine)
+    if diff:
+        raise ResumeRefused(f"cannot resume {report_dir}: {'; '.join(diff)}; run without --resume to start "
+                            f"afresh, or add --force to mix them")
+    return _invocations(meta)
+
+
+def check_resume(cfg: RunConfig, *, what: Sequence[str] = (), code: str | None = None) -> None:
+    """ResumeRefused when `cfg.report_dir` holds records of another run than this one would be (what
+    `run_session(resume=True)` checks first): for a caller that wants to know before it starts."""
+    report_dir = Path(cfg.report_dir)
+    if (report_dir / "results.jsonl").exists():
+        _check_resumable(report_dir, identity(cfg, what, code))
+
+
+def _invocations(meta: dict) -> list[dict]:
+    inv = meta.get("invocations")
+    return [i for i in inv if isinstance(i, dict)] if isinstance(inv, list) else []
+
+
+def _group(rec: dict) -> tuple:
+    return (rec.get("target"), rec.get("op"), rec.get("dtype"), rec.get("regime"))
+
+
+def _settle(results: Path, report_dir: Path, cfg: RunConfig) -> list[dict]:
+    """Make results.jsonl a place to append to, and return the cells it holds that are done: the
+    partial last line cut off; the cells of a group that was not finished (a run stopped between
+    its records) dropped with their cases, so that the group reruns whole instead of twice; a cell
+    recorded twice kept once (the later record). Only with the folder's lock held."""
+    if not results.exists():
+        return []
+    repair_tail(results)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reasons are handled here
+        raw = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = load_records([results])
+    sides = cfg.sides()
+    groups: dict[tuple, set] = {}
+    for r in kept:
+        groups.setdefault(_group(r), set()).add(r.get("id"))
+    whole = set()
+    for key, ids in groups.items():
+        target, op, dtype, regime = key
+        expected = {cell_id(target=target, op=str(op), oracle=o, device=d, dtype=str(dtype), regime=str(regime))
+                    for o, d in sides}
+        if expected <= ids:
+            whole.add(key)
+    out = []
+    for r in kept:
+        r.pop(SOURCE_KEY, None)
+        if _group(r) in whole:
+            out.append(r)
+        elif r.get("counterexample"):
+            with contextlib.suppress(OSError):
+                (report_dir / str(r["counterexample"])).unlink()
+    if len(out) != len(raw):
+        rewrite_records(results, out)
+    return out
+
+
+def _start_afresh(report_dir: Path, results: Path) -> None:
+    """A new run: no record, case or page of an earlier one is left to be mixed with its own."""
+    results.unlink(missing_ok=True)
+    (report_dir / "index.html").unlink(missing_ok=True)
+    cases = report_dir / "cases"
+    if cases.is_dir():
+        for f in cases.iterdir():
+            if f.suffix in (".npz", ".tmp") and f.is_file():
+                with contextlib.suppress(OSError):
+                    f.unlink()
+
+
+def _read_back(results: Path, fallback: list[dict]) -> list[dict]:
+    """The run's records as `gradaudit report` reads them from results.jsonl (one per cell); what the
+    jobs returned when the file cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recs = load_records([results]) if results.exists() else []
+    except (OSError, RecordError):
+        return fallback
+    for r in recs:
+        r.pop(SOURCE_KEY, None)
+    return recs
+
+
 # ---- the run -------------------------------------------------------------------------------------
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_session(cfg: RunConfig, jobs: Sequence[Job], *, finished: Sequence[dict] | None = None, workers: int = 1,
+def run_session(cfg: RunConfig, jobs: Sequence[Job], *, resume: bool = False, force: bool = False,
+                wait: bool = False, code: str | None = None, workers: int = 1,
                 shard: tuple[int, int] | None = None, what: Sequence[str] = (), command: Sequence[str] = (),
-                on_job: Callable[[str, list, float], None] | None = None) -> tuple[list[dict], dict]:
+                on_job: Callable[[str, list, float], None] | None = None,
+                on_wait: Callable[[int | None], None] | None = None) -> tuple[list[dict], dict]:
     """Run `jobs` into `cfg.report_dir/results.jsonl`; return (records, run metadata).
 
-    `finished`: the records of cells already done (a resumed run): kept, their cells skipped, and
-    results.jsonl appended to; None: a new run, results.jsonl started afresh. `workers > 1` runs the
-    jobs in that many spawned processes appending to the same file. `shard` (i, n): only every n-th
-    job, from the i-th (1-based): one CI matrix job's slice. `on_job(label, records, seconds)` is
-    called as each job finishes. `what` (the ops or functions) and `command`: for run.json.
+    The report folder is locked for the run (reports.records.ReportLock: ReportBusy when another
+    process has it, unless `wait`; `on_wait(pid)` is told before waiting). `resume`: keep the cells
+    already recorded and skip them (ResumeRefused when the records come from a run with another
+    seed, profile, budget, list of ops/oracles/dtypes/devices or `code` hash, unless `force`);
+    otherwise results.jsonl, the cases and the page start afresh. `workers > 1` runs the jobs in
+    that many spawned processes appending to the same file; a worker that dies has its unfinished
+    jobs rerun once in a fresh pool (WorkersLost when that dies too). `shard` (i, n): only every
+    n-th job, from the i-th (1-based): one CI matrix job's slice. `on_job(label, records, seconds)`
+    is called as each job finishes. `what` (the ops or functions), `code` (a hash of the checked
+    code) and `command`: for run.json. The records returned are results.jsonl's, one per cell.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -268,34 +507,77 @@ def run_session(cfg: RunConfig, jobs: Sequence[Job], *, finished: Sequence[dict]
             raise ValueError(f"shard {i}/{n}: need 1 <= i <= n")
         jobs = [j for k, j in enumerate(jobs) if k % n == i - 1]
     report_dir = Path(cfg.report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
+    with ReportLock(report_dir, wait=wait, on_wait=on_wait):
+        return _run_locked(cfg, list(jobs), report_dir, resume=resume, force=force, code=code, workers=workers,
+                           shard=shard, what=what, command=command, on_job=on_job)
+
+
+def _run_locked(cfg, jobs, report_dir, *, resume, force, code, workers, shard, what, command, on_job):
     results = report_dir / "results.jsonl"
-    if finished is None:
-        results.unlink(missing_ok=True)
-    records = list(finished or ())
-    done = frozenset(r["id"] for r in records)
+    mine = identity(cfg, what, code)
+    earlier: list[dict] = []
+    if resume and results.exists():
+        try:
+            earlier = _check_resumable(report_dir, mine)
+        except ResumeRefused:
+            if not force:
+                raise
+            earlier = _invocations(load_run_meta(report_dir))
+        finished = _settle(results, report_dir, cfg)
+    else:
+        _start_afresh(report_dir, results)
+        finished = []
+    records = list(finished)
     axes = dict(oracles=list(cfg.oracles), devices=list(cfg.devices), dtypes=list(cfg.dtypes), ops=list(what))
     started, t0 = _now(), time.perf_counter()
     shard = f"{shard[0]}/{shard[1]}" if shard is not None else None
+    this = {"command": list(command), "started": started, "resumed": bool(resume and finished), "forced": force,
+            "workers": workers, "shard": shard, **mine}
+
     meta = run_meta(command, profile=cfg.profile, seed=cfg.seed, started=started, workers=workers, shard=shard,
                     **axes)
+    meta.update(identity=mine, invocations=[*earlier, dict(this, finished=None, outcome="running")])
     write_run_meta(report_dir, meta)
     jax_stats: list[dict] = []
-    run = (_in_process(jobs, cfg, done, results, jax_stats) if workers == 1
-           else _in_pool(jobs, cfg, done, results, workers, jax_stats))
+    outcome = "interrupted"
     try:
-        with contextlib.closing(run):  # its own clean-up (the sink, the pool, the JAX figures) first
-            for label, recs, seconds in run:
-                records.extend(recs)
-                if on_job is not None:
-                    on_job(label, recs, seconds)
+        todo = jobs
+        for attempt in (1, 2):
+            done = frozenset(r["id"] for r in finished)
+            run = (_in_process(todo, cfg, done, results, jax_stats) if workers == 1
+                   else _in_pool(todo, cfg, done, results, workers, jax_stats))
+            try:
+                with contextlib.closing(run):  # its own clean-up (the sink, the pool, the JAX figures) first
+                    for label, recs, seconds in run:
+                        records.extend(recs)
+                        if on_job is not None:
+                            on_job(label, recs, seconds)
+                break
+            except _PoolBroken as e:
+                names = ", ".join(label for label, _ in e.unfinished)
+                if attempt == 2:
+                    raise WorkersLost(f"{e.why} again; {len(e.unfinished)} job(s) not finished: {names} "
+                                      f"(their cells are missing; --resume runs them)") from None
+                warnings.warn(f"{e.why}; rerunning its {len(e.unfinished)} unfinished job(s): {names}")
+                finished = _settle(results, report_dir, cfg)  # what the dead worker left, made whole
+                todo = e.unfinished
+        outcome = "finished"
+    except Exception as e:
+        outcome = f"error: {type(e).__name__}: {e}"
+        raise
     finally:
+        records = _read_back(results, records)
         meta = run_meta(command, profile=cfg.profile, seed=cfg.seed, records=records, started=started,
                         finished=_now(), duration_s=round(time.perf_counter() - t0, 2), workers=workers,
                         shard=shard, flags=_flags(cfg, records), **axes)
         if "jax" in cfg.oracles:  # jit cache hits/misses, XLA compiles, persistent-cache hits
             meta["jax_cache"] = _merge(jax_stats)
-        write_run_meta(report_dir, meta)
+        meta.update(identity=mine, invocations=[*earlier, dict(this, finished=meta["finished"], outcome=outcome)])
+        try:
+            write_run_meta(report_dir, meta)
+        except OSError:
+            if outcome == "finished":  # else the first failure is the one to report
+                raise
     return records, meta
 
 

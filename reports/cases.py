@@ -17,17 +17,27 @@ Arrays (docs/result_record.md):
 names, and what the judge decided: `judged` (per compared array: ok, ratio = the largest error over
 its allowed error, worst_index) and `verdict` (status, kind, phase, pattern, factor, why). The
 report draws these; it does not judge again. NumPy only.
+
+The file's name comes from the cell id, which holds names a user chose (a function, a derivation):
+`case_name` keeps letters, digits and `._+-`, caps the length, and adds a hash of the real id
+whenever it changed anything, so that no name can leave `cases/` and two ids never share a file.
+The record keeps the real id.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SavedCase", "case_path", "read_case", "write_case"]
+__all__ = ["NAME_LIMIT", "SavedCase", "case_name", "case_path", "read_case", "write_case"]
+
+NAME_LIMIT = 120  # bytes of a case file's name before ".npz" (file systems allow 255)
 
 
 @dataclass
@@ -54,13 +64,34 @@ class SavedCase:
         return v if isinstance(v, dict) else {}
 
 
+_HASHED = re.compile(r"-[0-9a-f]{12}$")
+
+
+def _safe(ch: str) -> bool:
+    return ch.isalnum() and ch.isprintable() or ch in "._+-"
+
+
+def case_name(cid: str) -> str:
+    """The file name (without ".npz") of cell `cid`'s case: `cid` itself when it is a plain name
+    (letters, digits, `._+-`, not starting with a dot, at most NAME_LIMIT bytes), else its safe
+    characters cut to length plus 12 hex digits of its SHA-1 (collision-free in practice)."""
+    cid = str(cid)
+    name = "".join(ch if _safe(ch) else "_" for ch in cid)
+    if (name == cid and not name.startswith(".") and 0 < len(name.encode("utf-8")) <= NAME_LIMIT
+            and not _HASHED.search(name)):  # (a plain id that looks hashed is hashed again)
+        return name
+    digest = hashlib.sha1(cid.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    head = name.lstrip(".").encode("utf-8")[: NAME_LIMIT - 13].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
+
+
 def case_path(report_dir: str | os.PathLike, cid: str) -> Path:
-    return Path(report_dir) / "cases" / f"{cid}.npz"
+    return Path(report_dir) / "cases" / f"{case_name(cid)}.npz"
 
 
 def write_case(report_dir: str | os.PathLike, cid: str, case: SavedCase) -> str:
-    """Write ``report_dir/cases/<cid>.npz``; return its path relative to report_dir (the record's
-    ``counterexample``)."""
+    """Write ``report_dir/cases/<case_name(cid)>.npz`` whole or not at all (a temporary file, then
+    rename); return its path relative to report_dir (the record's ``counterexample``)."""
     path = case_path(report_dir, cid)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {}
@@ -69,7 +100,18 @@ def write_case(report_dir: str | os.PathLike, cid: str, case: SavedCase) -> str:
         data.update({f"{group}/{n}": _storable(a) for n, a in arrays.items()})
     data.update({f"dout/{i}": _storable(d) for i, d in enumerate(case.douts)})
     data["meta"] = np.array(json.dumps(case.meta, default=str))
-    np.savez_compressed(path, **data)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".case-", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # as an ordinary file (mkstemp makes it private)
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return f"cases/{path.name}"
 
 

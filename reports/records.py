@@ -2,23 +2,32 @@
 
 The schema is docs/result_record.md, and `SCHEMA` below is that table in code: `new_record`, the
 validation on reading and the report's normaliser all read it. A line that is not a JSON object,
-or that lacks a cell coordinate or a known status, is an error naming the file and line. A final
-line without its newline that does not parse is a run killed mid-write: it is dropped with a
-warning, everything before it is kept.
+that lacks a cell coordinate or a known status, or whose field has the wrong type, is an error
+naming the file, line and key. A final line without its newline that does not parse is a run
+killed mid-write: it is dropped with a warning, everything before it is kept (`repair_tail` cuts
+it off before a resumed run appends).
+
+One writer per report folder: `ReportLock` (an `fcntl.flock` on `<folder>/.lock` holding the
+writer's pid) is taken by a run and by `gradaudit report` before they change anything there.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
+import fcntl
 import json
 import math
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["COORDS", "RecordError", "RecordSink", "SCHEMA", "SOURCE_KEY", "STATUSES", "cell_id", "counts",
-           "load_records", "load_run_meta", "new_record", "normalise", "overall_verdict", "record_id",
+__all__ = ["COORDS", "LOCK_NAME", "RecordError", "RecordSink", "ReportBusy", "ReportLock", "SCHEMA", "SOURCE_KEY",
+           "STATUSES", "cell_id", "counts", "load_records", "load_run_meta", "merge_records", "new_record",
+           "normalise", "overall_verdict", "record_id", "repair_tail", "rewrite_records", "worse",
            "write_run_meta"]
 
 STATUSES = ("pass", "fail", "error", "skip", "kink")
@@ -100,10 +109,12 @@ def _check(rec: object, where: str) -> dict:
         raise RecordError(f"{where}: unknown status {rec['status']!r} (expected one of {', '.join(STATUSES)})")
     for key, f in SCHEMA.items():
         val = rec.get(key)
-        if val is None or f.required or f.kind == "str":
+        if val is None or f.required:
             continue
         if isinstance(val, bool) or not isinstance(val, _TYPES[f.kind]):
-            raise RecordError(f"{where}: {key!r} must be {_NAMES[f.kind]} or null, got {val!r}")
+            shown = json.dumps(val)
+            shown = shown if len(shown) <= 60 else shown[:59] + "…"
+            raise RecordError(f"{where}: {key!r} must be {_NAMES[f.kind]} or null, got {shown}")
     return rec
 
 
@@ -111,7 +122,10 @@ def _check(rec: object, where: str) -> dict:
 
 class RecordSink:
     """Appends one JSON line per record, each with a single write() on an O_APPEND descriptor: a killed
-    run keeps every finished cell, and several worker processes can share one results.jsonl."""
+    run keeps every finished cell, and several worker processes can share one results.jsonl.
+
+    A write the disk cannot take (ENOSPC, EFBIG, EIO) raises OSError naming the file; what it left
+    is at most a partial last line, which readers drop and a resumed run cuts off (`repair_tail`)."""
 
     def __init__(self, path: str | os.PathLike):
         path = Path(path)
@@ -120,8 +134,16 @@ class RecordSink:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, record: dict) -> None:
-        line = json.dumps(_json_safe(record), allow_nan=False, default=str) + "\n"
-        os.write(self._fd, line.encode("utf-8"))
+        data = (json.dumps(_json_safe(record), allow_nan=False, default=str) + "\n").encode("utf-8")
+        try:
+            n = os.write(self._fd, data)
+            while n < len(data):  # a short write: the disk filled up mid-line; the next write says why
+                k = os.write(self._fd, data[n:])
+                if k == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                n += k
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write {self.path}: {e.strerror or e}") from None
 
     def close(self) -> None:
         if self._fd is not None:
@@ -146,11 +168,157 @@ def _json_safe(v):
     return v
 
 
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a temporary file in the same folder, then rename()."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # as an ordinary file (mkstemp makes it private)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_run_meta(report_dir: str | os.PathLike, meta: dict) -> Path:
-    """``report_dir/run.json`` (written at the start of a run and again at its end)."""
+    """``report_dir/run.json`` (written at the start of a run and again at its end), replaced whole:
+    a run killed while writing it leaves the previous version, never half of one."""
     path = Path(report_dir) / "run.json"
-    path.write_text(json.dumps(_json_safe(meta), indent=1, default=str), encoding="utf-8")
+    _replace_atomically(path, json.dumps(_json_safe(meta), indent=1, default=str).encode("utf-8"))
     return path
+
+
+def rewrite_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Replace the results file at `path` with `records` (without the `_source` key), whole or not at
+    all. Only the holder of the folder's `ReportLock` may call it: a writer appending to the old file
+    meanwhile would lose its lines."""
+    data = "".join(json.dumps(_json_safe({k: v for k, v in r.items() if k != SOURCE_KEY}), allow_nan=False,
+                              default=str) + "\n" for r in records)
+    _replace_atomically(Path(path), data.encode("utf-8"))
+
+
+def repair_tail(path: str | os.PathLike) -> str | None:
+    """Cut a partial last line (a run killed, or a disk that filled up, mid-write) off the results file
+    at `path`, so that the next record appended starts a line of its own; a last line that is a whole
+    record without its newline gets the newline. Returns what was done (None: nothing to do)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None
+        end = os.pread(fd, 1, size - 1)
+        if end == b"\n":
+            return None
+        # the start of the last line: the byte after the last newline (read back in blocks)
+        pos, start = size, 0
+        while pos > 0:
+            step = min(1 << 16, pos)
+            block = os.pread(fd, step, pos - step)
+            k = block.rfind(b"\n")
+            if k >= 0:
+                start = pos - step + k + 1
+                break
+            pos -= step
+        tail = os.pread(fd, size - start, start)
+        try:
+            whole = isinstance(json.loads(tail.decode("utf-8")), dict)
+        except (UnicodeDecodeError, ValueError):
+            whole = False
+        if whole:
+            os.lseek(fd, 0, os.SEEK_END)
+            os.write(fd, b"\n")
+            return f"{path}: the last record lacked its newline; added"
+        os.ftruncate(fd, start)
+        return f"{path}: dropped a partial last line ({size - start} bytes; a run stopped mid-write)"
+    finally:
+        os.close(fd)
+
+
+# ---- one writer per report folder ---------------------------------------------------------------
+
+LOCK_NAME = ".lock"
+
+
+class ReportBusy(RuntimeError):
+    """Another process holds the report folder's lock; `pid` is its process id (None: unknown)."""
+
+    def __init__(self, folder: Path, pid: int | None):
+        self.folder, self.pid = folder, pid
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(f"report folder {str(folder)!r} is in use by another gradaudit run ({who}); "
+                         f"wait for it (--wait) or choose another --report")
+
+
+class ReportLock:
+    """An exclusive `fcntl.flock` on `<folder>/.lock`, which holds the pid of the process that has it.
+    The kernel releases it when that process ends, however it ends (kill -9 included): a stale lock
+    file never blocks. `wait=False`: raise ReportBusy at once when another process holds it;
+    `wait=True`: call `on_wait(pid)`, then block until it is free. Re-entrant within a process (the
+    CLI holds it across a run and its report; the run takes it again)."""
+
+    _held: dict[str, list] = {}  # real path of the folder -> [descriptor, depth]
+
+    def __init__(self, folder: str | os.PathLike, *, wait: bool = False, on_wait=None):
+        self.folder, self.wait, self.on_wait = Path(folder), wait, on_wait
+        self._key: str | None = None
+
+    def acquire(self) -> "ReportLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.folder)
+        if key in self._held:
+            self._held[key][1] += 1
+            self._key = key
+            return self
+        fd = os.open(os.path.join(key, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not self.wait:
+                    raise ReportBusy(self.folder, _pid_in(fd)) from None
+                if self.on_wait is not None:
+                    self.on_wait(_pid_in(fd))
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held[key] = [fd, 1]
+        self._key = key
+        return self
+
+    def release(self) -> None:
+        if self._key is None:
+            return
+        entry = self._held[self._key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._held[self._key]
+            with contextlib.suppress(OSError):
+                os.ftruncate(entry[0], 0)  # no stale pid for the next reader
+            os.close(entry[0])  # closing the descriptor releases the lock
+        self._key = None
+
+    def __enter__(self) -> "ReportLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _pid_in(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
 
 
 # ---- reading -------------------------------------------------------------------------------------
@@ -189,21 +357,51 @@ def _read_one(path: Path) -> list[dict]:
     return out
 
 
+# How bad a verdict is, for merging records of one cell from several files: the worse one stands.
+_RANK = {"skip": 0, "pass": 1, "kink": 2, "error": 3, "fail": 4}
+
+
+def worse(a: dict, b: dict) -> dict:
+    """Of two records of one cell, the one with the worse verdict (fail > error > kink > pass > skip);
+    `b` when they are equally bad."""
+    return a if _RANK.get(a.get("status"), 0) > _RANK.get(b.get("status"), 0) else b
+
+
+def merge_records(files: Iterable[tuple[str, list[dict]]]) -> list[dict]:
+    """Records of several results files, `(file name, records)` each, one record per cell. Within a
+    file a later line replaces an earlier one of the same cell (a rerun group's cells); between
+    files the worse verdict stands whatever the order of the files, and a warning names the cell and
+    both files when the verdicts differ. A cell keeps the position of its first appearance."""
+    merged: dict[str, tuple[str, dict]] = {}
+    for name, records in files:
+        mine: dict[str, dict] = {}
+        for rec in records:
+            mine[record_id(rec)] = rec
+        for rid, rec in mine.items():
+            if rid not in merged:
+                merged[rid] = (name, rec)
+                continue
+            old_name, old = merged[rid]
+            kept = worse(old, rec)
+            if old.get("status") != rec.get("status"):
+                warnings.warn(f"cell {rid}: {old.get('status')} in {old_name}, {rec.get('status')} in {name}; "
+                              f"the worse verdict ({kept.get('status')}) is kept", stacklevel=3)
+            merged[rid] = (name, rec) if kept is rec else (old_name, old)
+    return [rec for _, rec in merged.values()]
+
+
 def load_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[dict]:
     """Read one or more ``results.jsonl`` files (a report directory stands for its results.jsonl).
 
-    Records are kept in file order. When a cell ``id`` appears more than once, the later
-    occurrence (later line, later file) replaces the earlier one in its original position.
-    Each record gains ``_source``: the directory it was read from, against which its
+    Records are kept in file order, one per cell (`merge_records`: a later line of one file replaces
+    an earlier one in its original position; between files the worse verdict stands, with a
+    warning). Each record gains ``_source``: the directory it was read from, against which its
     ``counterexample`` path resolves.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    merged: dict[str, dict] = {}
-    for path in paths:
-        for rec in _read_one(_results_path(path)):
-            merged[record_id(rec)] = rec
-    return list(merged.values())
+    files = [_results_path(path) for path in paths]
+    return merge_records((str(f), _read_one(f)) for f in files)
 
 
 def load_run_meta(report_dir: str | os.PathLike) -> dict:

@@ -1,10 +1,14 @@
 """A compact plain-text summary for the terminal (and CI logs): the counts, then one line per user
 function and finding — wrong first, then unstable, then warnings — each ending with what it means
-(the pattern's sentence, never cut), and the verdict on the last line."""
+(the pattern's sentence, never cut), and the verdict on the last line.
+
+Every string of a record may come from someone else (a user's function name, an exception message,
+a results file given to `gradaudit report`): each goes through `text.clean` before it is printed."""
 from __future__ import annotations
 
 from .findings import GROUP_TITLES, GROUPS, group, headline
 from .records import STATUSES, counts, overall_verdict
+from .text import clean
 
 __all__ = ["terminal_summary"]
 
@@ -17,8 +21,13 @@ def _c(text: str, status: str, color: bool) -> str:
     return f"\x1b[{_COLOURS[status]}m{text}\x1b[0m" if color and status in _COLOURS else text
 
 
+def _s(value) -> str:
+    """A record's field as printed: escaped, on one line."""
+    return clean(value, 200)
+
+
 def _axis(rs: list[dict], key: str) -> str:
-    return ",".join(dict.fromkeys(str(r.get(key)) for r in rs))
+    return ",".join(dict.fromkeys(_s(r.get(key)) for r in rs))
 
 
 def _why(rs: list[dict]) -> str:
@@ -26,7 +35,7 @@ def _why(rs: list[dict]) -> str:
         return "error"
     first = next(r for r in rs if r["status"] != "error") if any(r["status"] != "error" for r in rs) else rs[0]
     pattern = next((r["pattern"] for r in rs if r.get("pattern")), None)
-    return f"blame={first.get('blame') or '?'}" + (f" pattern={pattern}" if pattern else "")
+    return f"blame={_s(first.get('blame') or '?')}" + (f" pattern={_s(pattern)}" if pattern else "")
 
 
 def _line(grp: str, target: str, op: str, rs: list[dict], width: int, color: bool) -> str:
@@ -35,10 +44,10 @@ def _line(grp: str, target: str, op: str, rs: list[dict], width: int, color: boo
         label = status.upper()
     else:
         status, label = grp, _LABEL[grp]
-    name = f"{target} ({op})" if target != op else op
+    name = f"{_s(target)} ({_s(op)})" if target != op else _s(op)
     if len(rs) == 1:
         r = rs[0]
-        where = f"{name} [{r['oracle']} {r['device']} {r['dtype']} {r['regime']}]"
+        where = f"{name} [{' '.join(_s(r[k]) for k in ('oracle', 'device', 'dtype', 'regime'))}]"
     else:
         tally = " + ".join(f"{k} {s}" for s in ("fail", "error") if (k := sum(r["status"] == s for r in rs)))
         where = (f"{name}: {tally or len(rs)} cells [{_axis(rs, 'oracle')} | {_axis(rs, 'device')} | "
@@ -46,8 +55,8 @@ def _line(grp: str, target: str, op: str, rs: list[dict], width: int, color: boo
     # the sentence whole (a student acts on it); a bare message only up to its first clause, cut at width
     first = next((r for r in rs if r.get("explanation")), rs[0])
     hazards = sorted({str(h) for r in rs for h in (r.get("hazards") or [])})
-    text = "; ".join(hazards) if grp == "warning" and hazards and not first.get("explanation") \
-        else headline(first, limit=width)
+    text = clean("; ".join(hazards) if grp == "warning" and hazards and not first.get("explanation")
+                 else headline(first, limit=width), None)
     return f"  {_c(label, status, color)} {where} {_why(rs)}: {text}"
 
 
@@ -60,7 +69,7 @@ def terminal_summary(records: list[dict], *, color: bool = False, width: int = 1
         f" ({len(records)} cells)"
     seed = (run_meta or {}).get("seed")
     if seed is not None:
-        head += f"; seed {seed} (rerun with --seed {seed})"
+        head += f"; seed {_s(seed)} (rerun with --seed {_s(seed)})"  # run.json may come from anywhere
     lines = [head]
     by: dict[str, dict] = {g: {} for g in GROUPS}
     for r in records:

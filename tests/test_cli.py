@@ -144,7 +144,11 @@ def test_kill_minus_9_keeps_finished_cells_and_resume_finishes(tmp_path):
     ids = [x["id"] for x in after]
     expected = 2 * 2 * sum(n_regimes(op) for op in ("affine", "relu", "softmax_cross_entropy"))  # oracles x dtypes
     assert len(ids) == len(set(ids)) == expected  # no cell done twice, none missing
-    assert after[:len(before)] == before  # finished cells were kept, not redone
+    # the finished groups were kept, not redone; a group the kill cut between its two oracles' records
+    # reran whole (tests/test_faults.py: resume is exact)
+    group = lambda x: (x["target"], x["dtype"], x["regime"])  # noqa: E731
+    whole = [x for x in before if sum(group(y) == group(x) for y in before) == 2]
+    assert len(whole) >= 2 and after[:len(whole)] == whole
 
 
 @pytest.mark.parametrize("extra, why", [(["--profile", "ci"], "derandomized"),

@@ -8,7 +8,6 @@ float64 unless the test is about a dtype, and only the checks and oracles a test
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -91,32 +90,30 @@ def test_check_raises_naming_the_cause(ex, tmp_path):
         gradaudit.check(only(ex["logsumexp"].lse_f32, "vjp"), report=tmp_path)
 
 
-def test_replay_reruns_a_subjects_counterexample(ex, tmp_path):
-    from gradaudit.replay import replay
+def test_replay_reruns_a_subjects_counterexample_in_process_only(ex, tmp_path):
+    from gradaudit.replay import ReplayError, replay
 
     recs = check(only(ex["logsumexp"].lse_f32, "vjp"), tmp_path, oracles=("jax",))
     (rec,) = recs
-    r = replay(rec["id"], tmp_path)
+    r = replay(rec["id"], tmp_path, in_process=True)
     assert r.failed and "has dtype float32" in r.verdict.message
+    # `gradaudit replay` runs audited code only in its confined child: it says where to replay one
+    with pytest.raises(ReplayError, match=r"gradaudit.function subject's case: replay it in your own process"):
+        replay(rec["id"], tmp_path)
 
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
-    """`gradaudit audit examples/functions/` as a user runs it: every subject, every check."""
-    out = tmp_path_factory.mktemp("audit")
-    r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(EXAMPLES), "--profile", "ci", "--dtypes",
-                        "float64", "--report", str(out), "--junit", str(out / "junit.xml")],
-                       capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "CI": "1"})
-    r.records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    r.dir = out
-    return r
+    """gradaudit.check(examples/functions/) as a test runs it: every module-level subject, every check."""
+    out = tmp_path_factory.mktemp("check")
+    records = gradaudit.check(EXAMPLES, dtypes=("float64",), profile="ci", report=out, raise_on_failure=False)
+    return records
 
 
 @pytest.mark.xdist_group("functions-audit")
-def test_cli_audit_passes_the_originals_in_every_check_and_flags_each_twin(audited):
-    assert audited.returncode == 1, audited.stderr[-2000:]
+def test_check_of_the_folder_passes_the_originals_in_every_check_and_flags_each_twin(audited):
     ops = {}
-    for r in audited.records:
+    for r in audited:
         ops.setdefault(r["op"].split(".")[-1], []).append(r)
     for good in ("SoftmaxCrossEntropy", "LayerNorm", "logsumexp"):
         assert {r["status"] for r in ops[good]} == {"pass"}, [r["message"] for r in ops[good] if r["status"] != "pass"]
@@ -128,22 +125,58 @@ def test_cli_audit_passes_the_originals_in_every_check_and_flags_each_twin(audit
         failing = [r for r in ops[bad] if r["status"] in ("fail", "error")]
         assert failing and {(r["blame"], r["pattern"]) for r in failing} == {("reference", pattern)}, bad
         assert all(r["audited"] for r in failing)
-    assert "logsumexp_f32.vjp" in audited.stdout and (audited.dir / "junit.xml").is_file()
-    # the progress line counts every check's cells: k/N never passes N, and ends at it
-    counts = [(int(k), int(n)) for k, n in re.findall(r"(\d+)/(\d+) cells", audited.stderr)]
-    assert counts and all(k <= n for k, n in counts) and counts[-1][0] == counts[-1][1] == len(audited.records)
-    assert "errors=" in (audited.dir / "junit.xml").read_text()
 
 
 @pytest.mark.xdist_group("functions-audit")
-def test_cli_records_the_tolerance_mode_and_the_run_to_run_spread(audited):
-    for r in audited.records:
+def test_records_the_tolerance_mode_and_the_run_to_run_spread(audited):
+    for r in audited:
         if r["status"] == "pass":
             assert r["tolerance_mode"] == "policy"
             if r["target"].endswith(".vjp"):
                 assert r["target_spread"] == 0.0  # the CPU is deterministic
             else:
                 assert r["target_spread"] is None
+
+
+def test_cli_audit_skips_each_subject_saying_where_and_audits_the_files_derivations(tmp_path):
+    """`gradaudit audit` runs the file in its confined child, which does not run a subject's checks:
+    one skip per subject, with the reason; the derivations beside it are audited as usual."""
+    layer = tmp_path / "layer.py"
+    layer.write_text(textwrap.dedent("""
+        import gradaudit
+        import torch
+
+        class Square(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return x * x
+
+            @staticmethod
+            def backward(ctx, g):
+                (x,) = ctx.saved_tensors
+                return 2 * x * g
+
+        square = gradaudit.function(Square, x=("N", "D"))
+
+        @gradaudit.derivation
+        def tanh_layer(xp, x: ("N", "D"), w: ("D", "M")):
+            return xp.tanh(x @ w)
+
+        @tanh_layer.backward
+        def tanh_layer_backward(dout, x, w, *, out):
+            g = dout * (1 - out)  # wrong: tanh' = 1 - tanh**2
+            return g @ w.T, x.T @ g
+    """))
+    r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(layer), "--profile", "ci", "--oracles",
+                        "numeric", "--report", str(tmp_path / "rep")], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300, env={**os.environ, "CI": "1"})
+    assert r.returncode == 1, r.stdout + r.stderr[-2000:]  # the derivation's finding
+    recs = [json.loads(x) for x in (tmp_path / "rep" / "results.jsonl").read_text().splitlines()]
+    (skip,) = [x for x in recs if x["family"] == "function"]
+    assert skip["status"] == "skip" and skip["target"] == "Square"
+    assert "check it with gradaudit.check(...) or the pytest plugin" in skip["message"]
+    assert {x["status"] for x in recs if x["family"] == "derivation"} == {"fail"}
 
 
 def test_pytest_plugin_report_fails_the_session_on_a_twin(pytester, monkeypatch):

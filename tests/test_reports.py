@@ -384,15 +384,19 @@ def test_truncated_last_line_is_a_warning(tmp_path):
     assert [r["regime"] for r in recs] == ["typical", "large"]
 
 
-def test_merging_runs_later_file_wins(tmp_path):
+def test_merging_runs_the_worse_verdict_wins(tmp_path):
+    # one cell in two files: the worse verdict stands whatever the order, with a warning (#13)
     a = _write(tmp_path / "a.jsonl", [_rec(id="c1", status="fail"), _rec(id="c2")])
     b = _write(tmp_path / "b.jsonl", [_rec(id="c1", status="pass"), _rec(id="c3")])
-    recs = reports.load_records([a, b])
-    assert [(r["id"], r["status"]) for r in recs] == [("c1", "pass"), ("c2", "pass"), ("c3", "pass")]
+    for files in ([a, b], [b, a]):
+        with pytest.warns(UserWarning, match="cell c1: .* the worse verdict \\(fail\\) is kept"):
+            recs = reports.load_records(files)
+        assert sorted((r["id"], r["status"]) for r in recs) == [("c1", "fail"), ("c2", "pass"), ("c3", "pass")]
     # Without ids, the cell coordinates are the key.
-    recs = reports.load_records([_write(tmp_path / "c.jsonl", [_rec(status="fail")]),
-                                 _write(tmp_path / "d.jsonl", [_rec(status="pass")])])
-    assert [r["status"] for r in recs] == ["pass"]
+    with pytest.warns(UserWarning):
+        recs = reports.load_records([_write(tmp_path / "c.jsonl", [_rec(status="fail")]),
+                                     _write(tmp_path / "d.jsonl", [_rec(status="pass")])])
+    assert [r["status"] for r in recs] == ["fail"]
 
 
 def test_load_run_meta(tmp_path):

@@ -1,0 +1,113 @@
+"""Inside the audit child, before any audited code runs (gradaudit/_child.py): drop privileges, die
+with the parent (PR_SET_PDEATHSIG), no core dumps, a PID namespace of its own where allowed, and
+RLIMIT_AS / RLIMIT_CPU. Also the two libc calls the judge's side needs (gradaudit/_sandbox.py).
+docs/security.md says what each of these stops.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+
+PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+CAP_DAC_READ_SEARCH = 2
+CLONE_NEWPID = 0x20000000
+
+
+def libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option: int, value: int) -> bool:
+    try:
+        return libc().prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _keep_only_read_search() -> None:
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    bit = 1 << CAP_DAC_READ_SEARCH
+    data = (Data * 2)(Data(bit, bit, 0), Data(0, 0, 0))
+    if libc().capset(ctypes.byref(Header(0x20080522, 0)), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset(CAP_DAC_READ_SEARCH) failed")
+
+
+def drop_privileges(uid: int, read_all: bool) -> None:
+    """Become `uid` (and its gid, no supplementary groups) for good; with `read_all`, keep only
+    CAP_DAC_READ_SEARCH. No new privileges afterwards (setuid binaries do not elevate)."""
+    if read_all:
+        prctl(PR_SET_KEEPCAPS, 1)
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if read_all:
+        _keep_only_read_search()
+        prctl(PR_SET_KEEPCAPS, 0)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def new_pid_namespace() -> bool:
+    """unshare(CLONE_NEWPID): this process's next child is PID 1 of a new namespace (root, or a
+    user namespace; a seccomp profile may forbid it)."""
+    if os.environ.get("GRADAUDIT_NO_PIDNS"):
+        return False
+    try:
+        return libc().unshare(CLONE_NEWPID) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def confine_child(parent_pid: int, uid: int = -1, read_all: bool = False) -> None:
+    """Drop privileges; die with the parent; no core dumps; files private to the child."""
+    if uid >= 0:
+        drop_privileges(uid, read_all)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
+    if parent_pid and os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(70)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.umask(0o077)
+
+
+def address_space() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def limit_memory(extra: int) -> int:
+    """RLIMIT_AS (soft and hard: audited code cannot raise it) at what the child has mapped now (the
+    interpreter, NumPy, the frameworks it preloaded) plus `extra`. Returns the limit."""
+    limit = address_space() + int(extra)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return limit
+
+
+def limit_cpu(seconds: float) -> None:
+    """The next call may use `seconds` of CPU time, then SIGXCPU ends the child (a second line of
+    defence: the parent's wall-clock timeout is the one audited code cannot move)."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    now = used.ru_utime + used.ru_stime
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = int(now + seconds) + 1
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    except (ValueError, OSError):
+        pass

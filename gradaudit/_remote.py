@@ -1,0 +1,354 @@
+"""The judge's side of the audit child: start it, call the audited functions in it, end it.
+
+`Child` owns one confined child process (gradaudit/_sandbox.py) that imported the audited sources
+once. `RemoteFunction(child, ...)` is a plain callable for the cs231n adapter and the derivation
+target, which run here unchanged: arrays go over as raw bytes and come back as fresh arrays,
+whatever else the function returns stays in the child behind a `Handle` that can be passed back,
+and the arrays and dicts the call wrote into are written back here (in-place writes are judged).
+gradaudit/_proxy.py hands them to the judge in the form it expects.
+
+Whatever the child does, what comes back is treated as the output of the function being called: a
+reply that is late, malformed, unexpected or absent ends that call with `ChildLost`, the child is
+killed with everything it started, and the next call starts a fresh one.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import signal
+import sys
+import time
+import weakref
+
+import numpy as np
+
+from oracles.base import OracleResult
+
+from . import _protocol as wire
+from ._guard import UserCodeError, clean
+from ._sandbox import Confinement, raise_if_interrupted, spawn
+
+
+class ChildStartError(RuntimeError):
+    """The child could not start (before any audited code ran): gradaudit's failure, not the user's."""
+
+
+class ChildLost(BaseException):
+    """The child hung, died or broke the protocol during a call. A BaseException: it is no failure of
+    an example for Hypothesis to shrink, it ends the target (its cells become errors)."""
+
+
+def signal_name(code: int) -> str:
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+    return {"SIGSEGV": "SIGSEGV (segmentation fault)", "SIGKILL": "SIGKILL (killed; out of memory?)",
+            "SIGABRT": "SIGABRT (abort)", "SIGBUS": "SIGBUS (bus error)",
+            "SIGXCPU": "SIGXCPU (CPU time limit)"}.get(name, name)
+
+
+class Handle:
+    """An object that stayed in the child (a cs231n cache); pass it back to a function of the same child."""
+
+    __slots__ = ("_id", "_child", "_generation", "__weakref__")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} kept in the audit child>"
+
+    def __del__(self):
+        child = self._child()
+        if child is not None and child.generation == self._generation:
+            child.free.append(self._id)
+
+
+@functools.lru_cache(maxsize=256)
+def _handle_type(name: str) -> type:
+    # named as the child's type, so that messages say "grad[b] is Tensor", not "is Handle"
+    safe = "".join(c for c in name if c.isalnum() or c == "_")[:60] or "object"
+    return type(safe, (Handle,), {"__slots__": ()})
+
+
+class Source:
+    """An audited file: its path, the text the judge read (the child is sent the text: it may not be
+    allowed to read the file), and the key and module name it has in the child."""
+
+    def __init__(self, key: str, path: str, text: bytes, module_name: str):
+        self.key, self.path, self.text, self.module_name = key, path, text, module_name
+
+
+class Child:
+    """One audit child at a time for a list of sources; restarted after a loss."""
+
+    def __init__(self, conf: Confinement, sources: list[Source], *, verbose: bool = False):
+        self.conf, self.sources, self.verbose = conf, list(sources), verbose
+        self.proc = None
+        self.generation = 0
+        self.seq = 0
+        self.free: list[int] = []
+        self.forget: list[int] = []
+        self._refs: dict[int, tuple] = {}  # id(array) -> (weakref, ref)
+        self._arrays: dict[int, weakref.ref] = {}  # ref -> weakref of the array
+        self._ref_ids = itertools.count(1)
+        self.load_errors: dict[str, str] = {}  # source key -> why it could not be imported
+        self._descriptions: dict = {}
+        self._shown: set[str] = set()
+        self.info: dict = {}
+        self.last_call: str | None = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        """A live child that imported every source (each once); starts one if needed."""
+        if self.proc is not None:
+            return
+        self.proc = spawn(self.conf)
+        self.reader = wire.FrameReader(self.proc.rep_r, self.proc.token, nonblocking=True)
+        self.generation += 1
+        self.seq, self.free, self.forget = 0, [], []
+        self._refs.clear()
+        self._arrays.clear()
+        self._descriptions.clear()
+        try:
+            self.info = self._value(*self._request(
+                {"kind": "hello", "memory_limit": self.conf.memory_limit, "cpu": max(2 * self.conf.timeout, 10.0),
+                 "frameworks": list(self.conf.frameworks), "allow_tf32": self.conf.allow_tf32},
+                fname="the audit child's start", timeout=max(self.conf.timeout, 180.0)))
+        except (ChildLost, UserCodeError) as e:  # no audited code has run yet: this one is ours
+            self.close()
+            raise ChildStartError(f"gradaudit could not start its audit child: {e}") from None
+        for src in self.sources:
+            if src.key in self.load_errors:
+                continue  # it failed once: importing it again would fail (or hang) again
+            enc = wire.Encoder()
+            meta = {"kind": "load", "key": src.key, "path": src.path, "name": src.module_name,
+                    "source": enc.value(np.frombuffer(src.text, np.uint8))}
+            try:
+                self._value(*self._request(meta, enc.data(), fname=f"import {os.path.basename(src.path)}"))
+            except UserCodeError as e:
+                self.load_errors[src.key] = str(e)
+            except ChildLost as e:
+                self.load_errors[src.key] = str(e)
+                self.ensure()  # the others still get their chance, in a fresh child
+                return
+
+    def close(self) -> None:
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            proc.kill_tree()
+
+    def lose(self, message: str):
+        """End the child (and all it started) and the call with `message`."""
+        self.close()
+        raise ChildLost(message)
+
+    def _death(self, fname: str) -> str:
+        proc = self.proc
+        try:
+            code = proc.proc.wait(timeout=2)
+        except Exception:
+            code = None
+        if code is not None and code > 128 and self.conf.sandbox == "bwrap":
+            code = 128 - code  # bubblewrap exits with 128 + the signal that ended its command
+        if code is None:
+            how = "it stopped answering"
+        elif code < 0:
+            how = f"it was killed by {signal_name(code)}"
+        else:
+            how = f"it exited with status {code} (os._exit?)"
+        tail = clean(proc.stderr_tail()) if code not in (None, 0) and fname.startswith("the audit child") else ""
+        return f"the process died during a call to {fname}: {how}" + (f": {tail}" if tail else "")
+
+    # -- one request, one reply -----------------------------------------------------------------
+
+    def _request(self, meta: dict, data: bytes = b"", *, fname: str, timeout: float | None = None):
+        raise_if_interrupted()
+        proc = self.proc
+        self.seq += 1
+        meta["seq"] = self.seq
+        if self.free:
+            meta["free"], self.free = self.free, []
+        if self.forget:
+            meta["forget"], self.forget = self.forget, []
+        self.last_call = fname
+        timeout = self.conf.timeout if timeout is None else timeout
+        try:
+            wire.write_frame(proc.req_w, proc.token, meta, data)
+            reply, rdata = self.reader.read(time.monotonic() + timeout)
+        except (BrokenPipeError, ConnectionError, wire.PeerGone):
+            self.lose(self._death(fname))
+        except wire.FrameTimeout:
+            self.lose(f"{fname} did not return within {timeout:g} s (--timeout {timeout:g}); the check was stopped")
+        except wire.ProtocolError as e:
+            self.lose(f"the audit child broke the protocol during a call to {fname}: {clean(e)}")
+        if reply.get("seq") != self.seq:
+            self.lose(f"the audit child broke the protocol during a call to {fname}: a reply to another request")
+        if self.reader.pending():  # more than one reply: someone else writes on the child's pipe
+            self.lose(f"the audit child broke the protocol during a call to {fname}: more than one reply")
+        return reply, rdata, fname
+
+    def _value(self, reply: dict, data, fname: str, writes_to=None):
+        kind = reply.get("kind")
+        if kind == "raised":
+            message = clean(reply.get("message"), 2000)
+            tb = reply.get("traceback")
+            if self.verbose and isinstance(tb, str) and fname not in self._shown:
+                self._shown.add(fname)
+                print(f"--- traceback from {clean(fname)} ---\n{clean(tb, 20000, keep_newlines=True)}", file=sys.stderr)
+            raise UserCodeError(message)
+        if kind == "unavailable":
+            from oracles import OracleUnavailable
+
+            raise OracleUnavailable(clean(reply.get("message"), 500))
+        if kind != "ok":
+            self.lose(f"the audit child broke the protocol during a call to {fname}: an unexpected {clean(kind, 40)!s} reply")
+        try:
+            dec = wire.Decoder(data, self._handle)
+            value = dec.value(reply.get("value"))
+            if writes_to is not None:
+                self._apply(reply.get("writes"), dec, *writes_to)
+        except wire.ProtocolError as e:
+            self.lose(f"the audit child broke the protocol during a call to {fname}: {clean(e)}")
+        return value
+
+    # -- values ---------------------------------------------------------------------------------
+
+    def _handle(self, h: int, type_name: str):
+        obj = object.__new__(_handle_type(type_name))
+        obj._id, obj._child, obj._generation = h, weakref.ref(self), self.generation
+        return obj
+
+    def _handle_id(self, v) -> int | None:
+        if not isinstance(v, Handle):
+            return None
+        if v._child() is not self or v._generation != self.generation:
+            raise UserCodeError("a value kept by an audit child that has since been restarted was passed back")
+        return v._id
+
+    def _ref(self, a: np.ndarray) -> int:
+        entry = self._refs.get(id(a))
+        if entry is not None and entry[0]() is a:
+            return entry[1]
+        ref = next(self._ref_ids)
+        key = id(a)
+
+        def gone(_, ref=ref, key=key, generation=self.generation):
+            self._arrays.pop(ref, None)
+            if self._refs.get(key, (None, None))[1] == ref:
+                del self._refs[key]
+            if generation == self.generation:
+                self.forget.append(ref)
+
+        wr = weakref.ref(a, gone)
+        self._refs[key] = (wr, ref)
+        self._arrays[ref] = wr
+        return ref
+
+    def _apply(self, writes, dec, args, kwargs) -> None:
+        """The child wrote into arrays we sent (even in an earlier call: a cache keeps them) or into
+        dicts (cs231n's bn_param running averages): do the same here, so that the judge sees it."""
+        if writes is None:
+            return
+        if type(writes) is not dict or type(writes.get("arrays")) is not list or type(writes.get("dicts")) is not list:
+            raise wire.ProtocolError("bad writes")
+        for item in writes["arrays"]:
+            if type(item) is not list or len(item) != 2:
+                raise wire.ProtocolError("bad array write")
+            wr = self._arrays.get(item[0]) if type(item[0]) is int else None
+            target, new = (wr() if wr is not None else None), dec.value(item[1])
+            if isinstance(target, np.ndarray) and isinstance(new, np.ndarray) and new.shape == target.shape \
+                    and target.flags.writeable:
+                np.copyto(target, new, casting="unsafe")
+        for item in writes["dicts"]:
+            if type(item) is not list or len(item) != 2 or type(item[0]) is not list or len(item[0]) != 2:
+                raise wire.ProtocolError("bad dict write")
+            (where, at), new = item[0], dec.value(item[1])
+            sent = args[at] if where == "a" and type(at) is int and 0 <= at < len(args) else \
+                kwargs.get(at) if where == "k" and isinstance(at, str) else None
+            if type(sent) is dict and type(new) is dict:
+                sent.clear()
+                sent.update(new)
+
+    def _encoder(self) -> wire.Encoder:
+        return wire.Encoder(ref=self._ref, handle_id=self._handle_id)
+
+    # -- what the judge calls -------------------------------------------------------------------
+
+    def call(self, fn: tuple, args: tuple, kwargs: dict, *, fname: str, keep_last: bool = False):
+        self.ensure()
+        enc = self._encoder()
+        meta = {"kind": "call", "fn": list(fn), "args": enc.value(tuple(args)), "kwargs": enc.value(dict(kwargs))}
+        if keep_last:
+            meta["keep"] = "last"
+        return self._value(*self._request(meta, enc.data(), fname=fname), writes_to=(args, kwargs))
+
+    def call_many(self, fn: tuple, calls: list, *, fname: str) -> list:
+        """fn(*args, **kwargs) for each (args, kwargs) of `calls`, in one request."""
+        self.ensure()
+        enc = self._encoder()
+        meta = {"kind": "call_many", "fn": list(fn), "calls": enc.value([[tuple(a), dict(k)] for a, k in calls])}
+        values = self._value(*self._request(meta, enc.data(), fname=fname))
+        if type(values) is not list or len(values) != len(calls):
+            self.lose(f"the audit child broke the protocol during a call to {fname}: {len(calls)} calls, "
+                      f"not as many results")
+        return values
+
+    def vjp(self, key: str, name: str, oracle: str, arrays: dict, params: dict, douts: tuple, *, dtype: str,
+            device: str):
+        """The derivation's forward under `oracle` (torch, jax) and its VJP, computed in the child."""
+        self.ensure()
+        enc = self._encoder()
+        meta = {"kind": "vjp", "fn": [key, name], "oracle": oracle, "dtype": dtype, "device": device,
+                "arrays": enc.value(dict(arrays)), "params": enc.value(dict(params)), "douts": enc.value(tuple(douts))}
+        value = self._value(*self._request(meta, enc.data(), fname=f"{name} (forward under {oracle})"))
+        if type(value) is not dict or type(value.get("grads")) is not dict:
+            raise UserCodeError(f"{name} (forward under {oracle}): the child returned no gradients")
+        return OracleResult(out=value.get("out"), grads=value["grads"])
+
+    def describe(self, key: str) -> dict:
+        """The functions and derivations of one imported source (asked once per child)."""
+        self.ensure()
+        if key in self.load_errors:
+            raise UserCodeError(self.load_errors[key])
+        if key not in self._descriptions:
+            value = self._value(*self._request({"kind": "describe", "key": key}, fname=f"listing {key}"))
+            if type(value) is not dict:
+                raise UserCodeError("the audit child described the module as something else than a dict")
+            self._descriptions[key] = value
+        return self._descriptions[key]
+
+    def ping(self, fname: str) -> None:
+        """Is the child still there and in step? (after a target's last call)"""
+        if self.proc is not None:
+            self._value(*self._request({"kind": "ping"}, fname=fname))
+
+
+class RemoteFunction:
+    """A function of the audited module, called in the child. `namespace_first`: the caller passes an
+    array namespace first (a derivation's forward, `fn(xp, *arrays)`): the child uses its own NumPy one.
+    `keeps_cache`: the last item of what it returns (a cs231n forward's cache) stays in the child."""
+
+    def __init__(self, child: Child, key: str, name: str, role: str | None = None, *, label: str,
+                 namespace_first: bool = False, keeps_cache: bool = False):
+        self.child, self.ref, self.label, self.namespace_first = child, (key, name, role), label, namespace_first
+        self.keeps_cache = keeps_cache
+        self.__name__ = label
+
+    def __call__(self, *args, **kwargs):
+        if self.namespace_first:
+            args = args[1:]
+        return self.child.call(self.ref, args, kwargs, fname=self.label, keep_last=self.keeps_cache)
+
+    def many(self, calls: list) -> list:
+        """Call it at every (args, kwargs) of `calls`, in one round trip."""
+        return self.child.call_many(self.ref, calls, fname=self.label)
+
+    def __repr__(self) -> str:
+        return f"<{self.label} in the audit child>"
