@@ -192,6 +192,10 @@ def verdict(records: list[dict]) -> dict:
     for r in records:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
     bad = [r for r in records if r["status"] in ("fail", "error")]
+    # a write into dout or the inputs is a warning with correct values (`mutation` hazard), which the
+    # check reports and --strict fails on: the mutant is caught
+    bad = bad or [r for r in records if any(isinstance(h, dict) and h.get("kind") == "mutation"
+                                            for h in r.get("hazards") or ())]
     out = {"killed": bool(bad), "cells": len(records), "statuses": statuses,
            "regimes": sorted({r.get("regime") for r in records if r.get("regime") not in (None, "-")}),
            "examples": max([r.get("examples") or 0 for r in records] or [0])}

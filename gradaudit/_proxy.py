@@ -156,7 +156,7 @@ def remote_derivation(child: Child, key: str, desc: dict):
                    subgradient=RemoteFunction(child, key, name, "subgradient", label=f"{name} subgradient")
                    if desc.get("subgradient") else None, **text)
     bwd_name = desc.get("backward")
-    if isinstance(bwd_name, str) and bwd_name.isidentifier():
+    if isinstance(bwd_name, str) and 0 < len(bwd_name) <= 4096:  # any name a function can be given: it is only a label
         bwd = RemoteFunction(child, key, name, "backward", label=bwd_name)
         bwd.__signature__ = inspect.Signature(
             [P("args", P.VAR_POSITIONAL), *([P("out", P.KEYWORD_ONLY, default=None)] if desc.get("wants_out") else [])])

@@ -384,7 +384,7 @@ def spawn(conf: Confinement) -> ChildProcess:
     return child
 
 
-_pending: list[str] = []  # the signals that asked the audit to stop
+_pending: list[int] = []  # the signals that asked the audit to stop
 
 
 class TerminateAsInterrupt:
@@ -413,12 +413,19 @@ class TerminateAsInterrupt:
             raise_if_interrupted()
 
 
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    # the signal's number travels with it: the CLI exits 128 + signum (143 for SIGTERM, 129 for SIGHUP)
+    e = KeyboardInterrupt(signal.Signals(signum).name)
+    e.signum = signum
+    return e
+
+
 def _raise_interrupt(signum, frame):
-    _pending.append(signal.Signals(signum).name)
-    raise KeyboardInterrupt(_pending[-1])
+    _pending.append(signum)
+    raise _interrupt(signum)
 
 
 def raise_if_interrupted() -> None:
     """A stop asked for by a signal, whose KeyboardInterrupt may have been swallowed."""
     if _pending:
-        raise KeyboardInterrupt(_pending[0])
+        raise _interrupt(_pending[0])

@@ -32,7 +32,7 @@ from ._guard import Guard, UserCodeError, clean
 from ._proxy import InChild
 from ._remote import Child, ChildLost, ChildStartError, Source
 from ._sandbox import Confinement, TerminateAsInterrupt, child_jax_cache, parse_size
-from .function import FunctionSubject, described, subject_jobs, subject_of
+from .function import FunctionSubject, built_subject, described, subject_jobs
 
 __all__ = ["Audit", "ChildStartError", "Job", "build", "check", "confinement", "derivation_files", "derivations_in", "error_record",
            "import_file", "plan", "polish", "qualified", "source_text"]
@@ -113,8 +113,7 @@ def qualified(path: str, name: str, folder: bool) -> str:
 
 
 def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: bool = False, models: bool = True):
-    """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py).
-    `models`: model classes and gradaudit.function subjects can be built (in this process, not the child)."""
+    """(jobs, absent cs231n pairs, hint) of a description (gradaudit/_child.py); models: classes, subjects run here."""
     from . import cs231n
 
     functions = {n for n in desc.get("functions") or () if isinstance(n, str)}
@@ -197,8 +196,6 @@ class InProcess:
 
 def build(job: Job, code, notes: dict):
     """(spec, target, inputs factory, regimes) of a job, its user functions wherever `code` runs them."""
-    if job.convention == "function":  # a subject (gradaudit/function.py): its own spec, inputs and regimes
-        return None, subject_of(code, job), None, None
     if job.convention == "cs231n":
         from . import cs231n
         from properties import catalogue
@@ -222,8 +219,10 @@ def polish(rec: dict, job: Job, note: str | None = None) -> dict:
     carries their names.)"""
     rec = dict(rec)
     msg = str(rec.get("message") or "")
-    if note and rec.get("status") in ("fail", "error"):
-        msg = f"{msg} — {note}"
+    # a note is context for a fail or an error; a standing one (cs231n.StandingNote: what could be
+    # judged at all) goes on every record of the target
+    if note and (rec.get("status") in ("fail", "error") or getattr(note, "standing", False)):
+        msg = f"{msg} — {note}" if msg else str(note)
     rec["message"] = clean(msg, 2000)
     if rec.get("kink"):
         rec["kink"] = clean(rec["kink"], 500)
@@ -268,15 +267,14 @@ class _Collect:
 def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
     """Check one job; its records, polished, go to `sink` once the target is done. `done`: ids of
     cells already recorded (a resumed run)."""
-    from ._subject_run import run_cells
-
+    from ._subject_run import run_cells  # properties.runner's, or a gradaudit.function subject's checks
     notes: dict = {}
     if job.skip:
         recs = [_record(job, first_cell(job, cfg, "not-checked"), "skip", job.skip)]
     else:
         got, lost = _Collect(), None
         try:
-            spec, target, inputs, regimes = build(job, code, notes)
+            spec, target, inputs, regimes = (built_subject if job.convention == "function" else build)(job, code, notes)
         except ChildLost as e:
             lost = f"could not be set up: {e}"
         except Exception as e:  # the import or the derivation itself is broken: every cell errors
@@ -395,12 +393,13 @@ class Audit:
 
 def check(*things, convention: str | None = None, oracles=("torch", "jax", "numeric"), dtypes=("float64",),
           profile: str = "ci", examples: int | None = None, seed: int | None = None, report=None,
-          raise_on_failure: bool = True, devices=("cpu",)) -> list[dict]:
+          raise_on_failure: bool = True, fail_on=("fail", "unstable"), devices=("cpu",)) -> list[dict]:
     """Check derivations (or a cs231n-style module) from inside any test, IN THIS PROCESS.
 
     things: derivations, `gradaudit.function` subjects, modules, or paths of .py files (or folders of them).
-    Returns the records (docs/result_record.md); raises AssertionError listing the failures when a
-    cell fails or errors (unless raise_on_failure=False). Counterexamples go to `report` (a folder;
+    Returns the records (docs/result_record.md); raises AssertionError listing the findings whose
+    severity `fail_on` names (default a wrong value or an unstable evaluation; add "warning" for the
+    hazards) and errors, unless raise_on_failure=False. Counterexamples go to `report` (a folder;
     default a temporary one).
 
     The checked code runs in the caller's process, with the caller's privileges, and could change
@@ -439,10 +438,12 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
         records = [r for job in jobs for r in check_job(job, code, cfg, sink)]
     finally:
         sink.close()
-    bad = [r for r in records if r["status"] in ("fail", "error")]
+    from reports.records import failing
+
+    bad = failing(records, fail_on)
     if bad and raise_on_failure:
         raise AssertionError(f"gradaudit: {len(bad)} of {len(records)} cells failed:\n" + "\n".join(
-            f"  {r['id']}: {r['status']}" + (f" ({r['kind']}, blame={r['blame']}" + (f", pattern={r['pattern']}" if r.get('pattern') else "") + ")" if r['status'] == 'fail' else "")
+            f"  {r['id']}: {r['severity'] if r['status'] != 'error' else 'error'}" + (f" ({r['kind']}, blame={r['blame']}" + (f", pattern={r['pattern']}" if r.get('pattern') else "") + ")" if r['status'] == 'fail' else "")
             + f": {r['message']}" + (f" [{r['replay']} --report {report_dir}]" if r.get("replay") else "")
             for r in bad))
     return records

@@ -18,18 +18,25 @@ from typing import Any, Callable
 
 import numpy as np
 
-from properties.verdict import CodeUnderTestError
+from properties.verdict import CodeUnderTestError, report_hazard
 from ._guard import clean
 
 
 from .course import Agreement, linear_reg_scale
 
-__all__ = ["AdapterError", "BY_TARGET", "Pair", "UserCache", "all_finite", "audit_target", "build_target",
+__all__ = ["AdapterError", "BY_TARGET", "Pair", "StandingNote", "UserCache", "all_finite", "audit_target", "build_target",
            "check_finite", "describe_value", "dropout_seed", "functions_in", "plan", "resolve", "unpack"]
 
 
 class AdapterError(CodeUnderTestError):
     """The user's function returned something the cs231n convention does not allow."""
+
+
+class StandingNote(str):
+    """A note on a target that every one of its records carries, passing or not (a note is otherwise
+    context for a fail or an error): what the check of that target could and could not judge."""
+
+    standing = True
 
 
 def audit_target(name, op, forward, backward, judge_forward):
@@ -255,9 +262,35 @@ def _dropout_target(pair: Pair, fns, spec, notes):
     fwd, bwd = fns[pair.forward], fns[pair.target]
     probes: dict[tuple, tuple] = {}
 
-    def run(x, p, mode, seed):
-        out, cache = unpack(pair.forward, fwd(x, {"p": p, "mode": mode, "seed": seed}), 2, "out, cache")
+    def run(x, p, mode, seed, raw=False):
+        # a forward that reads p as the drop probability is called with 1 - p (see drops_with_p)
+        p_user = 1 - p if not raw and drops_with_p() else p
+        out, cache = unpack(pair.forward, fwd(x, {"p": p_user, "mode": mode, "seed": seed}), 2, "out, cache")
         return out, cache
+
+    def drops_with_p() -> bool:
+        """Does the forward read dropout_param['p'] as the probability of DROPPING a unit (keeping 1 - p
+        and scaling by 1/(1 - p)), self-consistently? A convention, not a wrong value: decided once, on a
+        large input with p = 1/4, where the two conventions differ."""
+        if "drops" not in probes:
+            probes["drops"] = False
+            try:
+                a, _ = run(np.ones(PROBE_SHAPE), 0.25, "train", dropout_seed(PROBE_SHAPE, 0.25), raw=True)
+                a = np.asarray(a, dtype=np.float64)
+            except Exception:  # noqa: BLE001  the check itself calls the forward again and reports what it does
+                return False
+            if a.shape == PROBE_SHAPE:
+                kept = a != 0
+                frac, n = float(kept.mean()), kept.size
+                probes["drops"] = bool(abs(frac - 0.75) <= 5 * np.sqrt(0.75 * 0.25 / n) and kept.any()
+                                       and np.allclose(a[kept], 1 / 0.75))
+        return probes["drops"]
+
+    def convention_hazard() -> None:
+        if drops_with_p():
+            report_hazard("convention", f"{pair.forward} reads dropout_param['p'] as the probability of DROPPING a "
+                                        f"unit (it keeps 1 − p and scales by 1/(1 − p)); in cs231n p is the "
+                                        f"probability of KEEPING one: its values are judged with p read as 1 − p")
 
     def probe(shape, p) -> tuple[np.ndarray | None, str | None]:
         """(the user's mask for this shape and p, or None; an error that makes the check impossible)."""
@@ -317,6 +350,7 @@ def _dropout_target(pair: Pair, fns, spec, notes):
         return spec.inputs(regime, breadth).map(with_user_mask)
 
     def forward(x, *, p, mode, mask):
+        convention_hazard()
         if mode == "train":
             _, err = probe(x.shape, p)
             if err:
@@ -444,9 +478,10 @@ def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
                     raised = str(e).removeprefix("batchnorm_backward raised ")
                     why = f"fails on a test-mode cache ({clean(raised, 160)})"
         state["backward"] = why is None
-        state["note"] = ("test mode: batchnorm_forward's output and batchnorm_backward's gradient judged" if why is None
-                         else f"test mode: batchnorm_forward's output judged, not the gradient; batchnorm_backward "
-                              f"{why}" + ("" if bwd is None else " and assumes train mode, as the course's does"))
+        state["note"] = StandingNote(
+            "test mode: batchnorm_forward's output and batchnorm_backward's gradient judged" if why is None
+            else f"test mode: batchnorm_forward's output judged, not the gradient; batchnorm_backward "
+                 f"{why}" + ("" if bwd is None else " and assumes train mode, as the course's does"))
         notes[name] = state["note"]
         return state["backward"]
 
@@ -464,7 +499,7 @@ def _batchnorm_modes_target(pair: Pair, fns, spec, notes):
             written.append(np.asarray(trained[key]))
         slip = _explain_running(x, running_mean, running_var, m, written)
         if slip:
-            notes[name] = f"{slip}; {state['note']}"
+            notes[name] = StandingNote(f"{slip}; {state['note']}")
         out, cache, _ = call(x, gamma, beta, "test", running_mean, running_var, m, eps)
         _, ref_cache = judge_forward(x, gamma, beta, running_mean=running_mean, running_var=running_var,
                                      momentum=momentum, eps=eps)

@@ -52,7 +52,7 @@ from reports.text import clean
 
 from .arguments import ArgSpec
 
-__all__ = ["CHECKS", "FunctionSubject", "describe_subjects", "described", "function", "subject_jobs", "subject_of",
+__all__ = ["CHECKS", "FunctionSubject", "built_subject", "describe_subjects", "described", "function", "subject_jobs", "subject_of",
            "subjects_in"]
 
 # every check a subject can get, in the order they run; `checks=` picks among them
@@ -347,6 +347,12 @@ def described(obj, describe_derivation) -> dict:
     if isinstance(obj, FunctionSubject):
         return {"functions": [], "derivations": [], "subjects": describe_subjects([obj])}
     return {"functions": [], "derivations": [describe_derivation(obj)]}
+
+
+def built_subject(job, code, _notes: dict):
+    """gradaudit.audit.build for a subject's job: no spec, inputs or regimes of its own (each of its
+    checks has them, gradaudit/_subject_run.py), the subject as the target."""
+    return None, subject_of(code, job), None, None
 
 
 def subject_of(code, job):

@@ -4,8 +4,9 @@
 differential suite, and any test that writes through ``reports.records.RecordSink`` into
 ``gradaudit_report_dir`` (or :func:`report_dir`) — to ``DIR/results.jsonl``, and at the end renders
 ``DIR/index.html`` and ``DIR/junit.xml`` with the ``reports`` package, as ``gradaudit run`` does.
-A fail or error record in the report fails the session even if the test that wrote it passed: a
-red report never comes with a green job.
+A record whose severity ``--gradaudit-fail-on`` names (default ``fail,unstable``; ``--gradaudit-strict``
+adds ``warning``) fails the session even if the test that wrote it passed: a red report never comes
+with a green job.
 
 Under xdist (``-n auto``) every worker appends to the same ``results.jsonl`` (one ``write()`` per
 record on an O_APPEND descriptor); only the controller clears it at the start and renders at the
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["gradaudit_profile", "gradaudit_report_dir", "profile", "report_dir", "session_profile"]
+__all__ = ["SEVERITIES", "fail_on", "gradaudit_profile", "gradaudit_report_dir", "profile", "report_dir",
+           "session_profile"]
 
 PROFILES = ("ci", "dev", "thorough")
 _REPORT_DIR = pytest.StashKey["Path | None"]()
@@ -41,6 +43,27 @@ def pytest_addoption(parser):
     group.addoption("--gradaudit-profile", default=None, choices=PROFILES,
                     help="Hypothesis profile of gradaudit's checks (default: $GRADAUDIT_PROFILE, "
                          "ci under CI, else dev)")
+    group.addoption("--gradaudit-fail-on", default=None, metavar="SEVERITIES",
+                    help="comma-separated severities in the report that fail the session: fail, unstable, "
+                         "warning (default fail,unstable)")
+    group.addoption("--gradaudit-strict", action="store_true", default=False,
+                    help="warnings in the report fail the session too (adds warning to --gradaudit-fail-on)")
+
+
+SEVERITIES = ("fail", "unstable", "warning")  # reports.records.SEVERITIES (not imported here: see above)
+
+
+def fail_on(config) -> tuple[str, ...]:
+    """The severities that fail the session: --gradaudit-fail-on, plus warning with --gradaudit-strict."""
+    raw = config.getoption("gradaudit_fail_on", None)
+    chosen = ("fail", "unstable") if raw is None else tuple(v.strip() for v in raw.split(",") if v.strip())
+    bad = [c for c in chosen if c not in SEVERITIES]
+    if bad or not chosen:
+        raise pytest.UsageError(f"--gradaudit-fail-on: unknown severity {', '.join(map(repr, bad)) or '(none)'}; "
+                                f"accepted: {', '.join(SEVERITIES)}")
+    if config.getoption("gradaudit_strict", False) and "warning" not in chosen:
+        chosen = (*chosen, "warning")
+    return chosen
 
 
 def profile(config) -> str:
@@ -71,6 +94,7 @@ def _is_controller(config) -> bool:
 
 def pytest_configure(config):
     _sessions.append(config)
+    fail_on(config)  # a bad --gradaudit-fail-on stops the session before it runs
     raw = config.getoption("gradaudit_report")
     if not raw:
         config.stash[_REPORT_DIR] = None
@@ -145,7 +169,9 @@ def pytest_sessionfinish(session):
     outcome["html"] = reports.render_html(records, meta, path)
     outcome["junit"] = reports.write_junit(records, path / "junit.xml")
     outcome["summary"] = reports.terminal_summary(records)
-    outcome["bad"] = sum(r["status"] in ("fail", "error") for r in records)
+    from reports.records import failing
+
+    outcome["bad"] = len(failing(records, fail_on(config)))
     if (outcome["bad"] or "error" in outcome) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         outcome["overruled"] = True
@@ -164,8 +190,8 @@ def pytest_terminal_summary(terminalreporter, config):
     tr.write_line(f"report: {outcome['html']}")
     tr.write_line(f"junit: {outcome['junit']}")
     if outcome.get("overruled") and outcome["bad"]:
-        tr.write_line(f"gradaudit: {outcome['bad']} failing cell(s) in the report although every test passed: "
-                      "the session fails", red=True)
+        tr.write_line(f"gradaudit: {outcome['bad']} failing cell(s) in the report although every test passed "
+                      f"(failing: {', '.join(fail_on(config))}): the session fails", red=True)
 
 
 @pytest.fixture(scope="session")

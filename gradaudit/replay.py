@@ -84,7 +84,7 @@ def replay(ident: str, report_dir: Path, *, file: Path | None = None, timeout: f
     spec = catalogue.load().get(meta["op"])
     if spec is None:
         raise ReplayError(f"counterexample names op {clean(meta['op'], 200)!r}, which is not in the catalogue")
-    ev = evaluate(spec, Target.reference(spec), case, meta["dtype"], [side], douts=douts)
+    ev = evaluate(spec, Target.reference(spec), case, meta["dtype"], [side], douts=douts, stream=meta.get("stream"))
     return Replayed(meta.get("id", path.stem), case, ev.sides[side])
 
 
@@ -177,7 +177,7 @@ def _replay_audit(meta, case, douts, side, file, timeout, say, path) -> Replayed
             if "m0" in child.load_errors:
                 raise UserCodeError(child.load_errors["m0"])
             spec, target, _, _ = build(job, InChild(child), {})
-            ev = evaluate(spec, target, case, meta["dtype"], [side], douts=douts)
+            ev = evaluate(spec, target, case, meta["dtype"], [side], douts=douts, stream=meta.get("stream"))
             return Replayed(rid, case, ev.sides[side])
         except ChildStartError as e:
             raise ReplayError(str(e)) from None

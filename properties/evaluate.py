@@ -6,8 +6,6 @@ is a `Verdict` per side (properties.verdict): fields, put into words by `describ
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -17,38 +15,13 @@ from oracles.base import OracleUnavailable, Projection, as_tuple
 
 from . import patterns, tolerances
 from .compare import Comparison, compare, compare_projection
+from .execute import Evaluation, failure_class, run_target
 from .spec import Case, OpSpec
-from .strategies import upstream
 from .target import Target
 from .verdict import Side, Verdict, name_pattern, raised
 
-__all__ = ["Evaluation", "classify_kinks", "compare_any", "evaluate", "flag_mutation", "judge_side",
+__all__ = ["Evaluation", "classify_kinks", "compare_any", "evaluate", "failure_class", "judge_side",
            "numeric_directions", "policy_for", "run_target"]
-
-
-@dataclass
-class Evaluation:
-    case: Case
-    dtype: str
-    arrays: dict[str, np.ndarray]  # the cast inputs every side received
-    douts: tuple[np.ndarray, ...] = ()
-    out: Any = None
-    grads: dict[str, np.ndarray] = field(default_factory=dict)
-    mutated: list[str] = field(default_factory=list)
-    error: str | None = None  # the target raised or returned something malformed
-    finding: patterns.Finding | None = None  # the error's pattern (a gradient of a telling shape)
-    sides: dict[Side, Verdict] = field(default_factory=dict)
-    # per-case figures the tolerance policy needs, computed once instead of once per side and phase
-    memo: dict = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None or any(v.status in ("fail", "error") for v in self.sides.values())
-
-    @property
-    def worst_ratio(self) -> float:
-        r = [v.cmp.ratio for v in self.sides.values() if v.cmp is not None and np.isfinite(v.cmp.ratio)]
-        return max(r, default=0.0)
 
 
 def _input_max(arrays) -> float:
@@ -77,62 +50,6 @@ def policy_for(ev: Evaluation, oracle: str, *, forward: bool = False, override=N
     return pol
 
 
-def run_target(target: Target, case: Case, dtype: str, douts=None, dout_seed: int = 0) -> Evaluation:
-    """Forward and backward of the code under test on private copies, validated."""
-    arrays = case.cast(dtype)
-    # float array params (an mse target, a dropout mask) in the cell's dtype too, so that every side,
-    # the float64 finite differences included, evaluates the same point
-    case = Case(case.arrays, {k: v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
-                              for k, v in case.params.items()})
-    ev = Evaluation(case=case, dtype=dtype, arrays=arrays)
-    names = list(arrays)
-    mine = {n: a.copy() for n, a in arrays.items()}
-    my_params = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in case.params.items()}
-    try:
-        out, cache = target.forward(*mine.values(), **my_params)
-    except Exception as e:
-        ev.error = raised(f"{target.name}: forward", e, named_alone=True)
-        return ev
-    outs = as_tuple(out)
-    if any(o is None for o in outs):
-        ev.error = f"{target.name}: forward returned None"
-        return ev
-    ev.out = out
-    if douts is None:
-        douts = upstream([np.shape(o) for o in outs], dout_seed)
-    ev.douts = tuple(np.asarray(d, dtype=dtype) for d in douts)
-    my_douts = [d.copy() for d in ev.douts]
-    try:
-        grads = target.backward(*my_douts, cache)
-    except Exception as e:
-        ev.error = raised(f"{target.name}: backward", e, named_alone=True)
-        return ev
-    want = ", ".join(f"d{n}" for n in names)
-    if len(names) == 1 and not isinstance(grads, (tuple, list)):
-        grads = (grads,)
-    if not isinstance(grads, (tuple, list)) or len(grads) != len(names):
-        got = f"{len(grads)} values" if isinstance(grads, (tuple, list)) else type(grads).__name__
-        ev.error = f"{target.name}: returned {got}, expected {len(names)} gradients ({want})"
-        return ev
-    for n, g in zip(names, grads):
-        if g is None or not hasattr(g, "shape"):
-            ev.error = f"{target.name}: grad[{n}] is {type(g).__name__}, expected an array of shape {list(arrays[n].shape)}"
-            return ev
-        if tuple(g.shape) != arrays[n].shape:
-            ev.error = f"{target.name}: grad[{n}] has shape {list(g.shape)}, expected {list(arrays[n].shape)}"
-            ev.finding = patterns.recognise_shape(n, g.shape, arrays[n].shape, case.params)
-            return ev
-        if np.asarray(g).dtype != np.dtype(dtype):
-            ev.error = f"{target.name}: grad[{n}] has dtype {np.asarray(g).dtype}, expected {dtype}"
-            return ev
-    ev.grads = {n: np.asarray(g) for n, g in zip(names, grads)}
-    ev.mutated = [n for n in names if not np.array_equal(mine[n], arrays[n], equal_nan=True)]
-    ev.mutated += [f"dout{i}" if len(ev.douts) > 1 else "dout"
-                   for i, (d, m) in enumerate(zip(ev.douts, my_douts)) if not np.array_equal(d, m, equal_nan=True)]
-    ev.mutated += [k for k, v in case.params.items()
-                   if isinstance(v, np.ndarray) and not np.array_equal(v, my_params[k])]
-    return ev
-
 
 def compare_any(a, b, pol, dtype) -> Comparison:
     """a is a full array; b an array or a Projection."""
@@ -155,7 +72,15 @@ def _output_names(n: int) -> list[str]:
 
 
 def judge_side(spec: OpSpec | None, target: Target, ev: Evaluation, oracle: str, device: str) -> Verdict:
+    """One side of one case: the forwards first (a wrong forward is its own finding, on the forward
+    function, whatever the backward did), then the backward's gradients."""
     v = Verdict("pass", what=target.name, side=(oracle, device), dtype=ev.dtype, forward_name=target.forward_name)
+    if ev.shape_mismatch is not None:  # the target's own error: no oracle needed to see it
+        return dataclasses.replace(v, status="fail", kind="forward", phase="forward", out_shapes=ev.shape_mismatch)
+    if ev.backward_error is not None and oracle == "numeric" and not (
+            ev.dtype == "float64" and target.numeric_inherits_forward):
+        # finite differences have no forward of their own to compare here; the backward's error stands
+        return _backward_error(v, ev)
     try:
         extra = {}
         if oracle == "numeric":
@@ -186,7 +111,11 @@ def judge_side(spec: OpSpec | None, target: Target, ev: Evaluation, oracle: str,
                     "forward", c
                 if c.nonfinite_mismatch:
                     name_pattern(v, patterns.recognise_nonfinite(ev, m, t, what="the forward", op=target.op))
+                if ev.backward_error is not None:
+                    v.notes.append(f"the backward failed too: {ev.backward_error}")
                 return v
+    if ev.backward_error is not None:
+        return _backward_error(v, ev)
     pol = policy_for(ev, oracle, override=override, noise=res.info.get("noise", 0.0))
     v.tolerance_source, v.tolerance_mode = pol.source, pol.mode
     worst_name, worst = None, None
@@ -220,14 +149,10 @@ def _own_error_policy(ev: Evaluation, res, name: str, pol, *, forward: bool):
                                          noise=0.0 if forward else res.info.get("noise", 0.0))
 
 
-def flag_mutation(target: Target, ev: Evaluation) -> None:
-    """A backward that writes into its inputs or dout corrupts every other consumer of them."""
-    if not ev.mutated:
-        return
-    for v in ev.sides.values():
-        if v.status in ("pass", "kink"):  # the values were not the problem
-            v.status, v.kind, v.kink, v.pattern, v.factor = "fail", "mutation", None, None, None
-            v.why, v.notes, v.modified = [], [], list(ev.mutated)
+def _backward_error(v: Verdict, ev: Evaluation) -> Verdict:
+    v = dataclasses.replace(v, status="error", fault=ev.backward_error)
+    name_pattern(v, ev.finding)
+    return v
 
 
 def classify_kinks(spec: OpSpec | None, target: Target, ev: Evaluation) -> None:
@@ -262,8 +187,11 @@ def classify_kinks(spec: OpSpec | None, target: Target, ev: Evaluation) -> None:
 
 
 def evaluate(spec: OpSpec | None, target: Target, case: Case, dtype: str, sides: list[Side],
-             douts=None, dout_seed: int = 0) -> Evaluation:
-    ev = run_target(target, case, dtype, douts=douts, dout_seed=dout_seed)
+             douts=None, dout_seed: int = 0, stream: int | None = None, forward_only: bool = False) -> Evaluation:
+    """The target on `case` under the global random `stream`, judged against every side in `sides`
+    (`forward_only`: the forwards alone; the target's backward is not called)."""
+    ev = run_target(target, case, dtype, douts=douts, dout_seed=dout_seed, spec=spec, stream=stream,
+                    forward_only=forward_only)
     if ev.error is not None:
         for s in sides:
             ev.sides[s] = Verdict("error", what=target.name, side=s, dtype=dtype, fault=ev.error)
@@ -273,5 +201,4 @@ def evaluate(spec: OpSpec | None, target: Target, case: Case, dtype: str, sides:
     for oracle, device in sorted(sides, key=lambda s: s[0] == "numeric"):
         ev.sides[(oracle, device)] = judge_side(spec, target, ev, oracle, device)
     classify_kinks(spec, target, ev)
-    flag_mutation(target, ev)
     return ev

@@ -12,178 +12,28 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
-import json
-import multiprocessing as mp
-import os
 import platform
-import signal
 import sys
-import threading
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import oracles
-from reports.records import (SOURCE_KEY, RecordError, RecordSink, ReportLock, cell_id, load_records, load_run_meta,
-                             repair_tail, rewrite_records, write_run_meta)
+from reports.records import (ReportLock, load_run_meta, write_run_meta)
 
 from .config import RunConfig
+from .pool import PoolBroken, WorkersLost, in_pool, in_process
+from .process import (JAX_CACHE_ENV, TORCH_THREADS_ENV, apply_precision, jax_cache_dir, jax_cache_stats, merge_stats,
+                      prepare_process)
+from .resume import (IDENTITY_KEYS, ResumeRefused, check_resumable, check_resume, identity, invocations, read_back,
+                     settle, start_afresh)
 
 __all__ = ["IDENTITY_KEYS", "JAX_CACHE_ENV", "TORCH_THREADS_ENV", "Job", "ResumeRefused", "WorkersLost",
            "apply_precision", "catalogue_jobs", "check_resume", "identity", "jax_cache_dir", "jax_cache_stats", "prepare_process",
            "run_meta", "run_session"]
 
 Job = tuple[str, Callable]  # (label, fn(sink, cfg, done) -> records)
-
-JAX_CACHE_ENV = "GRADAUDIT_JAX_CACHE"  # a directory, or off / 0 / none to disable the persistent cache
-TORCH_THREADS_ENV = "GRADAUDIT_TORCH_THREADS"
-
-
-# ---- the process ---------------------------------------------------------------------------------
-
-_jax_events = {"backend_compiles": 0, "persistent_hits": 0, "compile_s": 0.0, "trace_s": 0.0, "lower_s": 0.0}
-_prepared: dict = {}
-
-
-def jax_cache_dir() -> str | None:
-    """Where JAX keeps compiled executables between runs: $GRADAUDIT_JAX_CACHE, else
-    $XDG_CACHE_HOME/gradaudit/jax (~/.cache/gradaudit/jax). None when disabled, or when the user
-    already points JAX at a cache of their own ($JAX_COMPILATION_CACHE_DIR, which JAX reads itself)."""
-    v = os.environ.get(JAX_CACHE_ENV)
-    if v is not None:
-        return None if v.strip().lower() in ("", "0", "off", "none", "false", "no") else v
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "gradaudit" / "jax")
-
-
-def prepare_process(cfg: RunConfig | None = None) -> dict:
-    """Set up the process that runs checks (the CLI's, each worker process, the benchmark's). Called
-    by a run's entry points, never at import of a library module: a user's own process keeps its
-    settings unless it asks for these.
-
-    - NumPy's BLAS: one thread (threadpoolctl), for the same reason as torch's, see below.
-    - torch: one intra-op thread ($GRADAUDIT_TORCH_THREADS to change). The catalogue's ops are
-      tiny; torch's thread pool costs ~10-40 ms of synchronisation per call on a busy 2-core
-      machine, ~100x the op itself. Parallelism comes from `workers` (processes) instead.
-    - JAX: the persistent compilation cache (see `jax_cache_dir`), with no minimum compile time
-      (JAX's default caches only compiles over 1 s; ours take 0.05-2 s each, and compiling is
-      ~90% of the JAX oracle's cost in a CI run). Compiled executables are keyed by the program,
-      the compile options, jaxlib and the device, so a cached one is the one XLA would build.
-    """
-    names = cfg.oracles if cfg is not None else ("torch", "jax")
-    done = {}
-    # NumPy's BLAS: one thread too. Interleaving a multi-threaded OpenBLAS call with torch's thread
-    # pool hands cores back and forth: measured 32 ms for a 64x128 @ 128x96 matmul right after a torch
-    # op (0.05 ms alone, 0.5 ms single-threaded) on the 2-core machine. The arrays here are small.
-    try:
-        from threadpoolctl import threadpool_limits
-
-        if not _prepared.get("blas"):
-            _prepared["blas"] = threadpool_limits(limits=1, user_api="blas")
-        done["blas_threads"] = 1
-    except ImportError:
-        pass
-    if "torch" in names:
-        try:
-            import torch
-
-            n = int(os.environ.get(TORCH_THREADS_ENV, "1"))
-            if n > 0 and torch.get_num_threads() != n:
-                torch.set_num_threads(n)
-            done["torch_threads"] = torch.get_num_threads()
-        except Exception:  # torch missing: its oracle skips with the reason later
-            pass
-    if "jax" in names:
-        cache = jax_cache_dir()
-        try:
-            import jax
-        except Exception:
-            jax = None
-        if jax is not None:
-            if cache is not None and not _prepared.get("jax_cache"):
-                try:
-                    Path(cache).mkdir(parents=True, exist_ok=True)
-                    jax.config.update("jax_compilation_cache_dir", cache)
-                    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-                    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-                    _prepared["jax_cache"] = cache
-                except OSError:  # read-only home: run without the persistent cache
-                    pass
-            if not _prepared.get("jax_listeners"):
-                _listen_jax()
-                _prepared["jax_listeners"] = True
-            done["jax_cache"] = _prepared.get("jax_cache") or os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    return done
-
-
-def apply_precision(cfg: RunConfig) -> None:
-    """TF32 off for comparisons unless asked for; the flags in force go into every record."""
-    for name in ("torch", "jax"):
-        if name in cfg.oracles:
-            try:
-                oracles.get(name).set_tf32(cfg.allow_tf32)
-            except oracles.OracleUnavailable:
-                pass
-
-
-def _listen_jax() -> None:
-    """Count XLA compiles and persistent-cache hits (jax.monitoring events), for `jax_cache_stats`."""
-    from jax import monitoring
-
-    def on_event(event, **_):
-        if event == "/jax/compilation_cache/cache_hits":
-            _jax_events["persistent_hits"] += 1
-
-    def on_duration(event, duration, **_):
-        if event == "/jax/core/compile/backend_compile_duration":
-            _jax_events["backend_compiles"] += 1
-            _jax_events["compile_s"] += duration
-        elif event == "/jax/core/compile/jaxpr_trace_duration":
-            _jax_events["trace_s"] += duration
-        elif event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            _jax_events["lower_s"] += duration
-
-    monitoring.register_event_listener(on_event)
-    monitoring.register_event_duration_secs_listener(on_duration)
-
-
-def jax_cache_stats() -> dict:
-    """This process's JAX oracle cache figures: `hits`/`misses` of its jit cache (one key per forward,
-    static params, shapes and dtypes: a miss is a trace + compile), and of the misses how many the
-    persistent cache served (`persistent_hits`) and how many XLA compiled (`xla_compiles`)."""
-    mod = sys.modules.get("oracles.jax_oracle")  # never imported here: no JAX run, no figures
-    out = dict(getattr(mod, "cache_stats", None) or {"hits": 0, "misses": 0})
-    ev = dict(_jax_events)
-    out.update(persistent_hits=ev["persistent_hits"],
-               xla_compiles=max(ev["backend_compiles"] - ev["persistent_hits"], 0),
-               compile_s=round(ev["compile_s"], 3), trace_s=round(ev["trace_s"], 3),
-               lower_s=round(ev["lower_s"], 3))
-    return out
-
-
-def _delta(before: dict, after: dict) -> dict:
-    return {k: round(v - before.get(k, 0), 3) if isinstance(v, float) else v - before.get(k, 0)
-            for k, v in after.items()}
-
-
-def _merge(stats: Iterable[dict]) -> dict:
-    """Sum per-process (or per-job) figures; add the jit cache hit rate."""
-    total: dict = {}
-    for s in stats:
-        for k, v in s.items():
-            if k != "hit_rate":
-                total[k] = total.get(k, 0) + v
-    for k, v in total.items():
-        if isinstance(v, float):
-            total[k] = round(v, 3)
-    calls = total.get("hits", 0) + total.get("misses", 0)
-    total["hit_rate"] = round(total.get("hits", 0) / calls, 4) if calls else None
-    return total
 
 
 # ---- the jobs ------------------------------------------------------------------------------------
@@ -204,275 +54,6 @@ def _run_catalogue_op(op: str, dtype: str, sink, cfg: RunConfig, done=()) -> lis
     spec = catalogue.load()[op]
     return run_target_cells(spec, Target.reference(spec), spec.inputs, spec.regimes, replace(cfg, dtypes=(dtype,)),
                             sink, done=done)
-
-
-# ---- the worker pool -----------------------------------------------------------------------------
-# Workers are spawned, not forked: torch and JAX start threads at import, and forking a process with
-# threads can deadlock. Each worker imports the frameworks once, keeps its JAX compile cache for all
-# the jobs it takes, and shares the persistent compilation cache on disk with the others.
-#
-# A worker never outlives the run: it leads a process group of its own (so that the run can kill it
-# with whatever it started, and a terminal's Ctrl-C reaches the run alone, which decides), and it
-# dies with its parent however the parent ends, kill -9 included (PR_SET_PDEATHSIG on Linux; a
-# watching thread elsewhere).
-
-_worker_sink: RecordSink | None = None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """Make this process end when `parent` does."""
-    armed = False
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            armed = False
-    if os.getppid() != parent:  # it died before the signal was armed
-        os._exit(1)
-    if not armed:
-        def watch():
-            while os.getppid() == parent:
-                time.sleep(0.5)
-            os._exit(1)
-
-        threading.Thread(target=watch, name="gradaudit-parent-watch", daemon=True).start()
-
-
-def _worker_init(results: str, cfg: RunConfig, parent: int) -> None:
-    global _worker_sink
-    _die_with_parent(parent)
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run decides what an interrupt stops
-    prepare_process(cfg)
-    apply_precision(cfg)
-    _worker_sink = RecordSink(Path(results))
-
-
-def _worker_run(label, fn, cfg, done):
-    t0 = time.perf_counter()
-    before = jax_cache_stats()
-    records = fn(_worker_sink, cfg, done)
-    return label, records, time.perf_counter() - t0, _delta(before, jax_cache_stats())
-
-
-class _PoolBroken(Exception):
-    """A worker process died: `unfinished` are the jobs that did not come back."""
-
-    def __init__(self, unfinished: list, why: str):
-        super().__init__(why)
-        self.unfinished, self.why = unfinished, why
-
-
-class WorkersLost(RuntimeError):
-    """Worker processes kept dying; the message lists the jobs that did not finish."""
-
-
-def _kill_workers(procs) -> None:
-    """SIGKILL each worker and its process group; wait for them."""
-    for p in procs:
-        for kill in (os.kill, os.killpg):
-            with contextlib.suppress(OSError):
-                kill(p.pid, signal.SIGKILL)
-    for p in procs:
-        p.join(5)
-
-
-def _exit_text(procs) -> str:
-    """How the worker that broke the pool ended (the pool stops the others with SIGTERM after it)."""
-    codes = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-    codes.sort(key=lambda c: c == -signal.SIGTERM)
-    if not codes:
-        return "it ended abruptly"
-    code = codes[0]
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
-
-
-def _in_pool(jobs: Sequence[Job], cfg: RunConfig, done, results: Path, workers: int, jax_stats: list):
-    ctx = mp.get_context("spawn")
-    before = set(mp.active_children())
-    pool = ProcessPoolExecutor(max_workers=min(workers, max(len(jobs), 1)), mp_context=ctx,
-                               initializer=_worker_init, initargs=(str(results), cfg, os.getpid()))
-    procs: list = []
-    clean_exit = False
-    try:
-        futures = {pool.submit(_worker_run, label, fn, cfg, done): (label, fn) for label, fn in jobs}
-        procs = [p for p in mp.active_children() if p not in before]
-        pending = set(futures)
-        for f in as_completed(futures):
-            try:
-                label, records, seconds, stats = f.result()
-            except BrokenProcessPool:
-                _kill_workers(procs)
-                raise _PoolBroken([futures[g] for g in futures if g in pending],
-                                  f"a worker process died ({_exit_text(procs)})") from None
-            pending.discard(f)
-            jax_stats.append(stats)
-            yield label, records, seconds
-        clean_exit = True
-    finally:
-        if not clean_exit:  # interrupted, or a job raised: no worker goes on writing
-            _kill_workers(procs or [p for p in mp.active_children() if p not in before])
-        pool.shutdown(wait=clean_exit, cancel_futures=True)
-
-
-def _in_process(jobs: Sequence[Job], cfg: RunConfig, done, results: Path, jax_stats: list):
-    prepare_process(cfg)  # one torch thread, JAX's persistent compile cache
-    apply_precision(cfg)
-    before = jax_cache_stats()
-    try:
-        with RecordSink(results) as sink:
-            for label, fn in jobs:
-                t0 = time.perf_counter()
-                yield label, fn(sink, cfg, done), time.perf_counter() - t0
-    finally:
-        jax_stats.append(_delta(before, jax_cache_stats()))
-
-
-# ---- what a results file holds, and whether a run may add to it -----------------------------------
-
-class ResumeRefused(ValueError):
-    """`--resume` onto records of another run (seed, profile, budget, lists or code differ)."""
-
-
-IDENTITY_KEYS = ("seed", "profile", "examples", "ops", "oracles", "dtypes", "devices", "code")
-
-
-def identity(cfg: RunConfig, what: Sequence[str], code: str | None) -> dict:
-    """What makes two runs' cells comparable: a resumed run must match the run it continues."""
-    from .config import PROFILES
-
-    return {"seed": cfg.seed, "profile": cfg.profile,
-            "examples": cfg.examples if cfg.examples is not None else PROFILES[cfg.profile]["max_examples"],
-            "ops": sorted(set(what)), "oracles": sorted(set(cfg.oracles)), "dtypes": sorted(set(cfg.dtypes)),
-            "devices": sorted(set(cfg.devices)), "code": code}
-
-
-def _differences(before: dict, now: dict) -> list[str]:
-    out = []
-    for k in IDENTITY_KEYS:
-        a, b = before.get(k), now.get(k)
-        if a == b:
-            continue
-        if isinstance(a, list) and isinstance(b, list):
-            gone, new = [x for x in a if x not in b], [x for x in b if x not in a]
-            parts = ([f"not in this run: {_few(gone)}"] if gone else []) + ([f"new: {_few(new)}"] if new else [])
-            out.append(f"{k} differ ({'; '.join(parts)})")
-        elif k == "code":
-            out.append("the checked code changed since")
-        else:
-            out.append(f"{k} differs (the records: {_none(a)}, this run: {_none(b)})")
-    return out
-
-
-def _none(v) -> str:
-    return "none" if v is None else str(v)
-
-
-def _few(items: list, n: int = 4) -> str:
-    return ", ".join(map(str, items[:n])) + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
-def _check_resumable(report_dir: Path, mine: dict) -> list[dict]:
-    """The previous invocations of run.json when this run may continue them; ResumeRefused else."""
-    meta = load_run_meta(report_dir)
-    theirs = meta.get("identity")
-    if not isinstance(theirs, dict):
-        raise ResumeRefused(f"cannot resume {report_dir}: its run.json does not say which run wrote the records "
-                            f"(seed, profile, lists); run without --resume to start afresh, or add --force")
-    diff = _differences(theirs, mine)
-    if diff:
-        raise ResumeRefused(f"cannot resume {report_dir}: {'; '.join(diff)}; run without --resume to start "
-                            f"afresh, or add --force to mix them")
-    return _invocations(meta)
-
-
-def check_resume(cfg: RunConfig, *, what: Sequence[str] = (), code: str | None = None) -> None:
-    """ResumeRefused when `cfg.report_dir` holds records of another run than this one would be (what
-    `run_session(resume=True)` checks first): for a caller that wants to know before it starts."""
-    report_dir = Path(cfg.report_dir)
-    if (report_dir / "results.jsonl").exists():
-        _check_resumable(report_dir, identity(cfg, what, code))
-
-
-def _invocations(meta: dict) -> list[dict]:
-    inv = meta.get("invocations")
-    return [i for i in inv if isinstance(i, dict)] if isinstance(inv, list) else []
-
-
-def _group(rec: dict) -> tuple:
-    return (rec.get("target"), rec.get("op"), rec.get("dtype"), rec.get("regime"))
-
-
-def _settle(results: Path, report_dir: Path, cfg: RunConfig) -> list[dict]:
-    """Make results.jsonl a place to append to, and return the cells it holds that are done: the
-    partial last line cut off; the cells of a group that was not finished (a run stopped between
-    its records) dropped with their cases, so that the group reruns whole instead of twice; a cell
-    recorded twice kept once (the later record). Only with the folder's lock held."""
-    if not results.exists():
-        return []
-    repair_tail(results)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the reasons are handled here
-        raw = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = load_records([results])
-    sides = cfg.sides()
-    groups: dict[tuple, set] = {}
-    for r in kept:
-        groups.setdefault(_group(r), set()).add(r.get("id"))
-    whole = set()
-    for key, ids in groups.items():
-        target, op, dtype, regime = key
-        expected = {cell_id(target=target, op=str(op), oracle=o, device=d, dtype=str(dtype), regime=str(regime))
-                    for o, d in sides}
-        if expected <= ids:
-            whole.add(key)
-    out = []
-    for r in kept:
-        r.pop(SOURCE_KEY, None)
-        if _group(r) in whole:
-            out.append(r)
-        elif r.get("counterexample"):
-            with contextlib.suppress(OSError):
-                (report_dir / str(r["counterexample"])).unlink()
-    if len(out) != len(raw):
-        rewrite_records(results, out)
-    return out
-
-
-def _start_afresh(report_dir: Path, results: Path) -> None:
-    """A new run: no record, case or page of an earlier one is left to be mixed with its own."""
-    results.unlink(missing_ok=True)
-    (report_dir / "index.html").unlink(missing_ok=True)
-    cases = report_dir / "cases"
-    if cases.is_dir():
-        for f in cases.iterdir():
-            if f.suffix in (".npz", ".tmp") and f.is_file():
-                with contextlib.suppress(OSError):
-                    f.unlink()
-
-
-def _read_back(results: Path, fallback: list[dict]) -> list[dict]:
-    """The run's records as `gradaudit report` reads them from results.jsonl (one per cell); what the
-    jobs returned when the file cannot be read."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            recs = load_records([results]) if results.exists() else []
-    except (OSError, RecordError):
-        return fallback
-    for r in recs:
-        r.pop(SOURCE_KEY, None)
-    return recs
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -518,14 +99,14 @@ def _run_locked(cfg, jobs, report_dir, *, resume, force, code, workers, shard, w
     earlier: list[dict] = []
     if resume and results.exists():
         try:
-            earlier = _check_resumable(report_dir, mine)
+            earlier = check_resumable(report_dir, mine)
         except ResumeRefused:
             if not force:
                 raise
-            earlier = _invocations(load_run_meta(report_dir))
-        finished = _settle(results, report_dir, cfg)
+            earlier = invocations(load_run_meta(report_dir))
+        finished = settle(results, report_dir, cfg)
     else:
-        _start_afresh(report_dir, results)
+        start_afresh(report_dir, results)
         finished = []
     records = list(finished)
     axes = dict(oracles=list(cfg.oracles), devices=list(cfg.devices), dtypes=list(cfg.dtypes), ops=list(what))
@@ -544,8 +125,8 @@ def _run_locked(cfg, jobs, report_dir, *, resume, force, code, workers, shard, w
         todo = jobs
         for attempt in (1, 2):
             done = frozenset(r["id"] for r in finished)
-            run = (_in_process(todo, cfg, done, results, jax_stats) if workers == 1
-                   else _in_pool(todo, cfg, done, results, workers, jax_stats))
+            run = (in_process(todo, cfg, done, results, jax_stats) if workers == 1
+                   else in_pool(todo, cfg, done, results, workers, jax_stats))
             try:
                 with contextlib.closing(run):  # its own clean-up (the sink, the pool, the JAX figures) first
                     for label, recs, seconds in run:
@@ -553,25 +134,25 @@ def _run_locked(cfg, jobs, report_dir, *, resume, force, code, workers, shard, w
                         if on_job is not None:
                             on_job(label, recs, seconds)
                 break
-            except _PoolBroken as e:
+            except PoolBroken as e:
                 names = ", ".join(label for label, _ in e.unfinished)
                 if attempt == 2:
                     raise WorkersLost(f"{e.why} again; {len(e.unfinished)} job(s) not finished: {names} "
                                       f"(their cells are missing; --resume runs them)") from None
                 warnings.warn(f"{e.why}; rerunning its {len(e.unfinished)} unfinished job(s): {names}")
-                finished = _settle(results, report_dir, cfg)  # what the dead worker left, made whole
+                finished = settle(results, report_dir, cfg)  # what the dead worker left, made whole
                 todo = e.unfinished
         outcome = "finished"
     except Exception as e:
         outcome = f"error: {type(e).__name__}: {e}"
         raise
     finally:
-        records = _read_back(results, records)
+        records = read_back(results, records)
         meta = run_meta(command, profile=cfg.profile, seed=cfg.seed, records=records, started=started,
                         finished=_now(), duration_s=round(time.perf_counter() - t0, 2), workers=workers,
                         shard=shard, flags=_flags(cfg, records), **axes)
         if "jax" in cfg.oracles:  # jit cache hits/misses, XLA compiles, persistent-cache hits
-            meta["jax_cache"] = _merge(jax_stats)
+            meta["jax_cache"] = merge_stats(jax_stats)
         meta.update(identity=mine, invocations=[*earlier, dict(this, finished=meta["finished"], outcome=outcome)])
         try:
             write_run_meta(report_dir, meta)

@@ -17,10 +17,12 @@ __all__ = ["Case", "OpSpec", "Tolerance", "to_jsonable"]
 @dataclass(frozen=True)
 class Tolerance:
     """An op's override of the policy: multiplies the policy's rtol (never below 1). `reason`, the
-    numerical reason, is mandatory. The factor may depend on the case: a condition number."""
+    numerical reason, is mandatory. The factor may depend on the case: a condition number. `rtol_min`
+    (dtype -> rtol): the smallest rtol to judge with, a derivation's `rtol=`."""
 
     rtol_factor: float | Callable[["Case"], float]
     reason: str
+    rtol_min: dict | None = None
 
 
 @dataclass
@@ -68,6 +70,7 @@ class OpSpec:
     # a properties.subgradient.Validity that also names the pattern of a failure
     subgradient: Callable[[Case, tuple, dict], tuple] | None = None
     tolerance: Tolerance | None = None
+    dtypes: tuple[str, ...] | None = None  # the dtypes it is checked in (None: the run's); a derivation's `dtypes=`
 
     @property
     def forward(self) -> Callable:

@@ -40,11 +40,34 @@ def _floats(lo: float, hi: float) -> st.SearchStrategy[float]:
 @dataclass(frozen=True)
 class Regime:
     """A value regime: what it is for, how a large array is sampled (from a NumPy Generator, for a
-    shape), and the strategy of one element of a small array (drawn element by element, so it shrinks)."""
+    shape), and the strategy of one element of a small array (drawn element by element, so it shrinks).
+    A regime of extreme values also says how to move an array of its values back to ordinary
+    magnitudes (`ordinary`): a derivation that fails there but agrees on the same case moved back is
+    right, and its evaluation unstable (properties/stability.py)."""
 
     description: str
     sample: Callable[[np.random.Generator, tuple], np.ndarray]
     element: Callable[[], st.SearchStrategy[float]]
+    ordinary: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+def _shrunk(a: np.ndarray, limit: float = 3.0) -> np.ndarray:
+    """`a` scaled down to max |a| = limit (unchanged when it is already within)."""
+    m = float(np.abs(a).max(initial=0.0))
+    return a * (limit / m) if m > limit else a
+
+
+def _grown(a: np.ndarray, floor: float = 1.0) -> np.ndarray:
+    """`a` scaled up to max |a| = floor when all of it is tiny (arrays of ordinary values unchanged)."""
+    m = float(np.abs(a).max(initial=0.0))
+    return a * (floor / m) if 0 < m < 1e-2 else a
+
+
+def _spread(a: np.ndarray) -> np.ndarray:
+    """A near-constant array's deviations from its mean, at unit scale (other arrays unchanged)."""
+    centred = a - a.mean() if a.size else a
+    s = float(np.abs(centred).max(initial=0.0))
+    return centred / s if a.size > 1 and 0 < s < 1e-2 * max(1.0, float(np.abs(a).max())) else a
 
 
 # The value regimes: each is defined here, and only here.
@@ -52,19 +75,21 @@ REGIMES: dict[str, Regime] = {
     "typical": Regime("standard normal values",
                       lambda rng, s: rng.standard_normal(s), lambda: _floats(-3, 3)),
     "large": Regime("magnitudes ~100: exp overflows in float32 (not float64)",
-                    lambda rng, s: rng.standard_normal(s) * 100, lambda: _floats(-300, 300)),
+                    lambda rng, s: rng.standard_normal(s) * 100, lambda: _floats(-300, 300), _shrunk),
     "overflow": Regime("logits ~1e3 apart: exp overflows even in float64; a stable implementation stays finite",
-                       lambda rng, s: rng.standard_normal(s) * 1000 + 800, lambda: _floats(-2000, 3000)),
+                       lambda rng, s: rng.standard_normal(s) * 1000 + 800, lambda: _floats(-2000, 3000), _shrunk),
     "kinks": Regime("integer values in [-2, 2]: exact zeros and exact ties",
                     lambda rng, s: rng.integers(-2, 3, size=s).astype(np.float64),
                     lambda: st.integers(-2, 2).map(float)),
-    "tiny": Regime("magnitudes ~1e-4", lambda rng, s: rng.standard_normal(s) * 1e-4, lambda: _floats(-3e-4, 3e-4)),
+    "tiny": Regime("magnitudes ~1e-4", lambda rng, s: rng.standard_normal(s) * 1e-4, lambda: _floats(-3e-4, 3e-4),
+                   _grown),
     "saturated": Regime("|x| in [10, 40]: sigmoid and tanh saturate",
                         lambda rng, s: rng.uniform(10, 40, size=s) * rng.choice([-1.0, 1.0], size=s),
-                        lambda: st.tuples(_floats(10, 40), st.sampled_from([-1.0, 1.0])).map(lambda t: t[0] * t[1])),
+                        lambda: st.tuples(_floats(10, 40), st.sampled_from([-1.0, 1.0])).map(lambda t: t[0] * t[1]),
+                        _shrunk),
     "near_constant": Regime("a constant plus ~1e-3 noise: near-zero variance",
                             lambda rng, s: 1.5 + rng.standard_normal(s) * 1e-3,
-                            lambda: _floats(-1e-3, 1e-3).map(lambda v: 1.5 + v)),
+                            lambda: _floats(-1e-3, 1e-3).map(lambda v: 1.5 + v), _spread),
 }
 
 ELEMENTWISE_MAX = 6  # arrays up to this size are drawn element by element

@@ -101,6 +101,10 @@ def policy(dtype: str, *, size: int, oracle: str, dout_max: float = 1.0, input_m
         factor = max(float(factor), 1.0)
         rtol *= factor
         source += f"; op override x{factor:.3g}: {override.reason}"
+        floor_rtol = (override.rtol_min or {}).get(dtype)
+        if floor_rtol is not None and floor_rtol > rtol:
+            rtol = floor_rtol
+            source += f"; rtol raised to {floor_rtol:g}"
     natural = max(float(input_max), 1.0) * (1.0 if forward else max(float(dout_max), 1e-30))
     floor = max(rtol * natural, float(noise))
     return Policy(rtol=float(rtol), floor=float(floor), source=source)
@@ -118,3 +122,55 @@ def reference_relative(dtype: str, reference_error: float, *, input_max: float =
     return Policy(rtol=e, floor=K_REFERENCE * float(reference_error) + e * natural + float(noise) + tiny,
                   source=f"reference-relative: {K_REFERENCE} x {float(reference_error):.3g} (the same math in "
                          f"{dtype} against float64) + one rounding in {dtype}", mode="reference-relative")
+
+
+# ---- the condition of a centring, found by probing the forward ------------------------------------
+
+def _subsets(ndim: int) -> list[tuple[int, ...]]:
+    """Every non-empty set of axes, smallest first."""
+    out = [tuple(a for a in range(ndim) if mask >> a & 1) for mask in range(1, 2 ** ndim)]
+    return sorted(out, key=len)
+
+
+def centring_axes(forward, case, *, rtol: float = 1e-7) -> tuple[str, tuple[int, ...]] | None:
+    """(array, axes) when `forward(*arrays, **params)` (float64, NumPy) does not change when that array
+    gets an offset that is constant along `axes` (and varies along the others): it subtracts a mean
+    over those axes, as a normalisation does. The smallest such set of axes of the first such array;
+    None when the forward centres nothing."""
+    arrays = {n: np.asarray(a, dtype=np.float64) for n, a in case.arrays.items()}
+    params = dict(case.params)
+    try:
+        base = [np.asarray(o, dtype=np.float64) for o in _outputs(forward(*arrays.values(), **params))]
+    except Exception:
+        return None
+    scale = max((float(np.abs(b).max(initial=0.0)) for b in base), default=0.0)
+    rng = np.random.default_rng(0)
+    for name, x in arrays.items():
+        if x.ndim == 0 or x.size < 2:
+            continue
+        for axes in _subsets(x.ndim):
+            shape = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+            moved = dict(arrays, **{name: x + 3.0 * rng.standard_normal(shape) + 1.0})
+            try:
+                outs = [np.asarray(o, dtype=np.float64) for o in _outputs(forward(*moved.values(), **params))]
+            except Exception:
+                continue
+            if len(outs) == len(base) and all(o.shape == b.shape and np.allclose(o, b, rtol=rtol, atol=rtol * max(scale, 1.0))
+                                              for o, b in zip(outs, base)):
+                return name, axes
+    return None
+
+
+def _outputs(out):
+    return out if isinstance(out, (tuple, list)) else (out,)
+
+
+def centring_condition(x: np.ndarray, axes: tuple[int, ...], eps: float = 0.0) -> float:
+    """max |x| / σ over the sets of values centred together (σ over `axes`, with `eps` added to the
+    variance as the forward does): how many digits the centring x - μ cancels (see
+    properties/catalogue/normalization.py). A set with no spread at all counts 1/sqrt(eps(float64))."""
+    x = np.asarray(x, dtype=np.float64)
+    sigma = np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+    top = np.abs(x).max(axis=axes, keepdims=True)
+    floor = np.sqrt(np.finfo(np.float64).eps) * np.maximum(top, 1e-300)
+    return float(np.max(top / np.maximum(sigma, floor), initial=1.0))

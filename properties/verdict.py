@@ -5,6 +5,8 @@ Target), never edit the sentence.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +16,8 @@ from oracles.base import OracleResult
 from .compare import Comparison
 from .patterns import Finding, explain
 
-__all__ = ["CodeUnderTestError", "Side", "Verdict", "describe", "name_pattern", "raised"]
+__all__ = ["CodeUnderTestError", "Hazard", "Side", "Verdict", "collect_hazards", "describe", "name_pattern", "raised",
+           "report_hazard"]
 
 Side = tuple[str, str]  # (oracle, device)
 
@@ -30,6 +33,41 @@ def raised(who: str, e: BaseException, *, named_alone: bool = False) -> str:
     if isinstance(e, CodeUnderTestError):
         return str(e) if named_alone else f"{who}: {e}"
     return f"{who} raised {type(e).__name__}: {e}"
+
+
+@dataclass(frozen=True)
+class Hazard:
+    """Something the code under test does that is worth saying although its values are right: the
+    record's `hazards` (docs/result_record.md) and a `warning` when nothing worse was found.
+    `kind`: dtype | mutation | nondeterminism | convention."""
+
+    kind: str
+    message: str
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "message": self.message}
+
+
+_hazards: contextvars.ContextVar[list | None] = contextvars.ContextVar("gradaudit_hazards", default=None)
+
+
+@contextlib.contextmanager
+def collect_hazards():
+    """Collect the hazards that code wrapping the user's functions reports (`report_hazard`) while the
+    block runs: an adapter that translates a parameter convention, a forward that promotes dtypes."""
+    found: list[Hazard] = []
+    token = _hazards.set(found)
+    try:
+        yield found
+    finally:
+        _hazards.reset(token)
+
+
+def report_hazard(kind: str, message: str) -> None:
+    """Say that the code under test did something hazardous (see Hazard); a no-op outside a check."""
+    found = _hazards.get()
+    if found is not None:
+        found.append(Hazard(kind, message))
 
 
 @dataclass
@@ -56,6 +94,7 @@ class Verdict:
     out_shapes: tuple | None = None  # forwards of different shapes: (the target's, the oracle's)
     modified: list[str] = field(default_factory=list)  # mutation: what the code under test wrote into
     forward_name: str | None = None  # names a forward mismatch (an audit: the user's forward)
+    severity: str | None = None  # on fail: fail | unstable (properties/stability.py decides)
     sentence: tuple[str, str] | None = None  # (pattern, its sentence with the fields filled in) from a Finding
 
     @property
@@ -108,7 +147,9 @@ def describe(v: Verdict) -> str:
         text = f"{label}: modified its input(s) in place: {', '.join(v.modified)}"
     elif v.out_shapes is not None:
         mine, theirs = v.out_shapes
-        text = f"{label}, forward: output {[_shape(m) for m in mine]}, expected {[_shape(t) for t in theirs]}"
+        # no oracle is involved: the forward's output has another shape than the op's
+        text = (f"{v.what} ({v.dtype}), forward: returns an output of shape {[_shape(m) for m in mine]}, the op's "
+                f"forward one of shape {[_shape(t) for t in theirs]} (the code's own error, not an oracle's)")
     elif v.explanation:
         text = f"{label}: {v.explanation} — {v.phase}: {_difference(v.cmp)}"
     else:

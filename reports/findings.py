@@ -9,11 +9,17 @@ import re
 import shlex
 from pathlib import Path
 
-__all__ = ["DEFAULT_REPORT", "GROUPS", "GROUP_TITLES", "group", "headline", "replay_command"]
+__all__ = ["DEFAULT_REPORT", "GROUPS", "GROUP_TITLES", "group", "hazard_text", "headline", "replay_command"]
 
 DEFAULT_REPORT = "gradaudit-report"  # the CLI's --report default
 GROUPS = ("fail", "unstable", "warning")  # shown in this order: wrong first, then unstable, then warnings
 GROUP_TITLES = {"fail": "Wrong", "unstable": "Unstable", "warning": "Warnings"}
+
+
+def hazard_text(h) -> str:
+    """A hazard as a person reads it: a record's hazards are {"kind", "message"} objects
+    (docs/result_record.md); a bare string is shown as it is."""
+    return str(h.get("message") or h.get("kind")) if isinstance(h, dict) else str(h)
 
 
 def group(rec: dict) -> str | None:

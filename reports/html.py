@@ -21,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from . import svg
 from .evidence import case_evidence
-from .findings import GROUP_TITLES, GROUPS, group, headline, replay_command
+from .findings import GROUP_TITLES, GROUPS, group, hazard_text, headline, replay_command
 from .records import SOURCE_KEY, STATUSES, counts, normalise, overall_verdict, record_id
 from .text import fmt_duration, fmt_num, short
 
@@ -252,7 +252,7 @@ def _glance(bad: list[dict], anchors: dict[str, str], max_links: int = 8) -> lis
             "phases": tally("phase"), "max_rel": max(rel) if rel else None,
             "cells": cells[:max_links], "more": max(0, len(cells) - max_links),
             "message": recs[0].get("message") or "", "headline": headline(recs[0]),
-            "hazards": sorted({str(h) for r in recs for h in (r.get("hazards") or [])}),
+            "hazards": sorted({hazard_text(h) for r in recs for h in (r.get("hazards") or [])}),
             "group": grp, "title": GROUP_TITLES[grp],
             "order": (GROUPS.index(grp), min(_priority(r) for r in recs)),
         })

@@ -5,7 +5,7 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .findings import replay_command
+from .findings import hazard_text, replay_command
 from .records import counts
 
 __all__ = ["write_junit"]
@@ -39,7 +39,7 @@ def _details(r: dict, report_dir=None) -> str:
     if replay_command(r, report_dir):
         lines.append(f"replay: {replay_command(r, report_dir)}")
     if r.get("hazards"):
-        lines.append(f"hazards: {'; '.join(map(str, r['hazards']))}")
+        lines.append(f"hazards: {'; '.join(map(hazard_text, r['hazards']))}")
     if r.get("mutated"):
         lines.append(f"mutated in place: {', '.join(map(str, r['mutated']))}")
     return "\n".join(lines)

@@ -7,15 +7,14 @@ naming the file, line and key. A final line without its newline that does not pa
 killed mid-write: it is dropped with a warning, everything before it is kept (`repair_tail` cuts
 it off before a resumed run appends).
 
-One writer per report folder: `ReportLock` (an `fcntl.flock` on `<folder>/.lock` holding the
-writer's pid) is taken by a run and by `gradaudit report` before they change anything there.
+One writer per report folder: `ReportLock` (reports/lock.py) is taken by a run and by `gradaudit
+report` before they change anything there.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import errno
-import fcntl
 import json
 import math
 import os
@@ -25,12 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["COORDS", "LOCK_NAME", "RecordError", "RecordSink", "ReportBusy", "ReportLock", "SCHEMA", "SOURCE_KEY",
-           "STATUSES", "cell_id", "counts", "load_records", "load_run_meta", "merge_records", "new_record",
-           "normalise", "overall_verdict", "record_id", "repair_tail", "rewrite_records", "worse",
-           "write_run_meta"]
+from .lock import LOCK_NAME, ReportBusy, ReportLock
+
+__all__ = ["COORDS", "DEFAULT_FAIL_ON", "LOCK_NAME", "RecordError", "RecordSink", "ReportBusy", "ReportLock", "SCHEMA",
+           "SEVERITIES", "SOURCE_KEY", "STATUSES", "cell_id", "checked", "counts", "failing", "load_records",
+           "load_run_meta", "merge_records", "new_record", "normalise", "overall_verdict", "record_id", "repair_tail",
+           "rewrite_records", "severity", "worse", "write_run_meta"]
 
 STATUSES = ("pass", "fail", "error", "skip", "kink")
+# What a finding means, worst first (docs/result_record.md): a wrong value; a right derivation whose
+# evaluation breaks in an extreme regime; a hazard with correct values.
+SEVERITIES = ("fail", "unstable", "warning")
+DEFAULT_FAIL_ON = ("fail", "unstable")  # what fails a run unless --fail-on / --strict say otherwise
 COORDS = ("op", "oracle", "device", "dtype", "regime")
 SOURCE_KEY = "_source"  # added by load_records: the report directory the record was read from
 
@@ -57,6 +62,7 @@ SCHEMA: dict[str, Field] = {
     "kink": Field("str"), "mutated": Field("list", []), "device_name": Field("str"), "flags": Field("object", {}),
     "seconds": Field("number"), "worst_target": Field("number"), "explanation": Field("str"),
     "tolerance_mode": Field("str"), "target_spread": Field("number"),
+    "severity": Field("str"), "hazards": Field("list", []),
 }
 _TYPES = {"str": (str,), "int": (int,), "number": (int, float), "object": (dict,), "list": (list,)}
 _NAMES = {"str": "a string", "int": "an integer", "number": "a number", "object": "an object", "list": "a list"}
@@ -240,87 +246,6 @@ def repair_tail(path: str | os.PathLike) -> str | None:
         os.close(fd)
 
 
-# ---- one writer per report folder ---------------------------------------------------------------
-
-LOCK_NAME = ".lock"
-
-
-class ReportBusy(RuntimeError):
-    """Another process holds the report folder's lock; `pid` is its process id (None: unknown)."""
-
-    def __init__(self, folder: Path, pid: int | None):
-        self.folder, self.pid = folder, pid
-        who = f"pid {pid}" if pid else "another process"
-        super().__init__(f"report folder {str(folder)!r} is in use by another gradaudit run ({who}); "
-                         f"wait for it (--wait) or choose another --report")
-
-
-class ReportLock:
-    """An exclusive `fcntl.flock` on `<folder>/.lock`, which holds the pid of the process that has it.
-    The kernel releases it when that process ends, however it ends (kill -9 included): a stale lock
-    file never blocks. `wait=False`: raise ReportBusy at once when another process holds it;
-    `wait=True`: call `on_wait(pid)`, then block until it is free. Re-entrant within a process (the
-    CLI holds it across a run and its report; the run takes it again)."""
-
-    _held: dict[str, list] = {}  # real path of the folder -> [descriptor, depth]
-
-    def __init__(self, folder: str | os.PathLike, *, wait: bool = False, on_wait=None):
-        self.folder, self.wait, self.on_wait = Path(folder), wait, on_wait
-        self._key: str | None = None
-
-    def acquire(self) -> "ReportLock":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        key = os.path.realpath(self.folder)
-        if key in self._held:
-            self._held[key][1] += 1
-            self._key = key
-            return self
-        fd = os.open(os.path.join(key, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not self.wait:
-                    raise ReportBusy(self.folder, _pid_in(fd)) from None
-                if self.on_wait is not None:
-                    self.on_wait(_pid_in(fd))
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._held[key] = [fd, 1]
-        self._key = key
-        return self
-
-    def release(self) -> None:
-        if self._key is None:
-            return
-        entry = self._held[self._key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self._held[self._key]
-            with contextlib.suppress(OSError):
-                os.ftruncate(entry[0], 0)  # no stale pid for the next reader
-            os.close(entry[0])  # closing the descriptor releases the lock
-        self._key = None
-
-    def __enter__(self) -> "ReportLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _pid_in(fd: int) -> int | None:
-    try:
-        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
-        return None
-
-
 # ---- reading -------------------------------------------------------------------------------------
 
 def _results_path(path: str | os.PathLike) -> Path:
@@ -418,6 +343,27 @@ def load_run_meta(report_dir: str | os.PathLike) -> dict:
         warnings.warn(f"{path}: run metadata is not a JSON object, ignored", stacklevel=2)
         return {}
     return meta
+
+
+def severity(rec: dict) -> str | None:
+    """The record's `severity`; without one (a record written before severities existed), what its
+    status meant then: a fail or an error failed the run."""
+    s = rec.get("severity")
+    if s is None and rec.get("status") in ("fail", "error"):
+        return "fail"
+    return s
+
+
+def failing(records: Iterable[dict], fail_on: Iterable[str] = DEFAULT_FAIL_ON) -> list[dict]:
+    """The records whose severity is one of `fail_on` (what makes `gradaudit` exit 1)."""
+    fail_on = frozenset(fail_on)
+    return [r for r in records if severity(r) in fail_on]
+
+
+def checked(records: Iterable[dict]) -> bool:
+    """Whether anything was checked: a cell that passed, failed, errored or sat on a kink (all-skip
+    and no records at all are "nothing checked": exit 5)."""
+    return any(r.get("status") in ("pass", "fail", "error", "kink") for r in records)
 
 
 def counts(records: Iterable[dict]) -> dict[str, int]:

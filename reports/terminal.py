@@ -6,7 +6,7 @@ Every string of a record may come from someone else (a user's function name, an 
 a results file given to `gradaudit report`): each goes through `text.clean` before it is printed."""
 from __future__ import annotations
 
-from .findings import GROUP_TITLES, GROUPS, group, headline
+from .findings import GROUP_TITLES, GROUPS, group, hazard_text, headline
 from .records import STATUSES, counts, overall_verdict
 from .text import clean
 
@@ -54,7 +54,7 @@ def _line(grp: str, target: str, op: str, rs: list[dict], width: int, color: boo
                  f"{_axis(rs, 'dtype')} | {_axis(rs, 'regime')}]")
     # the sentence whole (a student acts on it); a bare message only up to its first clause, cut at width
     first = next((r for r in rs if r.get("explanation")), rs[0])
-    hazards = sorted({str(h) for r in rs for h in (r.get("hazards") or [])})
+    hazards = sorted({hazard_text(h) for r in rs for h in (r.get("hazards") or [])})
     text = clean("; ".join(hazards) if grp == "warning" and hazards and not first.get("explanation")
                  else headline(first, limit=width), None)
     return f"  {_c(label, status, color)} {where} {_why(rs)}: {text}"

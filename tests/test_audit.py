@@ -63,12 +63,38 @@ def test_correct_file_passes_every_function(correct):
         assert all(r["target"] == name and r["audited"] == "layers_correct.py" for r in recs)
 
 
+# ---- correct code written the way students write it ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory):
+    # float32: where the float64 np.zeros allocations are another dtype than the inputs
+    return audit(EXAMPLES / "layers_realistic.py", tmp_path_factory.mktemp("realistic"), "--convention", "cs231n",
+                 "--profile", "ci", "--oracles", "torch", "--dtypes", "float32", "--fail-on", "fail")
+
+
+@pytest.mark.xdist_group("audit-realistic")
+def test_realistic_correct_code_has_no_fail_only_named_warnings_and_one_unstable(realistic):
+    assert realistic.returncode == 0, realistic.stdout + realistic.stderr  # --fail-on fail
+    recs = realistic.records
+    assert set(by_target(recs)) == CS231N_TARGETS
+    assert not [r for r in recs if r["severity"] == "fail"], [r["message"] for r in recs if r["severity"] == "fail"]
+    unstable = {r["target"] for r in recs if r["severity"] == "unstable"}
+    assert unstable == {"softmax_loss"}, unstable
+    for r in recs:
+        if r["severity"] == "unstable":
+            # its max shift is right: the log of a probability that underflows to 0 is what breaks
+            assert "log-softmax" in r["message"] and "subtract each row's max" not in r["message"], r["message"]
+    hazards = {(r["target"], h["kind"]) for r in recs for h in r["hazards"]}
+    assert {("relu_backward", "mutation"), ("lstm_step_backward", "mutation"), ("conv_backward_naive", "dtype"),
+            ("dropout_backward", "dtype")} <= hazards, sorted(hazards)
+    assert all(r["severity"] == "warning" for r in recs if r["hazards"] and r["status"] == "pass")
+
+
 # ---- realistic student mistakes ---------------------------------------------------------------
 
 # target -> (kind of the fail, pattern expected or None): each bug must be flagged on its own function
 BUGS = {
     "affine_backward": ("gradient", "constant_factor"),  # db = mean instead of sum: factor 1/N
-    "relu_backward": ("mutation", None),  # dx = dout; dx[x <= 0] = 0
     "softmax_loss": ("nonfinite", None),  # no max shift: NaN in the overflow regime
     "svm_loss": ("forward", None),  # the correct class's margin counted
     "batchnorm_backward": ("gradient", None),  # mean and variance treated as constants
@@ -100,6 +126,17 @@ def test_buggy_file_exits_1_and_the_correct_function_passes(buggy):
     assert buggy.returncode == 1, buggy.stderr
     assert all(r["status"] == "pass" for r in by_target(buggy.records)["temporal_affine_backward"])
     assert "FAIL:" in buggy.stdout and "Traceback" not in buggy.stdout + buggy.stderr
+
+
+@pytest.mark.xdist_group("audit-buggy")
+def test_a_backward_writing_into_dout_is_a_mutation_warning_on_its_function(buggy):
+    # dx = dout; dx[x <= 0] = 0: the values are right, the caller's dout is changed: a warning
+    # (--strict fails on it), and its search goes on over the whole budget
+    recs = by_target(buggy.records)["relu_backward"]
+    assert recs and all(r["status"] == "pass" and r["severity"] == "warning" for r in recs), recs
+    for r in recs:
+        (hazard,) = [h for h in r["hazards"] if h["kind"] == "mutation"]
+        assert hazard["message"].startswith("relu_backward writes into dout"), hazard
 
 
 @pytest.mark.xdist_group("audit-buggy")

@@ -24,13 +24,13 @@ RECORDS_HELPER = """
     import os
     from reports.records import RecordSink
 
-    def write(report_dir, op, status="pass", message="ok"):
+    def write(report_dir, op, status="pass", message="ok", **more):
         assert report_dir is not None and report_dir.is_absolute()
         sink = RecordSink(report_dir / "results.jsonl")
         sink.write({"target": f"{op}_backward", "op": op, "oracle": "numeric", "device": "cpu",
                     "dtype": "float64", "regime": "typical", "status": status, "examples": 3,
                     "id": f"{op}-numeric-cpu-float64-typical", "message": message,
-                    "seconds": 0.01})
+                    "seconds": 0.01, **more})
         sink.close()
 """
 
@@ -100,6 +100,21 @@ def test_report_dir_gets_results_html_and_junit(project):
     assert meta["profile"] == "ci" and meta["command"][0] == "pytest" and meta["finished"]
     # reporting never pulls in the frameworks, even in a session that renders
     assert (project.path / "modules-at-exit.txt").read_text() == ""
+
+
+@pytest.mark.parametrize("args, code", [([], 1), (["--gradaudit-fail-on", "fail"], 0),
+                                         (["--gradaudit-fail-on", "fail", "--gradaudit-strict"], 1)])
+def test_the_severities_that_fail_the_session_are_chosen(project, args, code):
+    project.makepyfile(test_cells="""
+        from ga_records import write
+
+        def test_cells(gradaudit_report_dir):
+            write(gradaudit_report_dir, "softmax", status="fail", severity="unstable")
+            write(gradaudit_report_dir, "relu", severity="warning",
+                  hazards=[{"kind": "mutation", "message": "relu_backward writes into dout"}])
+    """)
+    r = run(project, "--gradaudit-report", "out", "--gradaudit-profile", "ci", *args)
+    assert r.ret == code, r.stdout.str()
 
 
 def test_no_option_no_report(project):
