@@ -174,7 +174,7 @@ class Server:
         return fn, getattr(fn, "__name__", role) if role == "backward" else f"{d.name} {role}"
 
     def derivation(self, key, name):
-        d = next((d for d in derivations_in(self.modules[key]) if d.name == name), None)
+        d = next((d for h, d in named_derivations(self.modules[key]) if h == name), None)
         if d is None:
             raise UserCodeError(f"no derivation {name!r}")
         return d
@@ -277,20 +277,27 @@ def describe_module(module, guard=None) -> dict:
     lines = {n: c.co_firstlineno for n, c in code.items()
              if isinstance(c, types.CodeType) and c.co_filename == getattr(module, "__file__", None)}
     return {"functions": sorted(functions), "lines": lines,
-            "derivations": [describe_derivation(d) for d in derivations_in(module)],
+            "derivations": [dict(describe_derivation(d), name=h) for h, d in named_derivations(module)],
             "subjects": describe_subjects(vars(module).values()),  # gradaudit.function's (gradaudit/function.py)
             "models": models.plan(module, guard or Guard()) if models.models_in(module) else []}
 
 
-def derivations_in(module) -> list:
+def named_derivations(module) -> list[tuple[str, object]]:
+    """(handle, derivation) for each derivation of the module, identified by the object: its function
+    name, or the attribute it is first bound to when two share one (a factory's derivations)."""
     from gradaudit.derivation import Derivation
 
-    seen, out = set(), []
-    for v in list(vars(module).values()):
+    seen, found = set(), []
+    for attr, v in list(vars(module).items()):
         if isinstance(v, Derivation) and id(v) not in seen:
             seen.add(id(v))
-            out.append(v)
-    return out
+            found.append((attr, v))
+    names = [d.name for _, d in found]
+    return [(d.name if names.count(d.name) == 1 else attr, d) for attr, d in found]
+
+
+def derivations_in(module) -> list:
+    return [d for _, d in named_derivations(module)]
 
 
 def describe_derivation(d) -> dict:

@@ -143,10 +143,13 @@ def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: boo
     if not derivations and (cs231n.plan(functions)[0] or desc.get("models")):
         hint = f"{base} has cs231n-named functions or classes: audit them with --convention cs231n"
     jobs = []
+    backwards = [d.get("backward") for d in derivations]
     for d in derivations:
         name, bwd = d["name"], d.get("backward") if isinstance(d.get("backward"), str) else None
+        # a factory's twins share a backward's name: then each is named by its handle
+        target = bwd if bwd is not None and backwards.count(bwd) == 1 else f"{name}_backward"
         regimes = [r for r in d.get("regimes") or ("typical",) if isinstance(r, str)]
-        jobs.append(Job(qualified(path, bwd or f"{name}_backward", folder), qualified(path, name, folder),
+        jobs.append(Job(qualified(path, target, folder), qualified(path, name, folder),
                         "derivation", path, key, name, regimes, name,
                         source=clean(d.get("source") or "", 500) or base, formula=clean(d.get("formula") or "", 2000),
                         skip=None if bwd else f"{name} has no backward (decorate one with @{name}.backward)"))
@@ -183,9 +186,9 @@ class InProcess:
         return {n: self.guard.wrap(fns[n], n) for n in pair.functions if n in fns}  # (optional ones may be absent)
 
     def derivation_target(self, key: str, job: Job):
-        from ._child import derivations_in
+        from ._child import named_derivations
 
-        d = self.objects.get(key) or next((d for d in derivations_in(self.modules[key]) if d.name == job.name), None)
+        d = self.objects.get(key) or next((d for h, d in named_derivations(self.modules[key]) if h == job.name), None)
         if d is None:
             raise LookupError(f"no derivation {job.name!r} in {job.file}")
         return d, dataclasses.replace(d.target(job.target, wrap=self.guard.wrap), op=job.op, forward_name=job.target)
@@ -419,23 +422,43 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
     apply_precision(cfg)
     code = InProcess(Guard())
     jobs: list[Job] = []
+    broken: list[tuple[Job, str]] = []  # files of a folder that fail to import: an error each, the others checked
     for i, thing in enumerate(things):
         key = f"m{i}"
         if isinstance(thing, (Derivation, FunctionSubject)):
+            if any(o is thing for o in code.objects.values()):
+                continue  # the same object twice: checked once
             code.objects[key] = thing
             file = getattr(sys.modules.get(thing.fn.__module__), "__file__", None) or "<memory>"
             jobs += plan(code.describe(key), file, key, None)[0]
         elif isinstance(thing, (str, os.PathLike)):
             folder = Path(thing).is_dir()
             for k, src in enumerate(sources_of(Path(thing), convention)):
-                code.modules[f"{key}.{k}"] = import_file(src.path)
+                try:
+                    code.modules[f"{key}.{k}"] = import_file(src.path)
+                except Exception as e:
+                    if not folder:
+                        raise
+                    name = Path(src.path).name
+                    broken.append((Job(name, "(import)", convention or "derivation", src.path, key, name, ["-"],
+                                       source=name), f"{name}: {type(e).__name__}: {e}"))
+                    continue
                 jobs += plan(code.describe(f"{key}.{k}"), src.path, f"{key}.{k}", convention, folder=folder)[0]
         else:  # a module object
             code.modules[key] = thing
             jobs += plan(code.describe(key), str(Path(thing.__file__).resolve()), key, convention)[0]
+    taken: set = set()
+    for j in jobs:  # two derivations with one name (given twice, or a factory's): each its own cells
+        op, k = j.op, 2
+        while (j.target, j.op) in taken:
+            j.op, j.target, k = f"{op}_{k}", f"{op}_{k}_backward", k + 1
+        taken.add((j.target, j.op))
     sink = RecordSink(report_dir / "results.jsonl")
     try:
-        records = [r for job in jobs for r in check_job(job, code, cfg, sink)]
+        records = [error_record(j, first_cell(j, cfg, "import"), why) for j, why in broken]
+        for r in records:
+            sink.write(r)
+        records += [r for job in jobs for r in check_job(job, code, cfg, sink)]
     finally:
         sink.close()
     from reports.records import failing

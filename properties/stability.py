@@ -8,7 +8,10 @@ extreme regime (`unstable`)? Decided on the failing case after triangulation (pr
   overflows, underflows or cancels at the extreme: `unstable`, with the regime, the threshold and
   the stable formula where the op says which;
 - a side that only an oracle gets wrong (`oracle:<name>`) is the harness's concern, not the code's:
-  `warning`;
+  `warning` — when the oracles differentiate the catalogue's own forward. A derivation's oracles all
+  differentiate the user's forward (under torch, jax.numpy and in float64 NumPy): a forward that gives
+  another gradient under one of them is the user's, and a forged framework in audited code must not
+  turn a wrong backward into a warning: `fail`;
 - anything else is `fail`.
 """
 from __future__ import annotations
@@ -143,7 +146,7 @@ def settle_severity(spec: OpSpec | None, target: Target, ev: Evaluation, regime:
             if hint:
                 v.why.append(hint)
             continue
-        if v.blame is not None and v.blame.startswith("oracle:"):
+        if v.blame is not None and v.blame.startswith("oracle:") and not (spec is None or spec.family == "derivation"):
             v.severity = "warning"
             continue
         v.severity = "fail"

@@ -21,6 +21,7 @@ from planted_run import bulk, judge_again, rewrite
 import reports
 from reports import evidence as ev
 from reports.cases import SavedCase, read_case, write_case
+from reports.findings import group, hazard_text
 
 pytestmark = pytest.mark.xdist_group("planted-report")  # one worker runs the planted run once
 
@@ -270,7 +271,7 @@ def test_thousands_of_records_render_fast_and_small(planted_report, tmp_path):
     assert size < 5_000_000
     assert seconds < 10  # ~1.5 s on a laptop-class CPU; generous for a loaded CI runner
     page = path.read_text()
-    n_bad = sum(r["status"] in ("fail", "error") for r in recs)
+    n_bad = sum(group(r) is not None for r in recs)  # every finding has a section: wrong, unstable, warning
     assert n_bad > 100
     assert page.count('<details class="f ') == min(n_bad, reports.html.MAX_DETAILED)
 
@@ -279,7 +280,7 @@ def test_detail_sections_are_capped(run_dir, monkeypatch, tmp_path):
     monkeypatch.setattr(reports.html, "MAX_DETAILED", 3)
     recs = reports.load_records(run_dir)
     page = reports.render_html(recs, {}, tmp_path).read_text()
-    n_bad = sum(r["status"] in ("fail", "error") for r in recs)
+    n_bad = sum(group(r) is not None for r in recs)
     assert page.count('<details class="f ') == 3
     assert f"{n_bad - 3} more failing cells have no evidence section" in page
 
@@ -318,15 +319,18 @@ def test_terminal_summary(run_dir):
     assert lines[0].startswith(f"gradaudit: {c['pass']} pass, {c['fail']} fail, {c['error']} error, "
                                f"{c['skip']} skip, {c['kink']} kink")
     assert lines[-1] == f"FAIL: {c['fail']} failed, {c['error']} errored"
-    bad = [r for r in recs if r["status"] in ("fail", "error")]
-    functions = {(r["target"], r["op"]) for r in bad}
-    assert len(lines) == 3 + len(functions)  # counts, "Wrong", one line per function, the verdict
+    bad = [r for r in recs if group(r) is not None]
+    groups = {(group(r), r["target"], r["op"]) for r in bad}
+    # counts, then per group present ("Wrong", "Unstable", "Warnings") its title and one line per function, the verdict
+    assert len(lines) == 2 + len({g for g, _, _ in groups}) + len(groups)
     line = next(x for x in lines if "softmax_cross_entropy_backward_no_mean (softmax_cross_entropy)" in x)
     assert "[torch,numeric | cpu | float64 | typical]" in line and "blame=reference" in line
     assert "pattern=constant_factor" in line
     assert "\x1b[" not in text and "\x1b[31m" in reports.terminal_summary(recs, color=True)
-    for x in lines:  # a bare message is cut; a pattern's sentence never is
-        assert len(x) < 220 or any(r["explanation"] and r["explanation"] in x for r in bad), x
+    hazards = [hazard_text(h) for r in bad for h in (r.get("hazards") or [])]
+    for x in lines:  # a bare message is cut; a pattern's sentence or a hazard's never is
+        assert len(x) < 220 or any(r["explanation"] and r["explanation"] in x for r in bad) or \
+            any(h in x for h in hazards), x
     ok = [r for r in recs if r["status"] == "pass"]
     assert reports.terminal_summary(ok).splitlines()[-1] == "PASS"
 
