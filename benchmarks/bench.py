@@ -391,9 +391,19 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="--workers of the ci-profile run (default 1)")
     p.add_argument("--cold-cache", action="store_true",
                    help="run the ci profile with an empty JAX compilation cache (every shape compiled)")
+    p.add_argument("--functions", action="store_true",
+                   help="only the gradaudit.function section (benchmarks/bench_functions.py): examples/functions/ "
+                        "against gradcheck and check_grads")
     args = p.parse_args(argv)
     args.repeats = 5 if args.quick else 25
     args.budget = 3.0 if args.quick else 60.0
+    if args.functions:
+        from bench_functions import main as functions_main
+
+        result = functions_main(args, log=sys.stderr if args.json else sys.stdout)
+        if args.json:
+            print(json.dumps(result))
+        return 0
     ops = [o for o in args.ops.split(",") if o]
     sizes = [s for s in args.sizes.split(",") if s]
 

@@ -310,6 +310,7 @@ def describe_module(module, guard=None) -> dict:
     the judge's side), its derivations, and its cs231n model classes (gradaudit/models.py: one job per
     configuration, with why it cannot be built, which builds the class)."""
     from gradaudit import cs231n, models
+    from gradaudit.function import describe_subjects
 
     functions = {n: f for n, f in cs231n.functions_in(module).items() if isinstance(n, str)}
     code = {n: getattr(f, "__code__", None) for n, f in functions.items()}
@@ -317,6 +318,7 @@ def describe_module(module, guard=None) -> dict:
              if isinstance(c, types.CodeType) and c.co_filename == getattr(module, "__file__", None)}
     return {"functions": sorted(functions), "lines": lines,
             "derivations": [dict(describe_derivation(d), name=h) for h, d in named_derivations(module)],
+            "subjects": describe_subjects(vars(module).values()),  # gradaudit.function's (gradaudit/function.py)
             "models": models.plan(module, guard or Guard()) if models.models_in(module) else []}
 
 

@@ -23,11 +23,12 @@ class CheckFailed(AssertionError):
 
 def check(*things, convention: str | None = None, oracles=("torch", "jax", "numeric"), dtypes=("float64",),
           profile: str = "ci", examples: int | None = None, seed: int | None = None, report=None,
-          raise_on_failure: bool = True, fail_on=("fail", "unstable")) -> CheckResult:
+          raise_on_failure: bool = True, fail_on=("fail", "unstable"), devices=("cpu",)) -> CheckResult:
     """Check hand-derived gradients against PyTorch, JAX and finite differences, in this process.
 
     things:
-      - `@gradaudit.derivation` objects;
+      - `@gradaudit.derivation` objects, and `gradaudit.function` subjects (custom torch.autograd.Functions,
+        jax.custom_vjp/custom_jvp rules);
       - functions, with `convention="cs231n"`: `check(affine_forward, affine_backward, convention="cs231n")`
         (matched by name; a backward alone is checked when its cache can be built from how it unpacks it);
       - a namespace: `check(globals(), convention="cs231n")` in a notebook, or any dict of names;
@@ -70,7 +71,7 @@ def check(*things, convention: str | None = None, oracles=("torch", "jax", "nume
     report_dir = Path(temporary.name if temporary else report)
     try:
         cfg = RunConfig(oracles=tuple(oracles), dtypes=tuple(dtypes), profile=profile, examples=examples,
-                        seed=seed, report_dir=report_dir)
+                        seed=seed, report_dir=report_dir, devices=tuple(devices))
         apply_precision(cfg)
         sink = RecordSink(report_dir / "results.jsonl")
         records = []
@@ -133,11 +134,12 @@ def plan(things, convention, code) -> tuple[list, list[str]]:
     namespaces and functions become in-memory modules."""
     from . import audit
     from .derivation import Derivation
+    from .function import FunctionSubject
 
     jobs, notes, functions = [], [], {}
     for i, thing in enumerate(things):
         key = f"m{i}"
-        if isinstance(thing, Derivation):
+        if isinstance(thing, (Derivation, FunctionSubject)):
             if any(o is thing for o in code.objects.values()):
                 continue  # the same object twice: checked once
             code.objects[key] = thing

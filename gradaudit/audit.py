@@ -33,6 +33,7 @@ from ._guard import Guard, UserCodeError, clean
 from ._proxy import InChild, located_functions
 from ._remote import Child, ChildLost, ChildStartError, Source
 from ._sandbox import Confinement, TerminateAsInterrupt, child_jax_cache, parse_size
+from .function import FunctionSubject, built_subject, described, subject_jobs
 
 __all__ = ["Audit", "ChildStartError", "InProcess", "Job", "build", "check_job", "confinement", "derivation_files",
            "derivations_in", "error_record", "import_file", "plan", "polish", "qualified", "source_text", "sources_of"]
@@ -122,10 +123,11 @@ def qualified(path: str, name: str, folder: bool) -> str:
 
 
 def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: bool = False,
-         functions: dict | None = None):
+         functions: dict | None = None, in_process: bool = True):
     """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py).
     `functions`: the cs231n functions (or stubs that inspect finds), for a backward given without its
-    forward, checked when its cache can be built from how it unpacks it (gradaudit/cache_inference.py)."""
+    forward, checked when its cache can be built from how it unpacks it (gradaudit/cache_inference.py).
+    `in_process`: gradaudit.function subjects can run (in check's process; never in the audit's child)."""
     from . import cs231n
 
     names = {n for n in desc.get("functions") or () if isinstance(n, str)}
@@ -163,6 +165,7 @@ def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: boo
                         "derivation", path, key, name, regimes, name,
                         source=clean(d.get("source") or "", 500) or base, formula=clean(d.get("formula") or "", 2000),
                         skip=None if bwd else f"{name} has no backward (decorate one with @{name}.backward)"))
+    jobs += subject_jobs(desc, path, key, Job, functools.partial(qualified, path, folder=folder), runnable=in_process)
     return jobs, [], hint
 
 
@@ -177,8 +180,8 @@ class InProcess:
     def describe(self, key: str) -> dict:
         from ._child import describe_derivation, describe_module
 
-        if key in self.objects:
-            return {"functions": [], "derivations": [describe_derivation(self.objects[key])]}
+        if key in self.objects:  # a derivation or a gradaudit.function subject
+            return described(self.objects[key], describe_derivation)
         if key not in self.described:
             self.described[key] = describe_module(self.modules[key], self.guard)
         return self.described[key]
@@ -281,15 +284,14 @@ class _Collect:
 def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
     """Check one job; its records, polished, go to `sink` once the target is done. `done`: ids of
     cells already recorded (a resumed run)."""
-    from properties.runner import run_target_cells
-
+    from ._subject_run import run_cells  # properties.runner's, or a gradaudit.function subject's checks
     notes: dict = {}
     if job.skip:
         recs = [_record(job, first_cell(job, cfg, "not-checked"), "skip", job.skip)]
     else:
         got, lost = _Collect(), None
         try:
-            spec, target, inputs, regimes = build(job, code, notes)
+            spec, target, inputs, regimes = (built_subject if job.convention == "function" else build)(job, code, notes)
         except ChildLost as e:
             lost = f"could not be set up: {e}"
         except Exception as e:  # the import or the derivation itself is broken: every cell errors
@@ -297,8 +299,8 @@ def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
         else:
             meta = {"audit_path": job.file, "convention": job.convention, "audit_name": job.name, "audit_op": job.op}
             try:
-                run_target_cells(spec, target, inputs, regimes, cfg, got, done=done, family=job.convention,
-                                 source=job.source, case_meta=meta)
+                run_cells(spec, target, inputs, regimes, cfg, got, done=done, family=job.convention, source=job.source,
+                          case_meta=meta)
                 code.settle(job)
             except ChildLost as e:
                 lost = str(e)
@@ -384,7 +386,7 @@ class Audit:
                 try:
                     desc = self.child.describe(src.key)
                     got, gone, hint = plan(desc, src.path, src.key, self.convention, folder=self.folder,
-                                           functions=self._backwards(src, desc))
+                                           functions=self._backwards(src, desc), in_process=False)
                     jobs, absent, hints = jobs + got, absent + gone, hints + ([hint] if hint else [])
                     continue
                 except (UserCodeError, ChildLost) as e:

@@ -62,10 +62,10 @@ def load_case(path: Path):
 
 
 def replay(ident: str, report_dir: Path, *, file: Path | None = None, timeout: float = 60.0,
-           say=None) -> Replayed:
+           say=None, in_process: bool = False) -> Replayed:
     """Re-run the counterexample `ident` (a cell id under report_dir/cases, or a path to a .npz).
     An audit's case runs the functions of `file` (default: the recorded path, told to `say` first)
-    in a confined child."""
+    in a confined child; a `gradaudit.function` subject's (gradaudit.check's), only `in_process`."""
     from properties import catalogue
     from properties.evaluate import evaluate
     from properties.target import Target
@@ -77,6 +77,8 @@ def replay(ident: str, report_dir: Path, *, file: Path | None = None, timeout: f
         raise ReplayError(_why_no_case(ident, path, Path(report_dir)))
     meta, case, douts = load_case(path)
     side = (meta["oracle"], meta["device"])
+    if meta.get("convention") == "function":
+        return _replay_subject(meta, case, douts, side, file, in_process, path)
     if meta.get("audit_path") or file is not None:
         return _replay_audit(meta, case, douts, side, file, timeout, say, path)
     spec = catalogue.load().get(meta["op"])
@@ -115,6 +117,29 @@ def _why_no_case(ident: str, path: Path, report_dir: Path) -> str:
     why = _NO_CASE.get(rec["status"], "it has none").format(examples=rec.get("examples"), cases=str(path.parent),
                                                            message=rec.get("message") or "no reason given")
     return f"cell {ident} has no counterexample to replay: {why}"
+
+
+def _replay_subject(meta, case, douts, side, file, in_process: bool, path) -> Replayed:
+    """A subject's case, in this process as gradaudit.check ran it (`gradaudit replay` runs audited code
+    only in its confined child, which does not run subjects: docs/functions.md)."""
+    from properties.evaluate import evaluate
+
+    from ._guard import clean
+    from ._subject_run import subject_in
+    from .audit import import_file
+
+    rid = str(meta.get("id", path.stem))
+    if not in_process:
+        raise ReplayError(f"{clean(rid)} is a gradaudit.function subject's case: replay it in your own process, as "
+                          f"gradaudit.check ran it, with gradaudit.replay.replay({rid!r}, REPORT, in_process=True)")
+    file = Path(file if file is not None else str(meta.get("audit_path")))
+    if not file.is_file():
+        raise ReplayError(f"the subject's file {clean(str(file))!r} is not there; give it with file=PATH")
+    try:
+        target = subject_in(import_file(file), meta)
+    except LookupError as e:
+        raise ReplayError(clean(str(e))) from None
+    return Replayed(rid, case, evaluate(None, target, case, meta["dtype"], [side], douts=douts).sides[side])
 
 
 def _replay_audit(meta, case, douts, side, file, timeout, say, path) -> Replayed:

@@ -37,7 +37,7 @@ def finite_or_none(x):
 def figures(v: Verdict, ev: Evaluation) -> dict:
     c = v.cmp
     out = {"phase": v.phase, "shapes": ev.case.shapes(), "params": to_jsonable(ev.case.scalar_params()),
-           "tolerance_source": v.tolerance_source}
+           "tolerance_source": v.tolerance_source, "tolerance_mode": v.tolerance_mode}
     if c is not None:
         out.update(max_abs_err=finite_or_none(c.max_abs), max_rel_err=finite_or_none(c.max_rel), max_ulp=finite_or_none(c.max_ulp),
                    worst_index=list(c.worst_index) if c.worst_index is not None else None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import oracles
 from oracles.base import Projection
 
 from .compare import compare
@@ -32,8 +31,8 @@ def device_figures(target, ev, side, override=None) -> dict:
         return {}
     out = {}
     try:
-        again = oracles.get(oracle).vjp(target.oracle_forward(oracle), ev.arrays, ev.case.params, ev.douts,
-                                        dtype=ev.dtype, device=device)
+        again = target.oracle_vjp(oracle)(target.oracle_forward(oracle), ev.arrays, ev.case.params, ev.douts,
+                                          dtype=ev.dtype, device=device)
         out["run_to_run_spread"] = max((float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(again.grads[n], np.float64)),
                                                      initial=0.0))
                                         for n, a in _arrays(v.result).items()), default=0.0)

@@ -87,8 +87,8 @@ def judge_side(spec: OpSpec | None, target: Target, ev: Evaluation, oracle: str,
             extra["directions"] = numeric_directions(ev)
             if ev.dtype == "float64" and target.numeric_inherits_forward:
                 extra["out0"] = ev.out  # the target's own forward ran at exactly the numeric oracle's point
-        res = oracles.get(oracle).vjp(target.oracle_forward(oracle), ev.arrays, ev.case.params, ev.douts,
-                                      dtype=ev.dtype, device=device, **extra)
+        res = target.oracle_vjp(oracle)(target.oracle_forward(oracle), ev.arrays, ev.case.params, ev.douts,
+                                        dtype=ev.dtype, device=device, **extra)
     except OracleUnavailable as e:
         return dataclasses.replace(v, status="skip", fault=str(e))
     except Exception as e:
@@ -99,12 +99,14 @@ def judge_side(spec: OpSpec | None, target: Target, ev: Evaluation, oracle: str,
     if res.out is not None:
         mine, theirs = as_tuple(ev.out), as_tuple(res.out)
         pol = policy_for(ev, oracle, forward=True, override=override)
-        v.tolerance_source = pol.source
+        v.tolerance_source, v.tolerance_mode = pol.source, pol.mode
         if len(mine) != len(theirs) or any(np.shape(m) != np.shape(t) for m, t in zip(mine, theirs)):
             return dataclasses.replace(v, status="fail", kind="forward", phase="forward", out_shapes=(mine, theirs))
         for name, m, t in zip(_output_names(len(mine)), mine, theirs):
-            c = v.judged[name] = compare(m, t, pol, ulp_dtype=ev.dtype)
+            p = _own_error_policy(ev, res, name, pol, forward=True)
+            c = v.judged[name] = compare(m, t, p, ulp_dtype=ev.dtype)
             if not c.ok:
+                v.tolerance_source, v.tolerance_mode = p.source, p.mode
                 v.status, v.kind, v.phase, v.cmp = "fail", "nonfinite" if c.nonfinite_mismatch else "forward", \
                     "forward", c
                 if c.nonfinite_mismatch:
@@ -115,12 +117,14 @@ def judge_side(spec: OpSpec | None, target: Target, ev: Evaluation, oracle: str,
     if ev.backward_error is not None:
         return _backward_error(v, ev)
     pol = policy_for(ev, oracle, override=override, noise=res.info.get("noise", 0.0))
-    v.tolerance_source = pol.source
+    v.tolerance_source, v.tolerance_mode = pol.source, pol.mode
     worst_name, worst = None, None
     for n, g in ev.grads.items():
-        c = v.judged[n] = compare_any(g, res.grads[n], pol, ev.dtype)
+        p = _own_error_policy(ev, res, n, pol, forward=False)
+        c = v.judged[n] = compare_any(g, res.grads[n], p, ev.dtype)
         if worst is None or (c.nonfinite_mismatch, c.ratio) > (worst.nonfinite_mismatch, worst.ratio):
             worst_name, worst = n, c
+            v.tolerance_source, v.tolerance_mode = p.source, p.mode
     v.phase, v.cmp = (f"grad[{worst_name}]" if worst_name else None), worst
     if worst is not None and not worst.ok:
         v.status = "fail"
@@ -132,6 +136,17 @@ def judge_side(spec: OpSpec | None, target: Target, ev: Evaluation, oracle: str,
     return v
 
 
+def _own_error_policy(ev: Evaluation, res, name: str, pol, *, forward: bool):
+    """An oracle that computed the same math in the cell's dtype as well as in float64 (a
+    `gradaudit.function` subject's, at float16 or bfloat16) reports its own error there, per array:
+    `info["reference_error"] = {"forward": {out name: err}, "grads": {array name: err}}`. Such an array
+    is judged reference-relative (tolerances.reference_relative)."""
+    own = (res.info.get("reference_error") or {}).get("forward" if forward else "grads") or {}
+    if name not in own:
+        return pol
+    _, input_max, dout_max = ev.memo["stats"]  # policy_for's, computed before
+    return tolerances.reference_relative(ev.dtype, own[name], input_max=input_max, dout_max=dout_max, forward=forward,
+                                         noise=0.0 if forward else res.info.get("noise", 0.0))
 
 
 def _backward_error(v: Verdict, ev: Evaluation) -> Verdict:

@@ -55,6 +55,16 @@ SENTENCES = {
                 "to 0 (`for t in reversed(range(T))`) and pairs step t with its own cache",
     "tf32": "TF32 on the GPU rounds float32 matmuls and convolutions to 10 mantissa bits; the same oracle on "
             "the CPU agrees, so your derivation is not at fault",
+    # a gradaudit.function subject's rule (gradaudit/_subject.py), where autograd's engine would hide it
+    "wrong_dtype": "your rule returns {grad} as {got}, but {array} is {want}: autograd casts it back silently "
+                   "(jax.grad passes it on), and the precision is lost on the way; compute it in, or cast it to, "
+                   "its input's dtype",
+    "batching": "your rule's gradients for a batch of upstream gradients (vmap) differ from those computed one "
+                "at a time: it mixes the batch axis into the computation, or leaves the tensors (.tolist(), "
+                ".item(), NumPy) where vmap cannot follow",
+    "ctx_intermediate": "your Function keeps {kept} for backward: computed in forward without a graph, they are "
+                        "constants to a double backward, which comes out wrong; save the inputs and recompute "
+                        "them in backward, or return them as outputs",
 }
 
 

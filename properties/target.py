@@ -51,6 +51,12 @@ class Target:
             return _bound(self.xp_forward, oracle)
         return oracles.get(oracle).builtin(self.op)
 
+    def oracle_vjp(self, oracle: str) -> Callable:
+        """How `oracle` differentiates `oracle_forward(oracle)`: the oracle module's `vjp`. A target
+        whose oracles need more (a `gradaudit.function` subject: a bypassed custom rule, a forward
+        computed in two dtypes) overrides it with a callable of the same signature."""
+        return oracles.get(oracle).vjp
+
 
 @functools.cache
 def _bound(xp_forward: Callable, oracle: str) -> Callable:

@@ -85,6 +85,7 @@ class Verdict:
     pattern: str | None = None
     factor: float | None = None  # reference = factor x oracle, with the pattern constant_factor or sign_flip
     tolerance_source: str = ""
+    tolerance_mode: str = "policy"  # or "reference-relative" (tolerances.reference_relative)
     blame: str | None = None  # set by triangulation on a fail
     triangulation: dict | None = None
     why: list[str] = field(default_factory=list)  # explanations after the figures: the pattern's, the kink's

@@ -97,8 +97,8 @@ def write_case(report_dir: str | os.PathLike, cid: str, case: SavedCase) -> str:
     data = {}
     for group, arrays in (("input", case.inputs), ("param", case.params), ("ref", case.ref),
                           ("oracle", case.oracle), ("dirs", case.dirs), ("allowed", case.allowed)):
-        data.update({f"{group}/{n}": np.asarray(a) for n, a in arrays.items()})
-    data.update({f"dout/{i}": np.asarray(d) for i, d in enumerate(case.douts)})
+        data.update({f"{group}/{n}": _storable(a) for n, a in arrays.items()})
+    data.update({f"dout/{i}": _storable(d) for i, d in enumerate(case.douts)})
     data["meta"] = np.array(json.dumps(case.meta, default=str))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".case-", suffix=".tmp")
     try:
@@ -113,6 +113,13 @@ def write_case(report_dir: str | os.PathLike, cid: str, case: SavedCase) -> str:
             pass
         raise
     return f"cases/{path.name}"
+
+
+def _storable(a) -> np.ndarray:
+    """An array .npz can hold without pickling: bfloat16 (ml_dtypes', which .npz would keep as raw
+    bytes) as float32, which holds every bfloat16 value exactly; the cell's dtype is in `meta`."""
+    a = np.asarray(a)
+    return a.astype(np.float32) if a.dtype.name == "bfloat16" else a
 
 
 def read_case(path: str | os.PathLike) -> SavedCase:

@@ -61,6 +61,7 @@ SCHEMA: dict[str, Field] = {
     "triangulation": Field("object"), "shapes": Field("object", {}), "params": Field("object", {}),
     "kink": Field("str"), "mutated": Field("list", []), "device_name": Field("str"), "flags": Field("object", {}),
     "seconds": Field("number"), "worst_target": Field("number"), "explanation": Field("str"),
+    "tolerance_mode": Field("str"), "target_spread": Field("number"),
     "severity": Field("str"), "hazards": Field("list", []),
 }
 _TYPES = {"str": (str,), "int": (int,), "number": (int, float), "object": (dict,), "list": (list,)}

@@ -142,6 +142,7 @@ def test_every_pattern_has_one_sentence():
     give has its sentence, and every sentence reads as advice to the student."""
     named = {"credit_at_ties", "invalid_subgradient", "overwrite", "pad_zero_slice", "missing_sum", "overflow",
              "constant_factor", "sign_flip", "zero_gradient", "transpose", "wrong_axis", "one_slice", "timestep",
-             "tf32"}
+             "tf32",
+             "wrong_dtype", "batching", "ctx_intermediate"}  # gradaudit.function subjects (gradaudit/_subject.py)
     assert named == {k.split(":")[0] for k in patterns.SENTENCES}
     assert patterns.explain("credit_at_ties").startswith("your backward gives the gradient to every tied maximum")
