@@ -100,6 +100,7 @@ class ChildTarget(Target):
     """A derivation audited in a child: every oracle is handed the child's forward."""
 
     child_forward: ChildForward | None = None
+    oracles_beside_user_code = True  # the frameworks' VJPs run in the child: forgeable (properties/stability.py)
 
     def oracle_forward(self, oracle: str):
         return self.child_forward

@@ -8,10 +8,9 @@ extreme regime (`unstable`)? Decided on the failing case after triangulation (pr
   overflows, underflows or cancels at the extreme: `unstable`, with the regime, the threshold and
   the stable formula where the op says which;
 - a side that only an oracle gets wrong (`oracle:<name>`) is the harness's concern, not the code's:
-  `warning` — when the oracles differentiate the catalogue's own forward. A derivation's oracles all
-  differentiate the user's forward (under torch, jax.numpy and in float64 NumPy): a forward that gives
-  another gradient under one of them is the user's, and a forged framework in audited code must not
-  turn a wrong backward into a warning: `fail`;
+  `warning` — unless that oracle ran where the audited code runs (a derivation's framework VJPs in the
+  audit child, `target.oracles_beside_user_code`): audited code can forge those, and a forged
+  framework must not turn a wrong backward into a warning: `fail`;
 - anything else is `fail`.
 """
 from __future__ import annotations
@@ -146,7 +145,7 @@ def settle_severity(spec: OpSpec | None, target: Target, ev: Evaluation, regime:
             if hint:
                 v.why.append(hint)
             continue
-        if v.blame is not None and v.blame.startswith("oracle:") and not (spec is None or spec.family == "derivation"):
+        if v.blame is not None and v.blame.startswith("oracle:") and not getattr(target, "oracles_beside_user_code", False):
             v.severity = "warning"
             continue
         v.severity = "fail"
