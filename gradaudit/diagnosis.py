@@ -35,6 +35,8 @@ def draw_cases(strategy, n: int) -> list:
     """n cases of a strategy, the same ones every time (a derandomized Hypothesis run)."""
     from hypothesis import HealthCheck, Phase, given, settings
 
+    from properties.config import module_independent_draws
+
     out = []
 
     @settings(max_examples=n, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
@@ -43,7 +45,8 @@ def draw_cases(strategy, n: int) -> list:
     def collect(case):
         out.append(case)
 
-    collect()
+    with module_independent_draws():
+        collect()
     return out[:n]
 
 

@@ -21,6 +21,8 @@ def draw_cases(subj, n_narrow: int, n_full: int) -> list[tuple]:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
+    from properties.config import module_independent_draws
+
     out = []
     for regime in subj.regimes:
         for br, n in (("narrow", n_narrow), ("full", n_full)):
@@ -34,7 +36,7 @@ def draw_cases(subj, n_narrow: int, n_full: int) -> list[tuple]:
             test = settings(max_examples=n, derandomize=True, database=None, phases=[Phase.generate],
                             deadline=None, suppress_health_check=list(HealthCheck))(
                 given(subj.inputs(regime, br), st.integers(0, 2**31 - 1))(collect))
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), module_independent_draws():
                 test()
             out += [(regime, br, c, s) for c, s in got]
     return out

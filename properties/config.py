@@ -2,13 +2,15 @@
 profile means (the examples per cell, the shape breadth, the Hypothesis settings)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import oracles
 
-__all__ = ["BREADTH", "DTYPES", "PROFILES", "RunConfig", "default_profile", "hypothesis_settings"]
+__all__ = ["BREADTH", "DTYPES", "PROFILES", "RunConfig", "default_profile", "hypothesis_settings",
+           "module_independent_draws"]
 
 DTYPES = ("float64", "float32")
 
@@ -67,6 +69,30 @@ class RunConfig:
         if "report_dir" in kw:
             kw["report_dir"] = Path(kw["report_dir"])
         return cls(**kw)
+
+
+@contextlib.contextmanager
+def module_independent_draws():
+    """Hypothesis (6.13x+) mixes constants read from the source of every *local* module imported so far
+    into the values it draws. Which modules those are depends on the process: the CLI's, a worker's,
+    a resumed run's or a test harness's import different sets, so one `--seed` drew different cases
+    in each (a resumed run's cells differed from a clean run's; `--workers 1` from `--workers 2`).
+    A seeded run must draw the same cases wherever it runs: no local constants while searching.
+    Hypothesis has no public switch for this; if its internals move, this does nothing and
+    tests/test_scale.py's cross-process reproducibility test fails."""
+    try:
+        from hypothesis.internal.conjecture import providers
+        get, empty, cache = providers._get_local_constants, providers.Constants(), providers.CONSTANTS_CACHE.cache
+    except (ImportError, AttributeError):
+        yield
+        return
+    providers._get_local_constants = lambda: empty
+    cache.clear()  # the permitted constants per choice kind, cached with the local ones of earlier searches
+    try:
+        yield
+    finally:
+        providers._get_local_constants = get
+        cache.clear()
 
 
 def hypothesis_settings(cfg: RunConfig, database=None):

@@ -25,7 +25,7 @@ from reports.records import cell_id, new_record
 
 from .blame import triangulate
 from .cell_record import device_name, figures, finite_or_none, oracle_flags, saved_case, verdict_fields
-from .config import PROFILES, RunConfig, hypothesis_settings
+from .config import PROFILES, RunConfig, hypothesis_settings, module_independent_draws
 from .devices import device_figures
 from .evaluate import Evaluation, evaluate, failure_class
 from .spec import Case, OpSpec
@@ -214,7 +214,7 @@ class GroupSearch:
         _set_database_key(test, f"gradaudit/{self.target.name}/{self.regime}/{self.dtype}{rounds}")
         stats: dict = {}
         try:
-            with _statistics(stats):
+            with _statistics(stats), module_independent_draws():
                 test()
         except Disagreement:
             pass

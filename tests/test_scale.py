@@ -10,6 +10,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -22,6 +23,7 @@ from gradaudit.cli import build_parser, config_from_args, main
 
 # a few ops with small bounded shape sets (few JAX compiles), both dtypes: 8 (op, dtype) jobs,
 # which 3 shards split unevenly (3, 3, 2)
+ROOT = Path(__file__).resolve().parents[1]
 OPS = "sigmoid_neuron,softmax,rnn_step,mlp_sigmoid_mse"
 
 
@@ -165,3 +167,26 @@ def test_a_failure_found_on_one_shard_replays_first_on_another(redis_url, tmp_pa
     # control: the same run against an empty database has to search for it again
     control = _run_shard([("other", _other_job), ("planted", _planted_job)], "2/2", f"{redis_url}/1", tmp_path / "c")
     assert control and control[0]["status"] == "fail" and control[0]["examples"] > 1
+
+
+def test_a_seeded_run_draws_the_same_cases_whatever_modules_the_process_imported(tmp_path):
+    """Hypothesis mixes float constants read from the source of local modules into its draws, so a
+    process that imported other modules (a worker, a resumed run, a wrapper script, a user's file)
+    drew other cases under the same --seed: properties.config.module_independent_draws."""
+    (tmp_path / "odd_constants.py").write_text(
+        "VALUES = [" + ", ".join(repr(v) for v in (0.1234567, -7.5e-3, 3.0e2, 1e-300, 2.5, -0.75, 17.0, 6.02e23))
+        + "]\n")
+    args = ["run", "--ops", "affine,sigmoid", "--oracles", "numeric", "--dtypes", "float64", "--profile", "ci",
+            "--seed", "5", "--quiet", "--workers", "1", "--report"]
+    plain = subprocess.run([sys.executable, "-m", "gradaudit", *args, str(tmp_path / "plain")],
+                           capture_output=True, text=True, cwd=ROOT)
+    wrapped = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import odd_constants; "
+                              "from gradaudit.cli import main; sys.exit(main(sys.argv[2:]))", str(tmp_path), *args,
+                              str(tmp_path / "wrapped")], capture_output=True, text=True, cwd=ROOT)
+    assert plain.returncode == wrapped.returncode == 0, plain.stderr + wrapped.stderr
+
+    def cells(d):
+        recs = [json.loads(x) for x in (tmp_path / d / "results.jsonl").read_text().splitlines()]
+        return {r["id"]: {k: v for k, v in r.items() if k != "seconds"} for r in recs}
+
+    assert cells("plain") == cells("wrapped")
