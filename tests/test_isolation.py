@@ -269,10 +269,17 @@ def test_a_detached_process_does_not_outlive_the_audit(tmp_path, tracking):
                          ids=["SIGTERM", "SIGKILL"])
 def test_the_child_and_all_it_started_die_with_the_judge(tmp_path, how):
     marker = f"gradaudit-test-judge-death-{uuid.uuid4().hex}"
+    # A daemon (forked twice, in a session of its own, orphaned) and the child itself turned into a hang;
+    # both carry the marker, nothing else does. Forked rather than started through another interpreter:
+    # a process the unprivileged child starts may not be able to execute an interpreter installed
+    # under /root, while the child's own exec can.
     f = module(tmp_path, f"""
-        import os, subprocess, sys
-        subprocess.Popen([sys.executable, "-c", "import subprocess, sys, os; subprocess.Popen([sys.executable, "
-                          "'-c', 'import time; time.sleep(600)', {marker!r}], start_new_session=True); os._exit(0)"])
+        import os, sys
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", {marker!r}])
+            os._exit(0)
         os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", {marker!r}])  # hangs, marked
         """, backward=RIGHT)
     p = subprocess.Popen([sys.executable, "-m", "gradaudit", "audit", str(f), "--report", str(tmp_path / "rep"), *FAST,
@@ -282,7 +289,8 @@ def test_the_child_and_all_it_started_die_with_the_judge(tmp_path, how):
         deadline = time.monotonic() + 240
         while len(running(marker)) < 2 and time.monotonic() < deadline and p.poll() is None:
             time.sleep(0.2)
-        assert len(running(marker)) == 2, "the audited code did not start"
+        assert len(running(marker)) == 2, (f"the audited code did not start: {len(running(marker))} marked "
+                                           f"process(es), judge exit status {p.poll()}")
         p.send_signal(how)
         _, err = p.communicate(timeout=60)
         time.sleep(1)
