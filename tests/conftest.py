@@ -17,6 +17,20 @@ def pytest_addoption(parser, pluginmanager):
         pluginmanager.register(gradaudit.pytest_plugin, "gradaudit")
 
 
+def pytest_xdist_node_collection_finished(node, ids):
+    """With --dist loadgroup (pyproject's addopts) xdist suffixes the id of every test marked
+    xdist_group with "@group"; that suffix keeps a group, and its module-scoped audit fixture, on one
+    worker. pytest 9.2's structured node ids silently drop it (pytest-xdist#1386, hence pytest<9.2 in
+    the dev extra): each expensive fixture then ran once per worker, minutes of a 2-core run. Every
+    test of tests/test_notes.py is in a group: say so instead of running slowly."""
+    if node.config.getoption("dist", None) != "loadgroup":
+        return
+    lost = [i for i in ids if i.startswith("tests/test_notes.py::test_verdict") and "@" not in i]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup is not grouping ({lost[0]} has no @group suffix): this "
+                                f"pytest-xdist does not work with this pytest (pytest-xdist#1386)")
+
+
 @pytest.fixture(scope="session")
 def planted_report(tmp_path_factory):
     """A real run of the catalogue with planted bugs (tests/planted_run.py): (report dir, records).
