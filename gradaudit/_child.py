@@ -133,9 +133,10 @@ class Server:
 
     def load(self, meta, data, enc):
         key, path, name = meta["key"], meta["path"], meta["name"]
-        source = bytes(self.decode(meta["source"], data))
-        self.modules[key] = self.guard.call(exec_source, f"import {os.path.basename(path)}", (name, path, source))
-        return {"kind": "ok", "value": None}
+        source, raised = bytes(self.decode(meta["source"], data)), []
+        self.modules[key] = self.guard.call(exec_source, f"import {os.path.basename(path)}",
+                                            (name, path, source, self.guard, raised))
+        return {"kind": "ok", "value": enc.value({"raised": [list(r) for r in raised]})}
 
     def describe(self, meta, data, enc):
         from gradaudit import cs231n
@@ -277,10 +278,12 @@ def _prepare_frameworks(names, allow_tf32: bool) -> None:
             pass
 
 
-def exec_source(name: str, path: str, source: bytes):
+def exec_source(name: str, path: str, source: bytes, guard=None, raised: list | None = None):
     """Import source text the parent read (the child may not be allowed to read the file) as the
     module `name`, with `path` as its __file__; its folder goes at the END of sys.path so that its
-    sibling imports work without shadowing anything gradaudit needs."""
+    sibling imports work without shadowing anything gradaudit needs. A notebook's or notes' text,
+    with a `guard`, runs cell by cell (gradaudit/sources.py run_text): what each cell that raised
+    raised goes to `raised`, and the next cell runs."""
     folder = os.path.dirname(path)
     if "." in name:  # a.b.c: a file inside packages (gradaudit.audit.module_name), imported as one
         root = os.path.dirname(path)
@@ -301,7 +304,12 @@ def exec_source(name: str, path: str, source: bytes):
     if folder not in sys.path:
         sys.path.append(folder)
     sys.modules[name] = module
-    exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
+    from gradaudit import sources as documents
+
+    if guard is not None and path.lower().endswith(documents.SUFFIXES):
+        raised += documents.run_text(text, path, module.__dict__, guard.call, lambda: guard.last_traceback)
+    else:
+        exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
     return module
 
 

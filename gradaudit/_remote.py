@@ -30,6 +30,22 @@ from ._guard import UserCodeError, clean
 from ._sandbox import Confinement, raise_if_interrupted, spawn
 
 
+def cells_that_raised(loaded) -> list[str]:
+    """The child's account of a notebook's or notes' cells that raised as it ran them one by one
+    ([chunk name, error, traceback], gradaudit/sources.py run_text), as sentences; whatever else the
+    child sent is ignored: it only ever becomes text."""
+    from .sources import locate
+
+    out = []
+    for item in (loaded.get("raised") if isinstance(loaded, dict) else None) or ():
+        if isinstance(item, list) and len(item) == 3 and all(isinstance(v, str) for v in item[:2]):
+            name, error, tb = item
+            at = locate(tb) if isinstance(tb, str) else None
+            error = error.removeprefix(f"{name} raised ")
+            out.append(f"{clean(at or name, 200)}: {clean(error, 300)}; the rest of {clean(name, 40)} was not run")
+    return out[:50]
+
+
 class ChildStartError(RuntimeError):
     """The child could not start (before any audited code ran): gradaudit's failure, not the user's."""
 
@@ -92,6 +108,7 @@ class Child:
         self._arrays: dict[int, weakref.ref] = {}  # ref -> weakref of the array
         self._ref_ids = itertools.count(1)
         self.load_errors: dict[str, str] = {}  # source key -> why it could not be imported
+        self.load_notes: dict[str, list[str]] = {}  # source key -> the notebook cells that raised, and what
         self._descriptions: dict = {}
         self._shown: set[str] = set()
         self.info: dict = {}
@@ -131,7 +148,8 @@ class Child:
             meta = {"kind": "load", "key": src.key, "path": src.path, "name": src.module_name,
                     "source": enc.value(np.frombuffer(src.text, np.uint8))}
             try:
-                self._value(*self._request(meta, enc.data(), fname=f"import {os.path.basename(src.path)}"))
+                loaded = self._value(*self._request(meta, enc.data(), fname=f"import {os.path.basename(src.path)}"))
+                self.load_notes[src.key] = cells_that_raised(loaded)
             except UserCodeError as e:
                 self.load_errors[src.key] = str(e)
             except ChildLost as e:

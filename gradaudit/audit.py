@@ -380,6 +380,7 @@ class Audit:
         """(jobs, absent cs231n pairs, why files could not be imported, hints). A file that cannot be
         imported is one error cell. ChildStartError when the child cannot start at all."""
         self.child.ensure()
+        self.notes += [f"{Path(s.path).name}: {m}" for s in self.sources for m in self.child.load_notes.get(s.key, ())]
         jobs, absent, errors, hints = [], [], [], []
         for src in self.sources:
             if src.key not in self.child.load_errors:

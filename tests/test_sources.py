@@ -373,9 +373,14 @@ def test_the_raw_seed_note_000_as_text_affine_right_rnn_step_wrong(tmp_path):
 
 
 def test_a_notebook_audited_names_cells_and_skips_its_magics(tmp_path):
+    """As a student's assignment notebook is: its setup cell imports the course's package and loads
+    data that are not there, a test cell uses them; the audit child runs the cells one by one, as
+    Jupyter does, so the functions defined after them are still checked."""
     nb = notebook(tmp_path / "assignment.ipynb", [
         ("markdown", "# Layers"),
-        ("code", "%load_ext autoreload\n%autoreload 2\nimport numpy as np"),
+        ("code", "%load_ext autoreload\n%autoreload 2\nimport numpy as np\nfrom cs231n.data_utils import get_CIFAR10_data\n"
+                 "def rel_error(x, y):\n    return np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y)))"),
+        ("code", "data = get_CIFAR10_data()\nprint(data['X_train'].shape)"),
         ("code", "def affine_forward(x, w, b):\n    out = x.reshape(x.shape[0], -1) @ w + b\n"
                  "    return out, (x, w, b)"),
         ("code", "def affine_backward(dout, cache):\n    x, w, b = cache\n    dx = (dout @ w.T).reshape(x.shape)\n"
@@ -388,7 +393,10 @@ def test_a_notebook_audited_names_cells_and_skips_its_magics(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert statuses(r.records, "affine_backward") == {"pass"}
     relu = [x for x in r.records if x["target"] == "relu_backward"]
-    assert relu and all(x["status"] == "error" and "cell 6, line 3" in x["message"] for x in relu), relu[:1]
+    assert relu and all(x["status"] == "error" and "cell 7, line 3" in x["message"] for x in relu), relu[:1]
+    assert ("assignment.ipynb: cell 2, line 4: ModuleNotFoundError: No module named 'cs231n'; the rest of cell 2 "
+            "was not run") in r.stderr, r.stderr
+    assert "cell 3, line 1: NameError: name 'get_CIFAR10_data' is not defined" in r.stderr, r.stderr
     assert all(x["audited"] == "assignment.ipynb" for x in r.records)
 
 
