@@ -135,7 +135,7 @@ class Server:
         key, path, name = meta["key"], meta["path"], meta["name"]
         source, raised = bytes(self.decode(meta["source"], data)), []
         self.modules[key] = self.guard.call(exec_source, f"import {os.path.basename(path)}",
-                                            (name, path, source, self.guard, raised))
+                                            (name, path, source, self.guard, raised, meta.get("seconds")))
         return {"kind": "ok", "value": enc.value({"raised": [list(r) for r in raised]})}
 
     def describe(self, meta, data, enc):
@@ -278,12 +278,12 @@ def _prepare_frameworks(names, allow_tf32: bool) -> None:
             pass
 
 
-def exec_source(name: str, path: str, source: bytes, guard=None, raised: list | None = None):
+def exec_source(name: str, path: str, source: bytes, guard=None, raised: list | None = None, seconds=None):
     """Import source text the parent read (the child may not be allowed to read the file) as the
     module `name`, with `path` as its __file__; its folder goes at the END of sys.path so that its
     sibling imports work without shadowing anything gradaudit needs. A notebook's or notes' text,
-    with a `guard`, runs cell by cell (gradaudit/sources.py run_text): what each cell that raised
-    raised goes to `raised`, and the next cell runs."""
+    with a `guard`, runs cell by cell (gradaudit/_run_cells.py, in `seconds` at most): what each cell
+    that raised raised goes to `raised`, and the next cell runs."""
     folder = os.path.dirname(path)
     if "." in name:  # a.b.c: a file inside packages (gradaudit.audit.module_name), imported as one
         root = os.path.dirname(path)
@@ -304,10 +304,11 @@ def exec_source(name: str, path: str, source: bytes, guard=None, raised: list | 
     if folder not in sys.path:
         sys.path.append(folder)
     sys.modules[name] = module
-    from gradaudit import sources as documents
+    from gradaudit import _run_cells, sources
 
-    if guard is not None and path.lower().endswith(documents.SUFFIXES):
-        raised += documents.run_text(text, path, module.__dict__, guard.call, lambda: guard.last_traceback)
+    if guard is not None and path.lower().endswith(sources.SUFFIXES):
+        seconds = float(seconds) if type(seconds) in (int, float) and seconds > 0 else None
+        raised += _run_cells.run_text(text, path, module.__dict__, guard.call, lambda: guard.last_traceback, seconds)
     else:
         exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
     return module

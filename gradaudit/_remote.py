@@ -32,7 +32,7 @@ from ._sandbox import Confinement, raise_if_interrupted, spawn
 
 def cells_that_raised(loaded) -> list[str]:
     """The child's account of a notebook's or notes' cells that raised as it ran them one by one
-    ([chunk name, error, traceback], gradaudit/sources.py run_text), as sentences; whatever else the
+    ([chunk name, error, traceback], gradaudit/_run_cells.py), as sentences; whatever else the
     child sent is ignored: it only ever becomes text."""
     from .sources import locate
 
@@ -145,8 +145,10 @@ class Child:
             if src.key in self.load_errors:
                 continue  # it failed once: importing it again would fail (or hang) again
             enc = wire.Encoder()
+            # a notebook's cells must be done before the wait for the import ends: a quarter of the
+            # time to spare for the child's start-up and the cells' definitions after it is spent
             meta = {"kind": "load", "key": src.key, "path": src.path, "name": src.module_name,
-                    "source": enc.value(np.frombuffer(src.text, np.uint8))}
+                    "source": enc.value(np.frombuffer(src.text, np.uint8)), "seconds": 0.75 * self.conf.timeout}
             try:
                 loaded = self._value(*self._request(meta, enc.data(), fname=f"import {os.path.basename(src.path)}"))
                 self.load_notes[src.key] = cells_that_raised(loaded)

@@ -36,7 +36,7 @@ binds ``np``, it is NumPy (and a message says so).
 cell or block and line) and the next chunk runs, as when a reader runs the notebook's cells one by
 one: a data-loading cell that fails here does not hide the functions defined after it. The audit
 child is sent `text(path)`, one module's text, and runs it chunk by chunk in the same way
-(`run_text`): a chunk that raises is a message (naming the cell and line) and the next one runs.
+(gradaudit/_run_cells.py): a chunk that raises is a message (naming the cell and line) and the next one runs.
 Chunks that do not compile are left out of the text, with a message, in both.
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Document:
     @property
     def source(self) -> str:
         """The chunks as one module source, each under a one-line comment naming it and its length
-        (`position` counts on the one line; `chunks_of_text` walks the text by the lengths)."""
+        (`position` counts on the one line; gradaudit/_run_cells.py walks the text by the lengths)."""
         return "".join(f"{self.prelude + '  ' if i == 0 and self.prelude else ''}# ---- {c.name} ---- "
                        f"{c.code.count(chr(10)) + 1} lines\n{c.code}\n" for i, c in enumerate(self.chunks))
 
@@ -109,6 +109,10 @@ class Document:
                 return c, line - at
             at += n + 1
         return None
+
+
+# a chunk's header line in `Document.source` (gradaudit/_run_cells.py walks a text by it)
+HEADER = re.compile(r"# ---- ((?:cell|block) \d+) ---- (\d+) lines$")
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -285,37 +289,6 @@ def innermost(exc: BaseException) -> str | None:
 
 
 # ---- running ---------------------------------------------------------------------------------
-
-_HEADER = re.compile(r"# ---- ((?:cell|block) \d+) ---- (\d+) lines$")
-
-
-def chunks_of_text(text: str) -> list[tuple[int, str, str]]:
-    """(first line, chunk name, header and code) of each chunk of a text `text` made; a text not
-    made by it (no header on its first line) is one chunk."""
-    lines, out, i = text.split("\n"), [], 0
-    while i < len(lines) and (m := _HEADER.search(lines[i])):
-        n = int(m.group(2))
-        out.append((i + 1, m.group(1), "\n".join(lines[i:i + 1 + n])))
-        i += 1 + n
-    if i < len(lines) and "".join(lines[i:]).strip():
-        out.append((i + 1, out[-1][1] if out else "the text", "\n".join(lines[i:])))
-    return out
-
-
-def run_text(text: str, path: str, namespace: dict, call, last_traceback=lambda: None) -> list[tuple[str, str, str | None]]:
-    """Run a document's text (`text`) chunk by chunk in `namespace`, as a reader runs a notebook's
-    cells: `call(fn, label, args)` runs each (the audit child's guard, which turns whatever a chunk
-    raises into UserCodeError); a chunk that raises does not stop the next one. Returns (chunk name,
-    error, `last_traceback()`) for each chunk that raised. Each chunk is compiled at its own lines of `path`, so that
-    tracebacks and `where` name the cell as for the whole text."""
-    raised = []
-    for first, name, code in chunks_of_text(text):
-        compiled = compile("\n" * (first - 1) + code, path, "exec", dont_inherit=True)
-        try:
-            call(exec, name, (compiled, namespace))
-        except Exception as e:  # noqa: BLE001  the guard's UserCodeError: what the chunk raised, described
-            raised.append((name, str(e), last_traceback()))
-    return raised
 
 def _binds_or_uses_np(chunks: list[Chunk]) -> tuple[bool, bool]:
     binds = uses = False

@@ -477,3 +477,21 @@ def test_in_a_folder_a_verdict_keeps_the_sentence_about_the_forward(tmp_path):
     recs = gradaudit.check(tmp_path, convention="cs231n", oracles=("torch",), raise_on_failure=False)
     bad = [r for r in recs if r["target"] == "a.dropout_backward" and r["status"] == "fail"]
     assert bad and all("expected 1/p" in r["message"] for r in bad), [r["message"] for r in recs]
+
+
+def test_a_notebook_that_trains_models_in_its_cells_still_has_its_functions_checked(tmp_path):
+    """A student's notebook with the data at hand runs training loops in its cells: each cell gets a
+    share of the time (its own `except Exception` cannot swallow the stop), and once the document's
+    time is spent the cells left only define — the functions after the loops are still checked."""
+    train = "w = np.ones(3)\nfor epoch in range(10 ** 9):\n    w -= 1e-9 * w"
+    nb = notebook(tmp_path / "train.ipynb", [
+        ("code", "import numpy as np"),
+        ("code", f"try:\n    {train.replace(chr(10), chr(10) + '    ')}\nexcept Exception:\n    pass"),
+        ("code", train), ("code", train), ("code", train),
+        ("code", train + "\ndef relu_forward(x):\n    return np.maximum(0, x), x"),
+        ("code", "def relu_backward(dout, cache):\n    return dout * (cache > 0)"),
+    ])
+    r = audit(nb, tmp_path / "report", "--convention", "cs231n", "--timeout", "8", *FAST)
+    assert statuses(r.records, "relu_backward") <= {"pass", "kink"} and r.records, r.stdout + r.stderr
+    assert "cell 2, line 4: CellOverTime: the cell ran for more than 2 s and was stopped" in r.stderr, r.stderr
+    assert "cell 6: only its def, class and import statements ran" in r.stderr, r.stderr
