@@ -17,6 +17,7 @@ def pytest_addoption(parser, pluginmanager):
         pluginmanager.register(gradaudit.pytest_plugin, "gradaudit")
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown to a run without xdist
 def pytest_xdist_node_collection_finished(node, ids):
     """With --dist loadgroup (pyproject's addopts) xdist suffixes the id of every test marked
     xdist_group with "@group"; that suffix keeps a group, and its module-scoped audit fixture, on one
