@@ -13,13 +13,14 @@ the check `torch.autograd.gradcheck(fast_mode=True)` makes (one random projectio
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
 from .base import Elsewhere, OracleResult, OracleUnavailable, Projection, as_tuple
 
 __all__ = ["CORROBORATING_DIRECTIONS", "DIRECTIONS", "FULL_JACOBIAN_MAX_ELEMENTS", "STEP", "check_available",
-           "device_name", "flags", "name", "step_for", "vjp", "vjp_projected", "vjp_projected_batch"]
+           "device_name", "flags", "name", "step_for", "vjp", "vjp_projected", "vjp_projected_batch", "ProjectedBatch"]
 
 name = "numeric"
 FULL_JACOBIAN_MAX_ELEMENTS = 128
@@ -145,48 +146,71 @@ def _vjp(forward, arrays: dict, params: dict, douts: tuple, *, device: str, dire
 
 def vjp_projected_batch(forward, value_sets: list[dict], params: dict, douts: list[tuple], *, device: str,
                         directions: int = DIRECTIONS, out0s: list | None = None,
-                        stacked: bool = False) -> list[OracleResult]:
-    """`vjp_projected` for each of K value sets of the same shapes (a fuzzing batch). `stacked`: the
-    forward accepts a leading batch axis on every array (an elementwise op) and takes all K value sets'
-    points in one call; otherwise one call per point, exactly as `vjp_projected` makes them."""
+                        stacked: str | None = None) -> "ProjectedBatch":
+    """`vjp_projected` for each of K value sets of the same shapes (a fuzzing batch): the same points,
+    steps, directions and noise estimate; <d, f(point)> summed in another order. `stacked`: how the
+    forward takes many points in one call: "stack" (an elementwise forward: a new leading axis on every
+    array), "rows" (a forward whose output rows depend on the same input rows only: the points'
+    arrays concatenated along axis 0), None (one call per point, as `vjp_projected`)."""
     check_available(device)
     if directions < 1:
         raise ValueError(f"numeric: directions must be at least 1, got {directions}")
     names = list(value_sets[0])
-    dirs = dict(zip(names, _directions(tuple(np.shape(value_sets[0][n]) for n in names), directions)))
-    per_set, points = [], []
-    for k, arrays in enumerate(value_sets):
-        xs = {n: np.array(a, dtype=np.float64) for n, a in arrays.items()}
-        steps = {n: STEP * max(1.0, float(np.abs(x).max(initial=0.0))) for n, x in xs.items()}
-        base = None if out0s is None else out0s[k]
-        if base is None:
-            points.append(xs)
-        for n, x in xs.items():
-            for u in dirs[n]:
-                points += [{**xs, n: x + steps[n] * u}, {**xs, n: x - steps[n] * u}]
-        per_set.append((xs, [np.asarray(d, dtype=np.float64) for d in douts[k]], steps, base))
-    if stacked:
-        outs = as_tuple(forward(*(np.stack([p[n] for p in points]) for n in names), **params))
-        outs = [tuple(o[i] for o in outs) for i in range(len(points))]
+    k = len(value_sets)
+    xs = {n: np.stack([np.asarray(v[n], dtype=np.float64) for v in value_sets]) for n in names}  # (K, ...)
+    dirs = dict(zip(names, _directions(tuple(xs[n].shape[1:] for n in names), directions)))
+    flat = {n: np.abs(x).reshape(k, -1) for n, x in xs.items()}
+    steps = {n: STEP * np.maximum(1.0, a.max(axis=1, initial=0.0)) for n, a in flat.items()}  # (K,)
+    # the points of one value set, in vjp's order: each array moved along each direction, + then -
+    moves = [(n, j, sign) for n in names for j in range(directions) for sign in (1.0, -1.0)]
+    p = len(moves) + (out0s is None)
+    moved = {n: [xs[n] + sign * (steps[n].reshape((k,) + (1,) * (xs[n].ndim - 1)) * dirs[n][j])
+                 for m, j, sign in moves if m == n] for n in names}
+    args = []  # per point of the batch, value set by value set: one array per name
+    for i in range(k):
+        at = {n: 0 for n in names}
+        base = tuple(xs[n][i] for n in names)
+        if out0s is None:
+            args.append(base)
+        for n, _, _ in moves:
+            args.append(tuple(moved[n][at[n]][i] if m == n else b for m, b in zip(names, base)))
+            at[n] += 1
+    if stacked == "stack":
+        outs = as_tuple(forward(*(np.stack([a[q] for a in args]) for q in range(len(names))), **params))
+    elif stacked == "rows":
+        rows = np.shape(args[0][0])[0]
+        outs = as_tuple(forward(*(np.concatenate([a[q] for a in args]) for q in range(len(names))), **params))
+        outs = tuple(np.reshape(o, (len(args), rows) + np.shape(o)[1:]) for o in outs)
     else:
-        outs = [forward(*p.values(), **params) for p in points]
-    results, at = [], 0
-    for xs, ds, steps, base in per_set:
-        if base is None:
-            base, at = outs[at], at + 1
-        magnitude = float(sum(np.sum(np.abs(np.asarray(o, dtype=np.float64) * d)) for o, d in zip(as_tuple(base), ds)))
-        h_min = min((float(step_for(x).min(initial=STEP)) for x in xs.values()), default=STEP)
-        # <d, f(point)> for this value set's points at once (the per-example oracle sums point by point:
-        # the same terms, summed in another order)
-        n_points = 2 * directions * len(xs)
-        mine = outs[at:at + n_points]
-        g = sum((np.stack([np.asarray(o[i], dtype=np.float64) for o in map(as_tuple, mine)]) * d).reshape(n_points, -1)
-                .sum(axis=1) for i, d in enumerate(ds)) if ds else np.zeros(n_points)
-        at += n_points
-        grads = {}
-        for j, n in enumerate(xs):
-            pair = g[2 * directions * j:2 * directions * (j + 1)].reshape(directions, 2)
-            grads[n] = Projection(dirs=dirs[n], values=(pair[:, 0] - pair[:, 1]) / (2 * steps[n]))
-        results.append(OracleResult(out=None, grads=grads, info={
-            "step": STEP, "noise": 8 * np.finfo(np.float64).eps * magnitude / h_min, "directions": directions}))
-    return results
+        each = [as_tuple(forward(*a, **params)) for a in args]
+        outs = tuple(np.stack([np.asarray(e[q]) for e in each]) for q in range(len(each[0])))
+    ds = [np.stack([np.asarray(d[q], dtype=np.float64) for d in douts]) for q in range(len(douts[0]))]
+    shaped = [np.asarray(o, dtype=np.float64).reshape((k, p) + d.shape[1:]) for o, d in zip(outs, ds)]
+    # <d, f(point)> for every point: (K, P)
+    g = sum((o * d[:, None]).reshape(k, p, -1).sum(axis=2) for o, d in zip(shaped, ds))
+    if out0s is None:
+        base_outs, g = [o[:, 0] for o in shaped], g[:, 1:]
+    else:
+        base_outs = [np.stack([np.asarray(as_tuple(b)[q], dtype=np.float64) for b in out0s]) for q in range(len(ds))]
+    # Rounding in g is ~eps * sum|d * out|; a difference quotient divides it by the step (vjp's noise)
+    magnitude = sum(np.abs(o * d).reshape(k, -1).sum(axis=1) for o, d in zip(base_outs, ds))
+    # vjp's smallest step, min(step_for(x).min(initial=STEP)): STEP itself (step_for is never below it)
+    noise = 8 * np.finfo(np.float64).eps * magnitude / STEP
+    g = g.reshape(k, len(names), directions, 2)
+    values = {n: (g[:, q, :, 0] - g[:, q, :, 1]) / (2 * steps[n][:, None]) for q, n in enumerate(names)}
+    return ProjectedBatch(dirs=dirs, values=values, noise=noise)
+
+
+@dataclass
+class ProjectedBatch:
+    """`vjp_projected_batch`'s answer: value set i's result is OracleResult(out=None, grads={n:
+    Projection(dirs[n], values[n][i])}, info={"noise": noise[i], ...})."""
+
+    dirs: dict  # name -> (directions, *shape), shared by every value set
+    values: dict  # name -> (K, directions)
+    noise: np.ndarray  # (K,)
+
+    def result(self, i: int) -> OracleResult:
+        return OracleResult(out=None, grads={n: Projection(dirs=d, values=self.values[n][i]) for n, d in self.dirs.items()},
+                            info={"step": STEP, "noise": float(self.noise[i]), "directions": len(next(iter(
+                                self.dirs.values()), ()))})

@@ -34,15 +34,18 @@ from .target import Target
 
 __all__ = ["FuzzGroup", "SeededCase", "batch_size", "fuzz_jobs", "fuzz_target_cells", "rates", "write_rates"]
 
-# value sets per Hypothesis example: enough that the example's own cost (1-3 ms of Hypothesis, a
-# batched oracle call each) is spread thin, few enough that a batch of a large case stays ~50 ms
-BATCH_ELEMENTS = 2**15
-K_MAX, K_MIN = 256, 8
+# Value sets per Hypothesis example: enough that the example's own cost (1-3 ms of Hypothesis, a batched
+# oracle call each) is spread thin, few enough that a batch stays near BATCH_SECONDS (a conv or LSTM
+# value set costs ~20x an affine one: the reference's own per-call cost, times its finite differences).
+# A group starts with K_START and settles on a power of two after three batches: JAX compiles once
+# per shape and K.
+BATCH_SECONDS = 0.05
+K_MAX, K_MIN, K_START = 256, 8, 32
 
 
-def batch_size(case: Case) -> int:
-    n = sum(int(np.size(a)) for a in case.arrays.values())
-    return int(min(K_MAX, max(K_MIN, BATCH_ELEMENTS // max(n, 1))))
+def batch_size(seconds_per_set: float) -> int:
+    fit = BATCH_SECONDS / max(seconds_per_set, 1e-9)
+    return int(min(K_MAX, max(K_MIN, 2 ** int(np.floor(np.log2(max(fit, 1.0)))))))
 
 
 class Found(AssertionError):
@@ -79,19 +82,30 @@ class FuzzGroup:
         self.finding: tuple[ValueSet, float] | None = None  # the failing value set, and when it was found
         self.seconds = 0.0
         self._start = 0.0
+        self.k, self.costs = K_START, []  # value sets per example (see batch_size), seconds per value set
 
     def _check(self, structure, dout_seed: int, seed: int) -> None:
-        case, origins = structure
+        if self.finding is None:  # else Hypothesis replays the failing example to report it: fail again
+            self._batch(*structure, dout_seed, seed)
+        if self.finding is not None:
+            raise Found(f"{self.finding[0].case.summary()}, upstream seed {self.finding[0].dout_seed}")
+
+    def _batch(self, case: Case, origins: dict, dout_seed: int, seed: int) -> None:
         self.examples += 1
-        sets = draw_value_sets(case, origins, dout_seed, seed, batch_size(case) if origins else 1)
+        sets = draw_value_sets(case, origins, dout_seed, seed, self.k if origins else 1)
+        t0 = time.perf_counter()
         res = self.batch.run(sets)
+        if len(self.costs) < 3 and len(sets) > 1 and res.failure is None:
+            # the cheapest of the first three batches: a new shape's first batch holds its compiles
+            self.costs.append((time.perf_counter() - t0) / len(sets))
+            if len(self.costs) == 3:
+                self.k = batch_size(min(self.costs))
         for h in res.hazards:
             self.hazards.setdefault(h.message, h)
         self.mutated.update(dict.fromkeys(res.mutated))
         if res.failure is not None:
-            if self.finding is None:
-                self.finding = (res.failure[1], time.perf_counter() - self._start)
-            raise Found(f"value set {res.failure[0]} of {len(sets)}")
+            self.finding = (res.failure[1], time.perf_counter() - self._start)
+            return
         self.verified += res.verified
         self.exact += res.exact
         for s, n in res.kinks.items():
@@ -118,6 +132,7 @@ class FuzzGroup:
         cfg = self.cfg
         db = example_database(cfg.database) if cfg.database is not None and cfg.profile != "ci" else None
         structures = self._structures()
+        _warm_up()
         key = f"gradaudit-fuzz/{self.target.name}/{self.regime}/{self.dtype}".encode()
         self._start = t0 = time.perf_counter()
         per_example, rounds = None, 0
@@ -186,6 +201,13 @@ class FuzzGroup:
             rec["severity"] = "warning" if hazards else None
             out.append((rec, None))
         return out
+
+
+@functools.cache
+def _warm_up() -> None:
+    """The first Hypothesis test of a process registers torch's generator, and runs gc.collect() for
+    it (~0.5 s with torch and JAX loaded): paid here, before a group's clock starts."""
+    settings(database=None, max_examples=1, deadline=None)(given(st.none())(lambda _: None))()
 
 
 def fuzz_target_cells(spec: OpSpec, target: Target, cfg: RunConfig, sink, *, seconds: float,
