@@ -52,7 +52,8 @@ _ARRAY = (np.ndarray, np.generic)  # NumPy returns a 0-d result as a scalar
 # "stack", elementwise (a new leading axis on every input); "rows", each output row from the same
 # input rows only (the points concatenated along axis 0)
 BATCH_SAFE = {**dict.fromkeys(("relu", "sigmoid", "tanh", "add_gate", "multiply_gate", "max_gate",
-                               "chain_rule_example"), "stack"), "softmax": "rows", "log_softmax": "rows"}
+                               "chain_rule_example"), "stack"),
+              **dict.fromkeys(("softmax", "log_softmax", "max_pool2d", "avg_pool2d"), "rows")}
 
 
 @dataclass(frozen=True)
