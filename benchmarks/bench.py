@@ -399,6 +399,8 @@ def main(argv=None) -> int:
                    help="only the fuzzing throughput (benchmarks/bench_fuzz.py): verified inputs/s at small shapes")
     p.add_argument("--campaign", type=float, default=0.0, metavar="S",
                    help="with --fuzz: also a `gradaudit fuzz --seconds S` campaign over the ops")
+    p.add_argument("--planted", action="store_true",
+                   help="with --fuzz: also the time fuzzing takes to find each of tests/planted.py's wrong derivations")
     args = p.parse_args(argv)
     args.repeats = 5 if args.quick else 25
     if args.fuzz:

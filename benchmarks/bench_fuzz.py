@@ -16,6 +16,7 @@ sets of its shapes drawn as a fuzzing campaign draws them (properties.fuzz_batch
 
 JAX compiles (once per shape and K) happen in a warm-up and are not timed; the whole campaign's rate,
 compiles, Hypothesis and the records included, is `campaign` (`gradaudit fuzz`, with --campaign S).
+With --planted: how long fuzzing takes to find each wrong derivation of tests/planted.py (`planted`).
 Rates are medians of interleaved rounds; the load average is recorded before and after.
 """
 from __future__ import annotations
@@ -119,6 +120,45 @@ def _campaign(ops, seconds: float, workers: int) -> dict:
     return {"command": " ".join(cmd[1:]), "exit": proc.returncode, "wall_s": round(wall, 1), "rates": rates}
 
 
+def planted_times(repeats: int = 3) -> dict:
+    """Seconds of fuzzing until each wrong derivation of tests/planted.py is found (the search's own
+    clock: from the group's start, Hypothesis and JAX compiles included; median of `repeats` runs with
+    different seeds). The groups of an op's regimes run in their order, one second at most each, as a
+    campaign splits its time: the time is the finding group's, with the earlier groups' listed apart."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from planted import PLANTED
+
+    from properties import catalogue
+    from properties.config import RunConfig
+    from properties.fuzz import FuzzGroup
+    from properties.target import Target
+
+    out = {}
+    for name, (op, forward, backward, what) in PLANTED.items():
+        spec = catalogue.load()[op]
+        target = Target(backward.__name__, op, forward, backward)
+        runs = []
+        for seed in range(repeats):
+            cfg = RunConfig(profile="dev", dtypes=("float64",), seed=seed, report_dir=Path(tempfile.gettempdir()))
+            before = 0.0
+            for regime in spec.regimes:
+                group = FuzzGroup(spec, target, "float64", regime, cfg)
+                group.run(1.0)
+                if group.finding is not None or ("in place" in what and group.hazards):
+                    runs.append((group.finding[1] if group.finding else group.seconds, regime, before))
+                    break
+                before += group.seconds
+            else:
+                runs.append((None, None, before))
+        found = [r for r in runs if r[0] is not None]
+        out[name] = {"op": op, "found": f"{len(found)}/{repeats}",
+                     "seconds": round(statistics.median(r[0] for r in found), 3) if found else None,
+                     "worst_s": round(max(r[0] for r in found), 3) if found else None,
+                     "regime": found[0][1] if found else None,
+                     "earlier_regimes_s": round(statistics.median(r[2] for r in runs), 2)}
+    return out
+
+
 def main(args, log=sys.stdout) -> dict:
     from bench import gradcheck_fast
 
@@ -182,6 +222,11 @@ def main(args, log=sys.stdout) -> dict:
         print(f"campaign: {out['campaign']['command']}: exit {out['campaign']['exit']}, "
               f"{out['campaign']['wall_s']} s; per op: " + ", ".join(
                   f"{op} {r['per_s']}/s" for op, r in out["campaign"]["rates"].items()), file=log)
+        load.append(_load())
+    if args.planted:
+        out["planted"] = planted_times()
+        for name, r in out["planted"].items():
+            print(f"{name:<60} found {r['found']} in {r['seconds']} s (worst {r['worst_s']} s; {r['regime']})", file=log)
         load.append(_load())
     out["load_average"] = load
     return out

@@ -146,12 +146,14 @@ def _vjp(forward, arrays: dict, params: dict, douts: tuple, *, device: str, dire
 
 def vjp_projected_batch(forward, value_sets: list[dict], params: dict, douts: list[tuple], *, device: str,
                         directions: int = DIRECTIONS, out0s: list | None = None,
-                        stacked: str | None = None) -> "ProjectedBatch":
+                        stacked: str | None = None, row_arrays: tuple = ()) -> "ProjectedBatch":
     """`vjp_projected` for each of K value sets of the same shapes (a fuzzing batch): the same points,
     steps, directions and noise estimate; <d, f(point)> summed in another order. `stacked`: how the
     forward takes many points in one call: "stack" (an elementwise forward: a new leading axis on every
     array), "rows" (a forward whose output rows depend on the same input rows only: the points'
-    arrays concatenated along axis 0), None (one call per point, as `vjp_projected`)."""
+    arrays concatenated along axis 0), None (one call per point, as `vjp_projected`). `row_arrays`:
+    with None, the arrays whose rows (axis 0) the outputs' rows depend on alone (affine's x: w and b
+    are shared by every row): a value set's points that move only those go in one call, concatenated."""
     check_available(device)
     if directions < 1:
         raise ValueError(f"numeric: directions must be at least 1, got {directions}")
@@ -182,7 +184,7 @@ def vjp_projected_batch(forward, value_sets: list[dict], params: dict, douts: li
         outs = as_tuple(forward(*(np.concatenate([a[q] for a in args]) for q in range(len(names))), **params))
         outs = tuple(np.reshape(o, (len(args), rows) + np.shape(o)[1:]) for o in outs)
     else:
-        each = [as_tuple(forward(*a, **params)) for a in args]
+        each = _per_point(forward, args, params, k, names, row_arrays, [None] * (out0s is None) + [n for n, _, _ in moves])
         outs = tuple(np.stack([np.asarray(e[q]) for e in each]) for q in range(len(each[0])))
     ds = [np.stack([np.asarray(d[q], dtype=np.float64) for d in douts]) for q in range(len(douts[0]))]
     shaped = [np.asarray(o, dtype=np.float64).reshape((k, p) + d.shape[1:]) for o, d in zip(outs, ds)]
@@ -199,6 +201,28 @@ def vjp_projected_batch(forward, value_sets: list[dict], params: dict, douts: li
     g = g.reshape(k, len(names), directions, 2)
     values = {n: (g[:, q, :, 0] - g[:, q, :, 1]) / (2 * steps[n][:, None]) for q, n in enumerate(names)}
     return ProjectedBatch(dirs=dirs, values=values, noise=noise)
+
+
+def _per_point(forward, args: list, params: dict, k: int, names: list, row_arrays: tuple, movers: list) -> list:
+    """The forward at each point (`args`, K value sets of len(movers) points each; movers[j]: the array
+    point j moves, None for the base point), in order; points of a value set that move only
+    `row_arrays` share one call, those arrays concatenated along axis 0."""
+    rowed = [q for q, n in enumerate(names) if n in row_arrays]
+    joint = [j for j, m in enumerate(movers) if m is None or m in row_arrays] if rowed else []
+    per = len(movers)
+    each = [None] * len(args)
+    for i in range(k):
+        block = args[i * per:(i + 1) * per]
+        if len(joint) > 1:
+            rows = np.shape(block[0][rowed[0]])[0]
+            call = [np.concatenate([block[j][q] for j in joint]) if q in rowed else block[0][q] for q in range(len(names))]
+            res = [np.asarray(o) for o in as_tuple(forward(*call, **params))]
+            for c, j in enumerate(joint):
+                each[i * per + j] = tuple(o[c * rows:(c + 1) * rows] for o in res)
+        for j in range(per):
+            if each[i * per + j] is None:
+                each[i * per + j] = as_tuple(forward(*block[j], **params))
+    return each
 
 
 @dataclass

@@ -43,7 +43,7 @@ from .strategies import REGIMES, upstream
 from .target import Target
 from .verdict import Side
 
-__all__ = ["BATCH_SAFE", "MARGIN", "BatchCheck", "BatchResult", "ProjectedTarget", "ValueSet", "draw_value_sets",
+__all__ = ["BATCH_SAFE", "MARGIN", "ROW_ARRAYS", "BatchCheck", "BatchResult", "ProjectedTarget", "ValueSet", "draw_value_sets",
            "floors", "projected", "stream_of"]
 
 MARGIN = 0.5
@@ -54,6 +54,10 @@ _ARRAY = (np.ndarray, np.generic)  # NumPy returns a 0-d result as a scalar
 BATCH_SAFE = {**dict.fromkeys(("relu", "sigmoid", "tanh", "add_gate", "multiply_gate", "max_gate",
                                "chain_rule_example"), "stack"),
               **dict.fromkeys(("softmax", "log_softmax", "max_pool2d", "avg_pool2d"), "rows")}
+# catalogue references whose outputs' rows (axis 0) depend on these arrays' rows alone, the others shared
+# (weights): finite differences move them for many points in one call (tests/test_fuzz.py checks each,
+# to rounding: BLAS may sum a product of more rows in another order)
+ROW_ARRAYS = {"affine": ("x",), "conv2d": ("x",), "rnn": ("x", "h0"), "lstm": ("x", "h0")}
 
 
 @dataclass(frozen=True)
@@ -404,7 +408,8 @@ class BatchCheck:
             res = numeric.vjp_projected_batch(self.target.oracle_forward("numeric"),
                                               [{n: x[i] for n, x in runs.xs.items()} for i in range(k)], runs.params,
                                               [tuple(d[i] for d in runs.douts) for i in range(k)], device=device,
-                                              directions=directions, out0s=out0s, stacked=self.stacked)
+                                              directions=directions, out0s=out0s, stacked=self.stacked,
+                                              row_arrays=ROW_ARRAYS.get(self.spec.name, ()) if self.reference else ())
         except Exception:
             return np.full(k, np.inf)
         rtol = self._rtol("numeric", size, False, factors)
