@@ -62,7 +62,7 @@ def small_case(op: str):
 
 def _setup(op: str):
     from properties import catalogue
-    from properties.fuzz import K_START, batch_size
+    from properties.fuzz import K_MIN, batch_size
     from properties.fuzz_batch import BatchCheck, draw_value_sets
     from properties.target import Target
 
@@ -70,11 +70,8 @@ def _setup(op: str):
     case = small_case(op)
     check = BatchCheck(spec, Target.reference(spec), "float64", [("torch", "cpu"), ("jax", "cpu"), ("numeric", "cpu")])
     origins = {n: ("typical", 1.0) for n in case.arrays}
-    sets = draw_value_sets(case, origins, 1, 0, K_START)
-    check.run(sets)  # compiles
-    t0 = time.perf_counter()
-    check.run(sets)
-    k = batch_size((time.perf_counter() - t0) / len(sets))
+    probe = draw_value_sets(case, origins, 1, 0, K_MIN)
+    k = batch_size(min(check.cost(probe) for _ in range(2)))  # as a campaign's group chooses it
     draws = [draw_value_sets(case, origins, 1, seed, k) for seed in range(1, 4)]
     check.run(draws[0])  # the compile for K value sets
     return spec, case, check, draws, k

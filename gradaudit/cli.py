@@ -120,7 +120,8 @@ def cmd_fuzz(args) -> int:
     cfg = config_from_args(args)
     shard = validate(args)
     code = code_hash(Path(reference_impl.__file__).parent.glob("*.py"))
-    jobs = fuzz_jobs(ops, cfg.dtypes, args.seconds * args.workers / (len(ops) * len(cfg.dtypes)))
+    mine = -(-len(ops) * len(cfg.dtypes) // shard[1]) if shard else len(ops) * len(cfg.dtypes)  # this shard's jobs
+    jobs = fuzz_jobs(ops, cfg.dtypes, args.seconds * min(args.workers, mine) / mine)
     cells = [len(known[op].regimes) * len(cfg.sides()) for op in ops for _ in cfg.dtypes]
     status = _session(args, cfg, jobs, what=list(ops), shard=shard, code=code, cells=cells)
     if not args.json and (args.report / "results.jsonl").exists():

@@ -37,10 +37,9 @@ __all__ = ["FuzzGroup", "SeededCase", "batch_size", "fuzz_jobs", "fuzz_target_ce
 # Value sets per Hypothesis example: enough that the example's own cost (1-3 ms of Hypothesis, a batched
 # oracle call each) is spread thin, few enough that a batch stays near BATCH_SECONDS (a conv or LSTM
 # value set costs ~20x an affine one: the reference's own per-call cost, times its finite differences).
-# A group starts with K_START and settles on a power of two after three batches: JAX compiles once
-# per shape and K.
+# A group measures the cost on its first example and keeps its K: JAX compiles once per shape and K.
 BATCH_SECONDS = 0.2
-K_MAX, K_MIN, K_START = 256, 8, 32
+K_MAX, K_MIN = 256, 8
 
 
 def batch_size(seconds_per_set: float) -> int:
@@ -82,7 +81,7 @@ class FuzzGroup:
         self.finding: tuple[ValueSet, float] | None = None  # the failing value set, and when it was found
         self.seconds = 0.0
         self._start = 0.0
-        self.k, self.costs = K_START, []  # value sets per example (see batch_size), seconds per value set
+        self.k: int | None = None  # value sets per example (see batch_size)
 
     def _check(self, structure, dout_seed: int, seed: int) -> None:
         if self.finding is None:  # else Hypothesis replays the failing example to report it: fail again
@@ -92,14 +91,11 @@ class FuzzGroup:
 
     def _batch(self, case: Case, origins: dict, dout_seed: int, seed: int) -> None:
         self.examples += 1
+        if self.k is None and origins:  # K once per group, before JAX compiles anything for it
+            probe = draw_value_sets(case, origins, dout_seed, seed, K_MIN)
+            self.k = batch_size(min(self.batch.cost(probe) for _ in range(2)))
         sets = draw_value_sets(case, origins, dout_seed, seed, self.k if origins else 1)
-        t0 = time.perf_counter()
         res = self.batch.run(sets)
-        if len(self.costs) < 3 and len(sets) > 1 and res.failure is None:
-            # the cheapest of the first three batches: a new shape's first batch holds its compiles
-            self.costs.append((time.perf_counter() - t0) / len(sets))
-            if len(self.costs) == 3:
-                self.k = batch_size(min(self.costs))
         for h in res.hazards:
             self.hazards.setdefault(h.message, h)
         self.mutated.update(dict.fromkeys(res.mutated))
@@ -217,8 +213,8 @@ def fuzz_target_cells(spec: OpSpec, target: Target, cfg: RunConfig, sink, *, sec
               for r in (regimes or spec.regimes)]
     out = []
     for dtype, regime in groups:
-        t0 = time.perf_counter()
         group = FuzzGroup(spec, target, dtype, regime, cfg)
+        t0 = time.perf_counter()  # after the process's one-off imports and warm-ups (FuzzGroup's)
         group.run(seconds / max(len(groups), 1))
         written = group.records()
         share = round((time.perf_counter() - t0) / max(len(written), 1), 4)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -165,6 +166,15 @@ class BatchCheck:
         if runs is not None:
             ratios[runs.index] = self._screen(runs, range(len(self.sides)))
         return ratios
+
+    def cost(self, sets: list[ValueSet]) -> float:
+        """Seconds per value set of what grows with K: the code under test and finite differences (the
+        frameworks' batched calls cost about the same for any small K)."""
+        t0 = time.perf_counter()
+        runs = self._clean_runs(sets)
+        if runs is not None:
+            self._screen(runs, [j for j, s in enumerate(self.sides) if s[0] == "numeric"])
+        return (time.perf_counter() - t0) / len(sets)
 
     def run(self, sets: list[ValueSet]) -> BatchResult:
         """Judge every value set, up to the first that fails. JAX's batch comes last (a new shape is a
