@@ -155,14 +155,17 @@ def test_batched_tolerances_are_the_policy():
                     assert float(floors(rtol, np.array([natural]), 0.0 if forward else noise)[0]) == pol.floor
 
 
+# a group's fuzzing budget here: one second, doubled for a loaded machine (a test is no stopwatch: the
+# times to find, 0.05-0.7 s here, are measured by `bench.py --fuzz --planted`)
+BUDGET = 2.0
 RECORDED = ("affine-wrong-sign", "softmax-ce-no-max-shift", "conv-overlaps-overwrite")  # findings written out
 
 
 @pytest.mark.parametrize("name", sorted(PLANTED))
 def test_planted_bug_is_found_within_a_second_of_fuzzing(name, tmp_path):
     """The honesty check in fuzz mode: each planted wrong derivation fails (or, written in place with the
-    right values, is a mutation warning) within a fuzzing budget of one second per group (the search
-    starts no new round after it), and the finding is an ordinary record with a saved case. How long
+    right values, is a mutation warning) within a fuzzing budget of about a second per group (the
+    search starts no new round after it), and the finding is an ordinary record with a saved case. How long
     each takes is measured by `python benchmarks/bench.py --fuzz --planted` (docs/performance.md)."""
     op, forward, backward, what = PLANTED[name]
     spec = CATALOGUE[op]
@@ -170,7 +173,7 @@ def test_planted_bug_is_found_within_a_second_of_fuzzing(name, tmp_path):
     cfg = RunConfig(profile="dev", dtypes=("float64",), report_dir=tmp_path, seed=1, examples=5)
     for regime in spec.regimes:
         group = FuzzGroup(spec, target, "float64", regime, cfg)
-        group.run(1.0)
+        group.run(BUDGET)
         if "in place" in what:
             assert group.verified and any("writes into dout" in h for h in group.hazards), name
             records = [r for r, _ in group.records()]
@@ -178,7 +181,7 @@ def test_planted_bug_is_found_within_a_second_of_fuzzing(name, tmp_path):
             return
         if group.finding is not None:
             break
-    assert group.finding is not None, f"{name} ({what}) not found in any regime's first second"
+    assert group.finding is not None, f"{name} ({what}) not found within any regime's budget"
     if name not in RECORDED:
         return
     sink = RecordSink(tmp_path / "results.jsonl")
