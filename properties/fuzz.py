@@ -26,7 +26,7 @@ from reports.cases import write_case
 
 from . import strategies
 from .cell_record import figures, finite_or_none
-from .config import RunConfig, hypothesis_settings
+from .config import RunConfig, hypothesis_settings, module_independent_draws
 from .fuzz_batch import BatchCheck, ValueSet, draw_value_sets
 from .runner import GroupSearch, example_database
 from .spec import Case, OpSpec
@@ -147,7 +147,8 @@ class FuzzGroup:
             run._hypothesis_internal_database_key = key
             before, started = self.examples, time.perf_counter()
             try:
-                run()
+                with module_independent_draws():  # one --seed, the same structures in every process
+                    run()
             except Found:
                 break
             per_example = (time.perf_counter() - started) / max(self.examples - before, 1)

@@ -24,32 +24,28 @@ call by rounding (~1e-16 relative; finite differences ~1e-11), and MARGIN leaves
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import random
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-import oracles
 from oracles import batched, numeric
-from oracles.base import OracleUnavailable, as_tuple
+from oracles.base import as_tuple
 
 from . import tolerances
 from .evaluate import Evaluation, evaluate
 from .execute import _arrays_in
+from .fuzz_values import ValueSet, draw_value_sets, projected, stream_of, upstream_of
 from .spec import Case, OpSpec
-from .strategies import REGIMES, upstream
 from .target import Target
 from .verdict import Side
 
-__all__ = ["BATCH_SAFE", "MARGIN", "ROW_ARRAYS", "BatchCheck", "BatchResult", "ProjectedTarget", "ValueSet", "draw_value_sets",
-           "floors", "projected", "stream_of"]
+__all__ = ["BATCH_SAFE", "MARGIN", "ROW_ARRAYS", "BatchCheck", "BatchResult", "ValueSet", "draw_value_sets", "floors"]
 
 MARGIN = 0.5
 _ARRAY = (np.ndarray, np.generic)  # NumPy returns a 0-d result as a scalar
-# catalogue references that take many points in one call (tests/test_fuzz.py checks each, bit for bit):
+# catalogue references that take many points in one call (tests/test_fuzz.py checks each, to rounding):
 # "stack", elementwise (a new leading axis on every input); "rows", each output row from the same
 # input rows only (the points concatenated along axis 0)
 BATCH_SAFE = {**dict.fromkeys(("relu", "sigmoid", "tanh", "add_gate", "multiply_gate", "max_gate",
@@ -59,54 +55,6 @@ BATCH_SAFE = {**dict.fromkeys(("relu", "sigmoid", "tanh", "add_gate", "multiply_
 # (weights): finite differences move them for many points in one call (tests/test_fuzz.py checks each,
 # to rounding: BLAS may sum a product of more rows in another order)
 ROW_ARRAYS = {"affine": ("x",), "conv2d": ("x",), "rnn": ("x", "h0"), "lstm": ("x", "h0")}
-
-
-@dataclass(frozen=True)
-class ProjectedTarget(Target):
-    """A target whose finite differences project on random directions at every size (the fuzz check)."""
-
-    def oracle_vjp(self, oracle: str):
-        return numeric.vjp_projected if oracle == "numeric" else super().oracle_vjp(oracle)
-
-
-def projected(target: Target) -> ProjectedTarget:
-    return ProjectedTarget(**{f.name: getattr(target, f.name) for f in dataclasses.fields(Target)})
-
-
-def stream_of(dout_seed: int) -> int:
-    """The global random stream a value set's code under test runs under (runner.GroupSearch.check's)."""
-    return dout_seed * 2654435761 % 2**32
-
-
-@dataclass
-class ValueSet:
-    case: Case
-    dout_seed: int
-
-
-# The drawn value sets' upstream gradients come from this many seeds (strategies.upstream, cached):
-# seeding a NumPy generator costs more than checking a small case. The inputs vary freely.
-DOUT_SEEDS = 256
-
-
-@functools.lru_cache(maxsize=8192)
-def _upstream(shapes: tuple, dout_seed: int, dtype: str) -> tuple[np.ndarray, ...]:
-    douts = tuple(np.asarray(d, dtype=dtype) for d in upstream(shapes, dout_seed))
-    for d in douts:
-        d.flags.writeable = False
-    return douts
-
-
-def draw_value_sets(case: Case, origins: dict, dout_seed: int, seed: int, k: int) -> list[ValueSet]:
-    """`case` (Hypothesis's value set) and k-1 more of its shapes: each array in `origins` (name ->
-    (regime, scale)) redrawn from its regime, the others kept; upstream seeds drawn alongside."""
-    rng = np.random.default_rng(seed)
-    drawn = {n: np.asarray(REGIMES[origins[n][0]].sample(rng, (k - 1, *a.shape)) * origins[n][1], dtype=np.float64)
-             for n, a in case.arrays.items() if n in origins}
-    seeds = rng.integers(0, DOUT_SEEDS, size=k - 1).tolist()
-    return [ValueSet(case, dout_seed)] + [
-        ValueSet(Case({n: drawn[n][i] if n in drawn else a for n, a in case.arrays.items()}, case.params), seeds[i])
-        for i in range(k - 1)]
 
 
 @dataclass
@@ -270,7 +218,7 @@ class BatchCheck:
             if not all(isinstance(o, np.ndarray) and o.dtype == dtype for o in outs):
                 return None
             outs = tuple(o.reshape((k, -1, *o.shape[1:])) if fold else o for o in outs)
-            douts = tuple(np.stack(d) for d in zip(*(_upstream(tuple(o.shape[1:] for o in outs), vs.dout_seed,
+            douts = tuple(np.stack(d) for d in zip(*(upstream_of(tuple(o.shape[1:] for o in outs), vs.dout_seed,
                                                                  self.dtype) for vs in sets)))
             my_douts = [(d.reshape((-1, *d.shape[2:])) if fold else d).copy() for d in douts]
             grads = self.target.backward(*my_douts, cache)
@@ -317,7 +265,7 @@ class BatchCheck:
                 return None
             if self.expected is not None and [o.shape for o in outs] != self.expected:
                 return None
-            douts = _upstream(tuple(o.shape for o in outs), dout_seed, self.dtype)
+            douts = upstream_of(tuple(o.shape for o in outs), dout_seed, self.dtype)
             my_douts = [d.copy() for d in douts]
             watched = [] if self.reference else [
                 (a, a.copy()) for a in _arrays_in(cache)
