@@ -35,7 +35,7 @@ from oracles.base import as_tuple
 
 from . import tolerances
 from .evaluate import Evaluation, evaluate
-from .execute import _arrays_in
+from .execute import arrays_in
 from .fuzz_values import ValueSet, draw_value_sets, projected, stream_of, upstream_of
 from .spec import Case, OpSpec
 from .target import Target
@@ -268,7 +268,7 @@ class BatchCheck:
             douts = upstream_of(tuple(o.shape for o in outs), dout_seed, self.dtype)
             my_douts = [d.copy() for d in douts]
             watched = [] if self.reference else [
-                (a, a.copy()) for a in _arrays_in(cache)
+                (a, a.copy()) for a in arrays_in(cache)
                 if not any(np.may_share_memory(a, m) for m in (*mine, *outs))]
             grads = t.backward(*my_douts, cache)
         except Exception:
@@ -313,9 +313,8 @@ class BatchCheck:
                 out[:, j] = self._numeric(runs, ref_grads, size, input_max, dout_max, factors, device)
                 continue
             try:
-                vjp = batched.torch_vjp_batch if oracle == "torch" else batched.jax_vjp_batch
-                o_outs, o_grads = vjp(self.target.oracle_forward(oracle), runs.xs, runs.params, runs.douts,
-                                      dtype=self.dtype, device=device)
+                o_outs, o_grads = batched.vjp_batch(oracle, self.target.oracle_forward(oracle), runs.xs, runs.params,
+                                                    runs.douts, dtype=self.dtype, device=device)
             except Exception:  # evaluate says what is wrong
                 out[:, j] = np.inf
                 continue
