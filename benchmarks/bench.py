@@ -33,6 +33,7 @@ as `gradaudit run` records it in run.json) and `ci_profile_s` (wall time of `gra
     python benchmarks/bench.py --quick --json     # < 3 minutes
     python benchmarks/bench.py                    # more repeats, larger budgets
     python benchmarks/bench.py --cold-cache       # the ci run with an empty JAX compilation cache
+    python benchmarks/bench.py --fuzz --json      # fuzzing throughput (benchmarks/bench_fuzz.py)
 """
 from __future__ import annotations
 
@@ -394,8 +395,22 @@ def main(argv=None) -> int:
     p.add_argument("--functions", action="store_true",
                    help="only the gradaudit.function section (benchmarks/bench_functions.py): examples/functions/ "
                         "against gradcheck and check_grads")
+    p.add_argument("--fuzz", action="store_true",
+                   help="only the fuzzing throughput (benchmarks/bench_fuzz.py): verified inputs/s at small shapes")
+    p.add_argument("--campaign", type=float, default=0.0, metavar="S",
+                   help="with --fuzz: also a `gradaudit fuzz --seconds S` campaign over the ops")
+    p.add_argument("--planted", action="store_true",
+                   help="with --fuzz: also the time fuzzing takes to find each of tests/planted.py's wrong derivations")
     args = p.parse_args(argv)
     args.repeats = 5 if args.quick else 25
+    if args.fuzz:
+        from bench_fuzz import main as fuzz_main
+
+        args.ops_given = "--ops" in (argv if argv is not None else sys.argv)
+        result = fuzz_main(args, log=sys.stderr if args.json else sys.stdout)
+        if args.json:
+            print(json.dumps(result))
+        return 0
     args.budget = 3.0 if args.quick else 60.0
     if args.functions:
         from bench_functions import main as functions_main

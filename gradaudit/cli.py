@@ -105,6 +105,30 @@ def cmd_run(args) -> int:
     return _session(args, cfg, catalogue_jobs(ops, cfg.dtypes), what=list(ops), shard=shard, code=code, cells=cells)
 
 
+def cmd_fuzz(args) -> int:
+    from properties import catalogue
+    from properties.fuzz import fuzz_jobs, write_rates
+
+    import reference_impl
+
+    known = catalogue.load()
+    ops = choose("op", args.ops, list(known)) if args.ops is not None else tuple(known)
+    if not args.seconds > 0:
+        raise UsageError(f"--seconds must be positive, got {args.seconds}")
+    if args.resume:
+        raise UsageError("--resume: a fuzzing campaign starts afresh (its findings replay from the example database)")
+    cfg = config_from_args(args)
+    shard = validate(args)
+    code = code_hash(Path(reference_impl.__file__).parent.glob("*.py"))
+    mine = -(-len(ops) * len(cfg.dtypes) // shard[1]) if shard else len(ops) * len(cfg.dtypes)  # this shard's jobs
+    jobs = fuzz_jobs(ops, cfg.dtypes, args.seconds * min(args.workers, mine) / mine)
+    cells = [len(known[op].regimes) * len(cfg.sides()) for op in ops for _ in cfg.dtypes]
+    status = _session(args, cfg, jobs, what=list(ops), shard=shard, code=code, cells=cells)
+    if not args.json and (args.report / "results.jsonl").exists():
+        say(write_rates(args.report))
+    return status
+
+
 def _finish(records, meta, report_dir: Path, junit: Path | None, as_json: bool, *, render: bool = True,
             verbose: bool = False, failing_on: tuple[str, ...] = ("fail", "unstable")) -> int:
     """Write the page (and JUnit), print the summary; the exit status. A page or JUnit file that
@@ -312,7 +336,7 @@ def main(argv=None) -> int:
     from reports.text import clean
 
     command = {"run": cmd_run, "audit": cmd_audit, "list": cmd_list, "report": cmd_report,
-               "replay": cmd_replay, "mutate": cmd_mutate}[args.command]
+               "replay": cmd_replay, "mutate": cmd_mutate, "fuzz": cmd_fuzz}[args.command]
     shown = warnings.showwarning
     warnings.showwarning = show_warning
     try:

@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="process (default): a confined child process; bwrap: also a read-only filesystem, no "
                           "network and its own PID namespace (bubblewrap); see docs/security.md")
     add_common_options(aud)
+    fz = sub.add_parser("fuzz", help="a fuzzing campaign over the catalogue: many value sets per example, for a time")
+    fz.add_argument("--ops", type=csv_list, default=None, help="comma-separated op names (default: all)")
+    fz.add_argument("--seconds", type=float, default=60.0,
+                    help="the campaign's wall time, shared by the ops, dtypes and regimes (default 60)")
+    add_common_options(fz)
     lst = sub.add_parser("list", help="list the catalogue")
     lst.add_argument("--json", action="store_true", help="print the catalogue as JSON")
     rep = sub.add_parser("report", help="re-render (and merge) results.jsonl files into one report")

@@ -14,7 +14,7 @@ import numpy as np
 from .base import Elsewhere, OracleResult, OracleUnavailable, as_tuple
 
 __all__ = ["builtin", "cache_stats", "check_available", "device_name", "flags", "name", "namespace", "set_tf32",
-           "vjp"]
+           "vjp", "vjp_batch"]
 
 name = "jax"
 cache_stats = {"hits": 0, "misses": 0}
@@ -122,3 +122,40 @@ def vjp(forward, arrays: dict, params: dict, douts: tuple, *, dtype: str, device
     outs = tuple(np.asarray(o) for o in as_tuple(out))
     grads_np = {n: np.asarray(g) for n, g in zip(arrays, grads)}
     return OracleResult(out=outs if len(outs) > 1 else outs[0], grads=grads_np)
+
+
+@functools.cache
+def _batch_compiled(forward, static: tuple, n_params: tuple):
+    jax = _jax()
+    fn = functools.partial(forward, **dict(static))
+
+    def one(arrays, array_params, douts):
+        out, pullback = jax.vjp(lambda *xs: fn(*xs, **array_params), *arrays)
+        return as_tuple(out), pullback(douts if isinstance(out, tuple) else douts[0])
+
+    # the value sets along axis 0 of the arrays and the upstream gradients; array params shared
+    return jax.jit(jax.vmap(one, in_axes=(0, None, 0)))
+
+
+def vjp_batch(forward, xs: dict, params: dict, douts: tuple, *, dtype: str, device: str):
+    """`forward(*arrays, **params)` (JAX-traceable) and its VJP for each of the K value sets, jitted."""
+    if isinstance(forward, Elsewhere):
+        raise OracleUnavailable("a forward in another process is differentiated value set by value set")
+    from .batched import UNMAPPABLE, one_by_one
+
+    jax = _jax()
+    dev = _device(device)
+    if ("jax", forward) in UNMAPPABLE:
+        return one_by_one("jax", forward, xs, params, douts, dtype=dtype, device=device)
+    static = tuple(sorted((k, _freeze(v)) for k, v in params.items() if not isinstance(v, np.ndarray)))
+    tree = (tuple(np.asarray(a, dtype=dtype) for a in xs.values()),
+            {k: v for k, v in params.items() if isinstance(v, np.ndarray)},
+            tuple(np.asarray(d, dtype=dtype) for d in douts))
+    if dev != jax.devices()[0]:
+        tree = jax.device_put(tree, dev)
+    try:
+        outs, grads = _batch_compiled(forward, static, tuple(sorted(tree[1])))(*tree)
+    except Exception:
+        UNMAPPABLE.add(("jax", forward))
+        return one_by_one("jax", forward, xs, params, douts, dtype=dtype, device=device)
+    return tuple(np.asarray(o) for o in outs), {n: np.asarray(g) for n, g in zip(xs, grads)}

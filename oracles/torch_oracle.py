@@ -7,7 +7,8 @@ import numpy as np
 
 from .base import Elsewhere, OracleResult, OracleUnavailable, as_tuple
 
-__all__ = ["builtin", "check_available", "device_name", "flags", "name", "namespace", "set_tf32", "vjp"]
+__all__ = ["builtin", "check_available", "device_name", "flags", "name", "namespace", "set_tf32", "vjp", "vjp_batch",
+           "warm_up_batch"]
 
 name = "torch"
 
@@ -84,3 +85,40 @@ def vjp(forward, arrays: dict, params: dict, douts: tuple, *, dtype: str, device
     grads_np = {n: (to_np(g) if g is not None else np.zeros(a.shape, dtype=dtype))
                 for (n, a), g in zip(arrays.items(), grads)}
     return OracleResult(out=out_np if len(out_np) > 1 else out_np[0], grads=grads_np)
+
+
+def warm_up_batch() -> None:
+    """torch.func's first vmap imports torch._dynamo (~5 s): once, before a fuzzing campaign's clock."""
+    torch = _torch()
+    torch.func.vmap(lambda x: torch.func.vjp(torch.sin, x)[1](x))(torch.zeros(2, 1, dtype=torch.float64))
+
+
+def vjp_batch(forward, xs: dict, params: dict, douts: tuple, *, dtype: str, device: str):
+    """`forward(*tensors, **params)` (torch) and its VJP for each of the K value sets in `xs`/`douts`."""
+    if isinstance(forward, Elsewhere):
+        raise OracleUnavailable("a forward in another process is differentiated value set by value set")
+    from .batched import UNMAPPABLE, one_by_one
+
+    torch = _torch()
+    check_available(device)
+    if ("torch", forward) in UNMAPPABLE:
+        return one_by_one("torch", forward, xs, params, douts, dtype=dtype, device=device)
+    tdtype = getattr(torch, dtype)
+    kw = {k: torch.as_tensor(v, device=device) if isinstance(v, np.ndarray) else v for k, v in params.items()}
+    prim = [torch.as_tensor(np.asarray(a, dtype=dtype), device=device) for a in xs.values()]
+    cot = [torch.as_tensor(np.asarray(d), dtype=tdtype, device=device) for d in douts]
+    n = len(prim)
+
+    def one(*args):
+        out, pull = torch.func.vjp(lambda *p: forward(*p, **kw), *args[:n])
+        single = not isinstance(out, (tuple, list))
+        grads = pull(args[n] if single else tuple(args[n:]))
+        return (out,) if single else tuple(out), grads
+
+    try:
+        outs, grads = torch.func.vmap(one)(*prim, *cot)
+    except Exception:  # no batching rule for one of its ops (or data-dependent control flow)
+        UNMAPPABLE.add(("torch", forward))
+        return one_by_one("torch", forward, xs, params, douts, dtype=dtype, device=device)
+    to_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    return tuple(to_np(o) for o in outs), {name: to_np(g) for name, g in zip(xs, grads)}

@@ -21,7 +21,7 @@ from .strategies import upstream
 from .target import Target
 from .verdict import Hazard, Side, Verdict, collect_hazards, raised
 
-__all__ = ["Evaluation", "failure_class", "run_target"]
+__all__ = ["Evaluation", "arrays_in", "failure_class", "run_target"]
 
 
 @dataclass
@@ -97,7 +97,7 @@ def current_stream() -> tuple[int, int] | None:
     return _STREAM["now"]
 
 
-def _arrays_in(obj, depth: int = 0, out=None) -> list[np.ndarray]:
+def arrays_in(obj, depth: int = 0, out=None) -> list[np.ndarray]:
     """The NumPy arrays a cache holds (tuples, lists, dicts and plain objects, a few levels deep)."""
     out = [] if out is None else out
     if len(out) > 256 or depth > 5:
@@ -106,13 +106,13 @@ def _arrays_in(obj, depth: int = 0, out=None) -> list[np.ndarray]:
         out.append(obj)
     elif isinstance(obj, (tuple, list)):
         for v in obj:
-            _arrays_in(v, depth + 1, out)
+            arrays_in(v, depth + 1, out)
     elif isinstance(obj, dict):
         for v in obj.values():
-            _arrays_in(v, depth + 1, out)
+            arrays_in(v, depth + 1, out)
     elif hasattr(obj, "__dict__") and not isinstance(obj, type) and not callable(obj):
         for v in vars(obj).values():
-            _arrays_in(v, depth + 1, out)
+            arrays_in(v, depth + 1, out)
     return out
 
 
@@ -228,7 +228,7 @@ def run_target(target: Target, case: Case, dtype: str, douts=None, dout_seed: in
                 ev.hazards += reported
                 return ev
             my_douts = [d.copy() for d in ev.douts]
-            cache_arrays = [a for a in _arrays_in(run.cache)
+            cache_arrays = [a for a in arrays_in(run.cache)
                             if not any(np.may_share_memory(a, m) for m in (*mine.values(), *as_tuple(run.out))
                                        if isinstance(m, np.ndarray))]
             cache_before = [a.copy() for a in cache_arrays]

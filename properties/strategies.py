@@ -8,6 +8,7 @@ Subnormals are never drawn: XLA on CPU flushes float32 subnormals to zero (CONVE
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Callable
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 __all__ = ["BREADTHS", "ELEMENTWISE_MAX", "REGIMES", "SIZES", "Regime", "dim", "float_arrays", "geometry", "labels",
-           "narrow", "shapes", "upstream"]
+           "narrow", "origins", "shapes", "upstream"]
 
 
 def _f32_inside(lo: float, hi: float, v: float) -> float:
@@ -159,9 +160,30 @@ def float_arrays(shape, regime: str = "typical", *, scale: float = 1.0) -> st.Se
 def _float_arrays(shape: tuple[int, ...], regime: str, scale: float) -> st.SearchStrategy[np.ndarray]:
     if int(np.prod(shape)) <= ELEMENTWISE_MAX:
         return hnp.arrays(np.float64, shape, elements=_elements(regime)).map(
-            lambda a: a * scale if scale != 1.0 else a)
+            lambda a: _noted(a * scale if scale != 1.0 else a, regime, scale))
     return st.integers(0, 2**32 - 1).map(
-        lambda seed: _sample(np.random.default_rng(seed), shape, regime, scale))
+        lambda seed: _noted(_sample(np.random.default_rng(seed), shape, regime, scale), regime, scale))
+
+
+_ORIGINS: list | None = None  # while `origins` records: (array, regime, scale) of each float array drawn
+
+
+def _noted(a: np.ndarray, regime: str, scale: float) -> np.ndarray:
+    if _ORIGINS is not None:
+        _ORIGINS.append((a, regime, scale))
+    return a
+
+
+@contextlib.contextmanager
+def origins():
+    """Record the regime and scale of every `float_arrays` array drawn inside (a list of (array, regime,
+    scale)): a fuzzing batch draws more values of a case's shapes from the same regimes (properties/fuzz.py)."""
+    global _ORIGINS
+    outer, _ORIGINS = _ORIGINS, []
+    try:
+        yield _ORIGINS
+    finally:
+        _ORIGINS = outer
 
 
 @functools.lru_cache(maxsize=1024)
