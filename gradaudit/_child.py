@@ -246,8 +246,13 @@ class Server:
     def ping(self, meta, data, enc):
         return {"kind": "ok", "value": None}
 
+    def subject(self, meta, data, enc):
+        from gradaudit._subject_child import serve  # a gradaudit.function subject's computations
 
-HANDLERS = {"hello": Server.hello, "load": Server.load, "describe": Server.describe, "call": Server.call,
+        return serve(self, meta, data, enc)
+
+
+HANDLERS = {"subject": Server.subject, "hello": Server.hello, "load": Server.load, "describe": Server.describe, "call": Server.call,
             "call_many": Server.call_many, "model": Server.model, "vjp": Server.vjp, "ping": Server.ping}
 
 

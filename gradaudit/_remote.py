@@ -352,6 +352,13 @@ class Child:
             raise UserCodeError(f"{name} (forward under {oracle}): the child returned no gradients")
         return OracleResult(out=value.get("out"), grads=value["grads"])
 
+    def subject(self, key: str, name: str, op: str, args, *, fname: str):
+        """One computation of a gradaudit.function subject in the child (gradaudit/_subject_child.py)."""
+        self.ensure()
+        enc = wire.Encoder(handle_id=self._handle_id)  # (no in-place writes come back: the child copies)
+        meta = {"kind": "subject", "fn": [key, name], "op": op, "label": fname, "args": enc.value(list(args))}
+        return self._value(*self._request(meta, enc.data(), fname=fname))
+
     def describe(self, key: str) -> dict:
         """The functions and derivations of one imported source (asked once per child)."""
         self.ensure()

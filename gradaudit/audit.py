@@ -109,13 +109,20 @@ class Job:
     source: str = ""
     skip: str | None = None  # why it is not checked (a skip record instead)
     formula: str = ""  # a derivation's formula as written in the notes
+    checks: tuple = ()  # a gradaudit.function subject's: one target per check (<name>.<check>)
+    dtypes: tuple | None = None  # a subject's own dtypes (None: the run's)
 
     def cells(self, cfg) -> list[dict]:
         from reports.records import cell_id
 
-        return [{"id": cell_id(target=self.target, op=self.op, oracle=o, device=d, dtype=dtype, regime=regime),
+        if self.checks:  # as gradaudit/_subject_run.py names a subject's cells
+            targets = [(f"{self.name}.{c}" + ("" if d == "cpu" else f"@{d}"), self.name, o, d)
+                       for c in self.checks for o, d in cfg.sides()]
+        else:
+            targets = [(self.target, self.op, o, d) for o, d in cfg.sides()]
+        return [{"id": cell_id(target=t, op=op, oracle=o, device=d, dtype=dtype, regime=regime), "target": t,
                  "oracle": o, "device": d, "dtype": dtype, "regime": regime}
-                for dtype in cfg.dtypes for regime in self.regimes for o, d in cfg.sides()]
+                for dtype in self.dtypes or cfg.dtypes for regime in self.regimes for t, op, o, d in targets]
 
 
 def qualified(path: str, name: str, folder: bool) -> str:
@@ -127,7 +134,7 @@ def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: boo
     """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py).
     `functions`: the cs231n functions (or stubs that inspect finds), for a backward given without its
     forward, checked when its cache can be built from how it unpacks it (gradaudit/cache_inference.py).
-    `in_process`: gradaudit.function subjects can run (in check's process; never in the audit's child)."""
+    `in_process`: the description is this process's own (gradaudit.check), not the audit child's word."""
     from . import cs231n
 
     names = {n for n in desc.get("functions") or () if isinstance(n, str)}
@@ -228,6 +235,16 @@ def build(job: Job, code, notes: dict):
     return d.spec(), target, d.inputs, tuple(d.regimes)
 
 
+def _subject_job(job: Job, code, notes: dict):
+    """build's answer for a gradaudit.function subject: the subject itself (each of its checks has its
+    own spec and inputs, gradaudit/_subject_run.py), here or rebuilt from the audit child's description."""
+    if isinstance(code, InChild):
+        from ._subject_remote import subject_in_child
+
+        return None, subject_in_child(code, job), None, None
+    return built_subject(job, code, notes)
+
+
 # ---- checking jobs ------------------------------------------------------------------------------------
 
 def polish(rec: dict, job: Job, note: str | None = None) -> dict:
@@ -253,7 +270,7 @@ def polish(rec: dict, job: Job, note: str | None = None) -> dict:
 def _record(job: Job, cell: dict, status: str, message: str) -> dict:
     from reports.records import new_record
 
-    return new_record(target=job.target, op=job.op, oracle=cell["oracle"], device=cell["device"],
+    return new_record(target=cell.get("target", job.target), op=job.name if job.checks else job.op, oracle=cell["oracle"], device=cell["device"],
                       dtype=cell["dtype"], regime=cell["regime"], status=status, message=clean(message, 2000),
                       id=cell["id"], family=job.convention, source=job.source, device_name=cell["device"],
                       seconds=0.0, audited=Path(job.file).name)
@@ -291,7 +308,7 @@ def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
     else:
         got, lost = _Collect(), None
         try:
-            spec, target, inputs, regimes = (built_subject if job.convention == "function" else build)(job, code, notes)
+            spec, target, inputs, regimes = (_subject_job if job.convention == "function" else build)(job, code, notes)
         except ChildLost as e:
             lost = f"could not be set up: {e}"
         except Exception as e:  # the import or the derivation itself is broken: every cell errors
@@ -302,7 +319,7 @@ def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
                 run_cells(spec, target, inputs, regimes, cfg, got, done=done, family=job.convention, source=job.source,
                           case_meta=meta)
                 code.settle(job)
-            except ChildLost as e:
+            except (ChildLost, UserCodeError) as e:  # (a reply in no form the judge accepts, between cells)
                 lost = str(e)
         recs = got.records
         if lost is not None:  # every cell not already failing says why the target could not finish

@@ -296,7 +296,7 @@ def cmd_audit(args) -> int:
         session_jobs = run.session_jobs(jobs, workers=args.workers or 1, sharded=bool(args.shard))
         # cells per session job, as session_jobs makes them: one job per function when sharded (else
         # the shard selection does not apply and only the sum counts); a file that cannot be imported: one
-        per = [1 if j.skip or j.op == "(import)" else len(cfg.dtypes) * len(j.regimes) * len(cfg.sides()) for j in jobs]
+        per = [1 if j.skip or j.op == "(import)" else len(j.cells(cfg)) for j in jobs]
         code = code_hash(audit.derivation_files(path))
         return _session(args, cfg, session_jobs, what=[j.target for j in jobs], shard=shard, code=code,
                         cells=per if args.shard else [sum(per)])
