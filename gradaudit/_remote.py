@@ -27,7 +27,8 @@ from oracles.base import OracleResult
 
 from . import _protocol as wire
 from ._guard import UserCodeError, clean
-from ._sandbox import Confinement, raise_if_interrupted, spawn
+from ._sandbox import Confinement, spawn
+from .console import raise_if_interrupted
 
 
 def cells_that_raised(loaded) -> list[str]:

@@ -32,7 +32,8 @@ from ._child import derivations_in
 from ._guard import Guard, UserCodeError, clean
 from ._proxy import InChild, located_functions
 from ._remote import Child, ChildLost, ChildStartError, Source
-from ._sandbox import Confinement, TerminateAsInterrupt, child_jax_cache, parse_size
+from ._sandbox import Confinement, child_jax_cache, parse_size
+from .console import handled_signals
 from .function import FunctionSubject, built_subject, described, subject_jobs
 
 __all__ = ["Audit", "ChildStartError", "InProcess", "Job", "build", "check_job", "confinement", "derivation_files",
@@ -350,7 +351,7 @@ def check_in_child(child: Child, jobs: list[Job], sink, cfg, done=()) -> list[di
 def check_in_fresh_child(sources: list[Source], conf: Confinement, jobs: list[Job], verbose: bool, sink, cfg,
                          done=()) -> list[dict]:
     """A session job for a `--workers` process or a shard: a child of its own."""
-    with TerminateAsInterrupt(), Child(conf, sources, verbose=verbose) as child:
+    with handled_signals(), Child(conf, sources, verbose=verbose) as child:
         return check_in_child(child, jobs, sink, cfg, done)
 
 
@@ -378,7 +379,7 @@ class Audit:
                  verbose: bool = False):
         self.sources, self.convention, self.conf, self.folder, self.verbose = sources, convention, conf, folder, verbose
         self.child = Child(conf, sources, verbose=verbose)
-        self._signals = TerminateAsInterrupt()
+        self._signals = handled_signals()
         # what a notebook or notes held that cannot run (IPython syntax, pseudo-code), and why
         self.notes = [f"{Path(s.path).name}: {m}" for s in sources
                       for m in getattr(documents.document_of(s.path), "messages", ())]
