@@ -376,8 +376,9 @@ class Audit:
     and SIGHUP unwind like Ctrl-C, so that the child and all it started are killed on the way out."""
 
     def __init__(self, sources: list[Source], convention: str | None, conf: Confinement, *, folder: bool = False,
-                 verbose: bool = False):
+                 verbose: bool = False, judge_cfg=None):
         self.sources, self.convention, self.conf, self.folder, self.verbose = sources, convention, conf, folder, verbose
+        self.judge_cfg = judge_cfg  # the run's RunConfig: this process sets itself up while the child starts
         self.child = Child(conf, sources, verbose=verbose)
         self._signals = handled_signals()
         # what a notebook or notes held that cannot run (IPython syntax, pseudo-code), and why
@@ -397,6 +398,11 @@ class Audit:
     def plan(self) -> tuple[list[Job], list[str], list[str], list[str]]:
         """(jobs, absent cs231n pairs, why files could not be imported, hints). A file that cannot be
         imported is one error cell. ChildStartError when the child cannot start at all."""
+        self.child.begin()
+        if self.judge_cfg is not None:  # torch and JAX load here while they load in the child (both take seconds)
+            from properties.session import prepare_process
+
+            prepare_process(self.judge_cfg)
         self.child.ensure()
         self.notes += [f"{Path(s.path).name}: {m}" for s in self.sources for m in self.child.load_notes.get(s.key, ())]
         jobs, absent, errors, hints = [], [], [], []

@@ -287,7 +287,7 @@ def cmd_audit(args) -> int:
         raise UsageError(str(e)) from None
     except OSError as e:
         raise UsageError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-    with audit.Audit(sources, args.convention, conf, folder=path.is_dir(), verbose=args.verbose) as run:
+    with audit.Audit(sources, args.convention, conf, folder=path.is_dir(), verbose=args.verbose, judge_cfg=cfg) as run:
         try:
             jobs, absent, errors, hints = run.plan()
         except audit.ChildStartError as e:
