@@ -6,13 +6,15 @@
      affine_small    affine_forward(x[2,3], w[3,4], b[4]) -> (out, cache kept in the child)
      affine_medium   the same at x[64,128], w[128,96]
      backward_small  affine_backward(dout, cache handle) -> three arrays
-2. `gradaudit audit examples/notes --profile ci` (the notes audit, a fresh process, warm JAX cache),
+2. `gradaudit audit NOTES --profile ci` (the notes audit: examples/notes/*.py copied to a folder of
+   their own, so that both checkouts audit the same files; a fresh process, warm JAX cache),
    this checkout and, with --baseline PATH, another one (e.g. the main branch before the child existed),
    run alternately so that a shared machine's load falls on both alike: wall time, and the CPU time
    of the whole process tree (the judge and its children), which a busy machine disturbs less.
 
     python benchmarks/audit_child.py --json                         # round trips only (~1 minute)
     python benchmarks/audit_child.py --notes 3 --baseline /work/main  # and the notes audit, 3 rounds each
+    python benchmarks/audit_child.py --count                         # and the notes audit's requests, by kind
 """
 from __future__ import annotations
 
@@ -77,19 +79,61 @@ def round_trips(rounds: int, calls: int) -> dict:
             for k, (r, l) in times.items()}
 
 
-def notes_audit(checkout: Path, report: Path) -> tuple[float, float]:
+def notes_copy(into: Path) -> Path:
+    """The notes' Python files of this checkout, in a folder of their own: both checkouts audit the
+    same files (a checkout from before notes support would skip examples/notes/README.md, this one
+    reads it)."""
+    folder = into / "notes"
+    folder.mkdir()
+    for f in sorted((ROOT / "examples" / "notes").glob("*.py")):
+        (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+def notes_audit(checkout: Path, report: Path, notes: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the whole process tree: the judge and its children)."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", "examples/notes", "--profile", "ci",
+    r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(notes), "--profile", "ci",
                         "--report", str(report)], cwd=checkout, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode not in (0, 1):
         raise RuntimeError(f"audit in {checkout} failed ({r.returncode}): {r.stderr[-2000:]}")
     return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def request_counts(notes: Path, report: Path) -> dict:
+    """The notes audit in this process with every request to the child counted and timed, by kind:
+    where the round trips go (`--count`)."""
+    import collections
+
+    from gradaudit import _remote
+    from gradaudit.cli import main as gradaudit_main
+
+    n, spent = collections.Counter(), collections.Counter()
+    plain = _remote.Child._request
+
+    def counted(self, meta, data=b"", **kw):
+        t0 = time.perf_counter()
+        try:
+            return plain(self, meta, data, **kw)
+        finally:
+            kind = meta["kind"] + (f" {meta['oracle']}" if meta["kind"] == "vjp" else "")
+            n[kind] += 1
+            spent[kind] += time.perf_counter() - t0
+
+    _remote.Child._request = counted
+    t0 = time.perf_counter()
+    try:
+        gradaudit_main(["audit", str(notes), "--profile", "ci", "--report", str(report), "--quiet"])
+    finally:
+        _remote.Child._request = plain
+    return {"wall_s": round(time.perf_counter() - t0, 1),
+            "requests": {k: {"n": c, "total_s": round(spent[k], 1), "mean_ms": round(1e3 * spent[k] / c, 2)}
+                         for k, c in n.most_common()}}
 
 
 def main() -> None:
@@ -99,18 +143,23 @@ def main() -> None:
     ap.add_argument("--notes", type=int, default=0, help="rounds of the notes audit (0: skip it)")
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to time the notes audit in")
     ap.add_argument("--no-warm", action="store_true", help="skip the warm-up audit (the JAX caches are warm already)")
+    ap.add_argument("--count", action="store_true", help="count the notes audit's requests to the child, by kind")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = {"load_average": os.getloadavg(), "round_trip": round_trips(args.rounds, args.calls)}
+    if args.count:
+        with tempfile.TemporaryDirectory() as d:
+            out["notes_requests"] = request_counts(notes_copy(Path(d)), Path(d) / "count")
     if args.notes:
         checkouts = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
         with tempfile.TemporaryDirectory() as d:
+            notes = notes_copy(Path(d))
             for name, where in checkouts.items() if not args.no_warm else ():  # warm each one's JAX cache
-                notes_audit(where, Path(d) / f"warm-{name}")
+                notes_audit(where, Path(d) / f"warm-{name}", notes)
             wall, cpu = {name: [] for name in checkouts}, {name: [] for name in checkouts}
             for i in range(args.notes):
                 for name, where in checkouts.items():
-                    w, c = notes_audit(where, Path(d) / f"{name}-{i}")
+                    w, c = notes_audit(where, Path(d) / f"{name}-{i}", notes)
                     wall[name].append(round(w, 1))
                     cpu[name].append(round(c, 1))
         out["notes_audit_s"] = {name: {"wall": wall[name], "cpu": cpu[name], "median_wall": statistics.median(wall[name]),

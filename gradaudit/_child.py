@@ -22,7 +22,7 @@ import types
 
 from gradaudit import _protocol as wire
 from gradaudit._guard import Guard, OutputDrain, UserCodeError, clean, describe_exception
-from gradaudit._confine import confine_child, limit_cpu, limit_memory
+from gradaudit._confine import confine_child, limit_cpu, limit_memory, prepare_frameworks
 
 MAX_HANDLES = 1 << 16
 
@@ -127,7 +127,7 @@ class Server:
         import properties.spec  # noqa: F401  (cases crossing the wire: loaded before the memory limit)
 
         if meta.get("frameworks"):
-            _prepare_frameworks(meta["frameworks"], meta.get("allow_tf32", False))
+            prepare_frameworks(meta["frameworks"], meta.get("allow_tf32", False))
         limit = limit_memory(int(meta["memory_limit"]))
         return {"kind": "ok", "value": enc.value({"uid": os.getuid(), "address_space_limit": limit})}
 
@@ -246,36 +246,14 @@ class Server:
     def ping(self, meta, data, enc):
         return {"kind": "ok", "value": None}
 
+    def subject(self, meta, data, enc):
+        from gradaudit._subject_child import serve  # a gradaudit.function subject's computations
 
-HANDLERS = {"hello": Server.hello, "load": Server.load, "describe": Server.describe, "call": Server.call,
+        return serve(self, meta, data, enc)
+
+
+HANDLERS = {"subject": Server.subject, "hello": Server.hello, "load": Server.load, "describe": Server.describe, "call": Server.call,
             "call_many": Server.call_many, "model": Server.model, "vjp": Server.vjp, "ping": Server.ping}
-
-
-def _prepare_frameworks(names, allow_tf32: bool) -> None:
-    """Import and warm up torch / JAX before the memory limit: their thread pools and first compile
-    are the harness's, not the audited code's."""
-    from properties.config import RunConfig
-    from properties.session import apply_precision, prepare_process
-
-    cfg = RunConfig(oracles=tuple(names), allow_tf32=allow_tf32)
-    prepare_process(cfg)
-    apply_precision(cfg)
-    if "torch" in names:
-        try:
-            import torch
-
-            t = torch.ones(2, requires_grad=True)
-            (t * t).sum().backward()
-        except Exception:
-            pass
-    if "jax" in names:
-        try:
-            import jax
-            import numpy as np
-
-            jax.jit(lambda x: jax.vjp(jax.numpy.sin, x)[1](x))(np.ones(2))
-        except Exception:
-            pass
 
 
 def exec_source(name: str, path: str, source: bytes, guard=None, raised: list | None = None, seconds=None):

@@ -111,3 +111,30 @@ def limit_cpu(seconds: float) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
     except (ValueError, OSError):
         pass
+
+
+def prepare_frameworks(names, allow_tf32: bool) -> None:
+    """Import and warm up torch / JAX before the memory limit: their thread pools and first compile
+    are the harness's, not the audited code's."""
+    from properties.config import RunConfig
+    from properties.session import apply_precision, prepare_process
+
+    cfg = RunConfig(oracles=tuple(names), allow_tf32=allow_tf32)
+    prepare_process(cfg)
+    apply_precision(cfg)
+    if "torch" in names:
+        try:
+            import torch
+
+            t = torch.ones(2, requires_grad=True)
+            (t * t).sum().backward()
+        except Exception:
+            pass
+    if "jax" in names:
+        try:
+            import jax
+            import numpy as np
+
+            jax.jit(lambda x: jax.vjp(jax.numpy.sin, x)[1](x))(np.ones(2))
+        except Exception:
+            pass

@@ -135,7 +135,7 @@ def _located(src: Source, name: str, line: int):
     return ns[name]
 
 
-def _argspec(name, raw):
+def described_argspec(name, raw):
     from .arguments import ArgSpec
 
     if type(raw) is not dict or set(raw) != set(_SPEC_FIELDS) or not isinstance(name, str):
@@ -159,8 +159,8 @@ def remote_derivation(child: Child, key: str, desc: dict):
     if not isinstance(name, str) or not name.isidentifier():
         raise UserCodeError(f"a derivation named {clean(repr(name), 80)}")
     P = inspect.Parameter
-    arrays = [P(n, P.POSITIONAL_OR_KEYWORD, annotation=_argspec(n, s)) for n, s in desc.get("arrays") or ()]
-    params = [P(n, P.KEYWORD_ONLY, annotation=_argspec(n, s)) for n, s in desc.get("params") or ()]
+    arrays = [P(n, P.POSITIONAL_OR_KEYWORD, annotation=described_argspec(n, s)) for n, s in desc.get("arrays") or ()]
+    params = [P(n, P.KEYWORD_ONLY, annotation=described_argspec(n, s)) for n, s in desc.get("params") or ()]
     forward = RemoteFunction(child, key, name, "forward", label=name, namespace_first=True)
     forward.__signature__ = inspect.Signature([P("xp", P.POSITIONAL_ONLY), *arrays, *params])
     sizes = desc.get("sizes") or {}

@@ -27,7 +27,8 @@ from oracles.base import OracleResult
 
 from . import _protocol as wire
 from ._guard import UserCodeError, clean
-from ._sandbox import Confinement, raise_if_interrupted, spawn
+from ._sandbox import Confinement, spawn
+from .console import raise_if_interrupted
 
 
 def cells_that_raised(loaded) -> list[str]:
@@ -113,6 +114,7 @@ class Child:
         self._shown: set[str] = set()
         self.info: dict = {}
         self.last_call: str | None = None
+        self._starting = False  # a start-up asked for (`begin`) and not yet answered
 
     def __enter__(self):
         return self
@@ -122,8 +124,9 @@ class Child:
 
     # -- lifetime -------------------------------------------------------------------------------
 
-    def ensure(self) -> None:
-        """A live child that imported every source (each once); starts one if needed."""
+    def begin(self) -> None:
+        """Start a child and ask for its start-up (it imports NumPy and the frameworks) without waiting:
+        the judge sets itself up meanwhile; `ensure` takes the answer."""
         if self.proc is not None:
             return
         self.proc = spawn(self.conf)
@@ -133,11 +136,23 @@ class Child:
         self._refs.clear()
         self._arrays.clear()
         self._descriptions.clear()
+        self._starting = True
         try:
-            self.info = self._value(*self._request(
-                {"kind": "hello", "memory_limit": self.conf.memory_limit, "cpu": max(2 * self.conf.timeout, 10.0),
-                 "frameworks": list(self.conf.frameworks), "allow_tf32": self.conf.allow_tf32},
-                fname="the audit child's start", timeout=max(self.conf.timeout, 180.0)))
+            self._send({"kind": "hello", "memory_limit": self.conf.memory_limit, "cpu": max(2 * self.conf.timeout, 10.0),
+                        "frameworks": list(self.conf.frameworks), "allow_tf32": self.conf.allow_tf32},
+                       fname="the audit child's start")
+        except ChildLost as e:  # no audited code has run yet: this one is ours
+            raise ChildStartError(f"gradaudit could not start its audit child: {e}") from None
+
+    def ensure(self) -> None:
+        """A live child that imported every source (each once); starts one if needed."""
+        if self.proc is None:
+            self.begin()
+        if not self._starting:
+            return
+        self._starting = False
+        try:
+            self.info = self._value(*self._receive("the audit child's start", timeout=max(self.conf.timeout, 180.0)))
         except (ChildLost, UserCodeError) as e:  # no audited code has run yet: this one is ours
             self.close()
             raise ChildStartError(f"gradaudit could not start its audit child: {e}") from None
@@ -189,6 +204,10 @@ class Child:
     # -- one request, one reply -----------------------------------------------------------------
 
     def _request(self, meta: dict, data: bytes = b"", *, fname: str, timeout: float | None = None):
+        self._send(meta, data, fname=fname)
+        return self._receive(fname, timeout)
+
+    def _send(self, meta: dict, data: bytes = b"", *, fname: str) -> None:
         raise_if_interrupted()
         proc = self.proc
         self.seq += 1
@@ -198,9 +217,15 @@ class Child:
         if self.forget:
             meta["forget"], self.forget = self.forget, []
         self.last_call = fname
-        timeout = self.conf.timeout if timeout is None else timeout
         try:
             wire.write_frame(proc.req_w, proc.token, meta, data)
+        except (BrokenPipeError, ConnectionError):
+            self.lose(self._death(fname))
+
+    def _receive(self, fname: str, timeout: float | None = None):
+        """The one reply to the request just sent."""
+        timeout = self.conf.timeout if timeout is None else timeout
+        try:
             reply, rdata = self.reader.read(time.monotonic() + timeout)
         except (BrokenPipeError, ConnectionError, wire.PeerGone):
             self.lose(self._death(fname))
@@ -351,6 +376,13 @@ class Child:
         if type(value) is not dict or type(value.get("grads")) is not dict:
             raise UserCodeError(f"{name} (forward under {oracle}): the child returned no gradients")
         return OracleResult(out=value.get("out"), grads=value["grads"])
+
+    def subject(self, key: str, name: str, op: str, args, *, fname: str):
+        """One computation of a gradaudit.function subject in the child (gradaudit/_subject_child.py)."""
+        self.ensure()
+        enc = wire.Encoder(handle_id=self._handle_id)  # (no in-place writes come back: the child copies)
+        meta = {"kind": "subject", "fn": [key, name], "op": op, "label": fname, "args": enc.value(list(args))}
+        return self._value(*self._request(meta, enc.data(), fname=fname))
 
     def describe(self, key: str) -> dict:
         """The functions and derivations of one imported source (asked once per child)."""

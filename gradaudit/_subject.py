@@ -70,6 +70,9 @@ class SubjectTarget(Target):
     sides: dict = field(default_factory=dict, compare=False, hash=False)  # oracle -> (forward, vjp)
     unavailable: dict = field(default_factory=dict, compare=False, hash=False)  # oracle -> why not
     state: SubjectState = field(default_factory=SubjectState, compare=False, hash=False)
+    # under `gradaudit audit` the framework oracles run in the audit child, beside the audited code:
+    # forgeable, so a disagreement blamed on one is a fail (properties/stability.py)
+    oracles_beside_user_code: bool = False
 
     def oracle_forward(self, oracle: str):
         return self.sides[oracle][0] if oracle in self.sides else None
@@ -87,7 +90,10 @@ class SubjectTarget(Target):
 
 @functools.cache
 def adapter(subject):
-    """The framework side of a subject (oracles/torch_subject.py, oracles/jax_subject.py), one per subject."""
+    """The framework side of a subject (oracles/torch_subject.py, oracles/jax_subject.py), one per subject;
+    under `gradaudit audit`, calls into the audit child (gradaudit/_subject_remote.py)."""
+    if getattr(subject, "remote_adapter", None) is not None:
+        return subject.remote_adapter
     if subject.framework == "torch":
         from oracles.torch_subject import TorchSubject
 
@@ -97,7 +103,7 @@ def adapter(subject):
     return JaxSubject(subject.fn, name=subject.name, assemble=subject.assemble, kind=subject.kind)
 
 
-def _framework(name: str):
+def framework_oracle(name: str):
     """(vjp, xp_forward, second_order) of a framework's oracle for subjects."""
     if name == "torch":
         from oracles import torch_subject as m
@@ -143,7 +149,7 @@ def probe_case(subject) -> Case:
 def _primal_unavailable(subject, ad) -> str | None:
     """Why autograd of the subject's primal cannot judge it (its outputs need no grad), or None."""
     case = probe_case(subject)
-    own_vjp = _framework(subject.framework)[0]
+    own_vjp = framework_oracle(subject.framework)[0]
     douts = upstream([np.shape(o) for o in as_tuple(ad.numpy_forward()(*case.arrays.values(), **case.params))], 0)
     try:
         own_vjp(ad.primal_forward(), case.arrays, case.params, douts, dtype="float64", device="cpu")
@@ -311,7 +317,7 @@ def _second_order(subject, ad, check: str, name: str, device: str, state: Subjec
     return forward, backward
 
 
-def _numeric_vjp(subject, ad, state: SubjectState, second: bool, same_math=None):
+def numeric_vjp(subject, ad, state: SubjectState, second: bool, same_math=None):
     """Finite differences of the subject's own forward (its first-order rule, for the second order):
     oracles.numeric's in float64 where the subject computes in float64, else in the cell's dtype with
     its own step (oracles.subject_oracle.finite_differences); in a low precision, judged with the
@@ -336,7 +342,7 @@ def _numeric_vjp(subject, ad, state: SubjectState, second: bool, same_math=None)
 
 
 @functools.cache
-def _oracle_forwards(subject, second: bool) -> dict:
+def oracle_forwards(subject, second: bool) -> dict:
     """oracle -> the forward it differentiates for a subject's first- or second-order checks, or the
     reason it cannot. One object per (subject, order): the JAX oracle compiles once per forward."""
     ad = adapter(subject)
@@ -347,7 +353,7 @@ def _oracle_forwards(subject, second: bool) -> dict:
     why = _primal_unavailable(subject, ad)
     if why is None:
         primal = ad.primal_forward()
-        out[own] = _framework(own)[2](primal, n) if second else primal
+        out[own] = framework_oracle(own)[2](primal, n) if second else primal
     else:
         out[own] = OracleUnavailable(why)
     if subject.reference is None:
@@ -355,7 +361,7 @@ def _oracle_forwards(subject, second: bool) -> dict:
                                        f"forward written against the array-API namespace xp, for {other} to judge it)")
     else:
         try:
-            _, xp_forward, second_order = _framework(other)
+            _, xp_forward, second_order = framework_oracle(other)
             fwd = xp_forward(subject.reference, subject.assemble)
         except OracleUnavailable as e:
             out[other] = e
@@ -365,22 +371,24 @@ def _oracle_forwards(subject, second: bool) -> dict:
     return out
 
 
-def _sides(subject, ad, check: str, state: SubjectState) -> tuple[dict, dict]:
+def oracle_sides(subject, ad, check: str, state: SubjectState) -> tuple[dict, dict]:
+    if getattr(ad, "remote", False):  # the frameworks' sides in the audit child, finite differences here
+        return ad.sides(subject, check, state)
     second = check in SECOND_ORDER
-    forwards = _oracle_forwards(subject, second)
+    forwards = oracle_forwards(subject, second)
     sides, unavailable = {}, {}
     # In a low precision every side allows the error the subject's own primal shows in that dtype: the
     # same math, in the same framework (JAX's CPU backend computes float16 more accurately than torch's,
     # so the reference's own error would say little about a torch Function's).
     own = forwards.get(subject.framework)
-    same_math = None if isinstance(own, OracleUnavailable) else same_math_errors(_framework(subject.framework)[0], own)
+    same_math = None if isinstance(own, OracleUnavailable) else same_math_errors(framework_oracle(subject.framework)[0], own)
     for oracle, fwd in forwards.items():
         if isinstance(fwd, OracleUnavailable):
             unavailable[oracle] = str(fwd)
         elif oracle == "numeric":
-            sides[oracle] = (fwd, _numeric_vjp(subject, ad, state, second, same_math))
+            sides[oracle] = (fwd, numeric_vjp(subject, ad, state, second, same_math))
         else:
-            sides[oracle] = (fwd, two_dtypes(_framework(oracle)[0], same_math))
+            sides[oracle] = (fwd, two_dtypes(framework_oracle(oracle)[0], same_math))
     return sides, unavailable
 
 
@@ -391,6 +399,7 @@ def subject_target(subject, check: str, device: str = "cpu", state: SubjectState
     name = subject.target_name(check) + ("" if device == "cpu" else f"@{device}")
     build = _second_order if check in SECOND_ORDER else _first_order
     forward, backward = build(subject, ad, check, name, device, state)
-    sides, unavailable = _sides(subject, ad, check, state)
+    sides, unavailable = oracle_sides(subject, ad, check, state)
     return SubjectTarget(name=name, op=subject.name, forward=forward, backward=backward, check=check, sides=sides,
-                         unavailable=unavailable, state=state)
+                         unavailable=unavailable, state=state,
+                         oracles_beside_user_code=getattr(ad, "remote", False))

@@ -32,7 +32,8 @@ from ._child import derivations_in
 from ._guard import Guard, UserCodeError, clean
 from ._proxy import InChild, located_functions
 from ._remote import Child, ChildLost, ChildStartError, Source
-from ._sandbox import Confinement, TerminateAsInterrupt, child_jax_cache, parse_size
+from ._sandbox import Confinement, child_jax_cache, parse_size
+from .console import handled_signals
 from .function import FunctionSubject, built_subject, described, subject_jobs
 
 __all__ = ["Audit", "ChildStartError", "InProcess", "Job", "build", "check_job", "confinement", "derivation_files",
@@ -109,13 +110,20 @@ class Job:
     source: str = ""
     skip: str | None = None  # why it is not checked (a skip record instead)
     formula: str = ""  # a derivation's formula as written in the notes
+    checks: tuple = ()  # a gradaudit.function subject's: one target per check (<name>.<check>)
+    dtypes: tuple | None = None  # a subject's own dtypes (None: the run's)
 
     def cells(self, cfg) -> list[dict]:
         from reports.records import cell_id
 
-        return [{"id": cell_id(target=self.target, op=self.op, oracle=o, device=d, dtype=dtype, regime=regime),
+        if self.checks:  # as gradaudit/_subject_run.py names a subject's cells
+            targets = [(f"{self.name}.{c}" + ("" if d == "cpu" else f"@{d}"), self.name, o, d)
+                       for c in self.checks for o, d in cfg.sides()]
+        else:
+            targets = [(self.target, self.op, o, d) for o, d in cfg.sides()]
+        return [{"id": cell_id(target=t, op=op, oracle=o, device=d, dtype=dtype, regime=regime), "target": t,
                  "oracle": o, "device": d, "dtype": dtype, "regime": regime}
-                for dtype in cfg.dtypes for regime in self.regimes for o, d in cfg.sides()]
+                for dtype in self.dtypes or cfg.dtypes for regime in self.regimes for t, op, o, d in targets]
 
 
 def qualified(path: str, name: str, folder: bool) -> str:
@@ -127,7 +135,7 @@ def plan(desc: dict, path: str, key: str, convention: str | None, *, folder: boo
     """(jobs, absent cs231n pairs, hint) for one source, from its description (gradaudit/_child.py).
     `functions`: the cs231n functions (or stubs that inspect finds), for a backward given without its
     forward, checked when its cache can be built from how it unpacks it (gradaudit/cache_inference.py).
-    `in_process`: gradaudit.function subjects can run (in check's process; never in the audit's child)."""
+    `in_process`: the description is this process's own (gradaudit.check), not the audit child's word."""
     from . import cs231n
 
     names = {n for n in desc.get("functions") or () if isinstance(n, str)}
@@ -228,6 +236,16 @@ def build(job: Job, code, notes: dict):
     return d.spec(), target, d.inputs, tuple(d.regimes)
 
 
+def _subject_job(job: Job, code, notes: dict):
+    """build's answer for a gradaudit.function subject: the subject itself (each of its checks has its
+    own spec and inputs, gradaudit/_subject_run.py), here or rebuilt from the audit child's description."""
+    if isinstance(code, InChild):
+        from ._subject_remote import subject_in_child
+
+        return None, subject_in_child(code, job), None, None
+    return built_subject(job, code, notes)
+
+
 # ---- checking jobs ------------------------------------------------------------------------------------
 
 def polish(rec: dict, job: Job, note: str | None = None) -> dict:
@@ -253,7 +271,7 @@ def polish(rec: dict, job: Job, note: str | None = None) -> dict:
 def _record(job: Job, cell: dict, status: str, message: str) -> dict:
     from reports.records import new_record
 
-    return new_record(target=job.target, op=job.op, oracle=cell["oracle"], device=cell["device"],
+    return new_record(target=cell.get("target", job.target), op=job.name if job.checks else job.op, oracle=cell["oracle"], device=cell["device"],
                       dtype=cell["dtype"], regime=cell["regime"], status=status, message=clean(message, 2000),
                       id=cell["id"], family=job.convention, source=job.source, device_name=cell["device"],
                       seconds=0.0, audited=Path(job.file).name)
@@ -291,7 +309,7 @@ def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
     else:
         got, lost = _Collect(), None
         try:
-            spec, target, inputs, regimes = (built_subject if job.convention == "function" else build)(job, code, notes)
+            spec, target, inputs, regimes = (_subject_job if job.convention == "function" else build)(job, code, notes)
         except ChildLost as e:
             lost = f"could not be set up: {e}"
         except Exception as e:  # the import or the derivation itself is broken: every cell errors
@@ -302,7 +320,7 @@ def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
                 run_cells(spec, target, inputs, regimes, cfg, got, done=done, family=job.convention, source=job.source,
                           case_meta=meta)
                 code.settle(job)
-            except ChildLost as e:
+            except (ChildLost, UserCodeError) as e:  # (a reply in no form the judge accepts, between cells)
                 lost = str(e)
         recs = got.records
         if lost is not None:  # every cell not already failing says why the target could not finish
@@ -333,7 +351,7 @@ def check_in_child(child: Child, jobs: list[Job], sink, cfg, done=()) -> list[di
 def check_in_fresh_child(sources: list[Source], conf: Confinement, jobs: list[Job], verbose: bool, sink, cfg,
                          done=()) -> list[dict]:
     """A session job for a `--workers` process or a shard: a child of its own."""
-    with TerminateAsInterrupt(), Child(conf, sources, verbose=verbose) as child:
+    with handled_signals(), Child(conf, sources, verbose=verbose) as child:
         return check_in_child(child, jobs, sink, cfg, done)
 
 
@@ -358,10 +376,11 @@ class Audit:
     and SIGHUP unwind like Ctrl-C, so that the child and all it started are killed on the way out."""
 
     def __init__(self, sources: list[Source], convention: str | None, conf: Confinement, *, folder: bool = False,
-                 verbose: bool = False):
+                 verbose: bool = False, judge_cfg=None):
         self.sources, self.convention, self.conf, self.folder, self.verbose = sources, convention, conf, folder, verbose
+        self.judge_cfg = judge_cfg  # the run's RunConfig: this process sets itself up while the child starts
         self.child = Child(conf, sources, verbose=verbose)
-        self._signals = TerminateAsInterrupt()
+        self._signals = handled_signals()
         # what a notebook or notes held that cannot run (IPython syntax, pseudo-code), and why
         self.notes = [f"{Path(s.path).name}: {m}" for s in sources
                       for m in getattr(documents.document_of(s.path), "messages", ())]
@@ -379,6 +398,11 @@ class Audit:
     def plan(self) -> tuple[list[Job], list[str], list[str], list[str]]:
         """(jobs, absent cs231n pairs, why files could not be imported, hints). A file that cannot be
         imported is one error cell. ChildStartError when the child cannot start at all."""
+        self.child.begin()
+        if self.judge_cfg is not None:  # torch and JAX load here while they load in the child (both take seconds)
+            from properties.session import prepare_process
+
+            prepare_process(self.judge_cfg)
         self.child.ensure()
         self.notes += [f"{Path(s.path).name}: {m}" for s in self.sources for m in self.child.load_notes.get(s.key, ())]
         jobs, absent, errors, hints = [], [], [], []

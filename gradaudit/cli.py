@@ -45,7 +45,7 @@ def _session(args, cfg, jobs, *, what: list[str], shard, code: str | None, cells
     `cells`: how many cells each job records, for the progress line's k/N (None: N unknown).
     """
     from properties.session import ResumeRefused, check_resume, run_session
-    from reports.records import ReportLock, load_records, load_run_meta
+    from reports.records import ReportLock, load_records
 
     prepare_report_dir(args.report)
     results = args.report / "results.jsonl"
@@ -76,18 +76,37 @@ def _session(args, cfg, jobs, *, what: list[str], shard, code: str | None, cells
                                             command=["gradaudit", *sys.argv[1:]])
         except ResumeRefused as e:
             raise UsageError(str(e)) from None
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (console.handled_signals): what finished, then stop
+            _finished(args, results, stopped=True)
+            raise
         except Exception as e:  # gradaudit broke (a full disk, a lost worker, a bug): say so, keep what is done
             internal_error(e, args.verbose)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    records = load_records([results]) if results.exists() else []
-            except Exception:
-                records = []
-            _finish(records, load_run_meta(args.report), args.report, None, args.json, render=False, failing_on=fail_on(args))
+            records = _finished(args, results)
             say(f"the {len(records)} finished cells are kept in {quoted(results)}; --resume runs the others")
             return EXIT_INTERNAL
         return _finish(records, meta, args.report, args.junit, args.json, verbose=args.verbose, failing_on=fail_on(args))
+
+
+def _finished(args, results: Path, *, stopped: bool = False) -> list:
+    """The summary of the cells a run that broke or was `stopped` finished (no page: the run did not
+    end; a stopped run's last line says so, never PASS); their records."""
+    import reports
+    from reports.records import load_records, load_run_meta
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            records = load_records([results]) if results.exists() else []
+    except Exception:
+        records = []
+    with contextlib.suppress(Exception):  # (a summary that cannot be printed does not change how the run ends)
+        if not stopped:
+            _finish(records, load_run_meta(args.report), args.report, None, args.json, render=False,
+                    failing_on=fail_on(args))
+        elif not args.json:
+            summary = reports.terminal_summary(records, color=sys.stdout.isatty(), run_meta=load_run_meta(args.report))
+            out("\n".join([*summary.splitlines()[:-1], f"INTERRUPTED: {len(records)} cells finished"]))
+    return records
 
 
 def cmd_run(args) -> int:
@@ -268,7 +287,7 @@ def cmd_audit(args) -> int:
         raise UsageError(str(e)) from None
     except OSError as e:
         raise UsageError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-    with audit.Audit(sources, args.convention, conf, folder=path.is_dir(), verbose=args.verbose) as run:
+    with audit.Audit(sources, args.convention, conf, folder=path.is_dir(), verbose=args.verbose, judge_cfg=cfg) as run:
         try:
             jobs, absent, errors, hints = run.plan()
         except audit.ChildStartError as e:
@@ -296,7 +315,7 @@ def cmd_audit(args) -> int:
         session_jobs = run.session_jobs(jobs, workers=args.workers or 1, sharded=bool(args.shard))
         # cells per session job, as session_jobs makes them: one job per function when sharded (else
         # the shard selection does not apply and only the sum counts); a file that cannot be imported: one
-        per = [1 if j.skip or j.op == "(import)" else len(cfg.dtypes) * len(j.regimes) * len(cfg.sides()) for j in jobs]
+        per = [1 if j.skip or j.op == "(import)" else len(j.cells(cfg)) for j in jobs]
         code = code_hash(audit.derivation_files(path))
         return _session(args, cfg, session_jobs, what=[j.target for j in jobs], shard=shard, code=code,
                         cells=per if args.shard else [sum(per)])

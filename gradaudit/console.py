@@ -1,5 +1,6 @@
 """What the command line says on stderr and stdout, and how it stops: one line per message, quiet
-when the reader went away (`| head`), SIGTERM and SIGHUP handled as Ctrl-C is (gradaudit/cli.py)."""
+when the reader went away (`| head`), SIGTERM and SIGHUP handled as Ctrl-C is — one mechanism for the
+CLI (gradaudit/cli.py), an audit and its --workers processes (gradaudit/audit.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +9,8 @@ import signal
 import sys
 import traceback
 
-__all__ = ["Interrupted", "handled_signals", "internal_error", "out", "say", "show_warning", "silence_stdout"]
+__all__ = ["Interrupted", "handled_signals", "internal_error", "out", "raise_if_interrupted", "say", "show_warning",
+           "silence_stdout"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -54,26 +56,35 @@ def silence_stdout() -> None:
         os.close(devnull)
 
 
-_stopping = {"signum": None, "lost": False}
+# ---- how a command stops: the one signal mechanism of the CLI, the audit and its --workers ------------
+
+_stopping = {"signum": None, "lost": False, "depth": 0}
 
 
 def interrupt(signum, frame):
     if _stopping["signum"] is not None:
-        return  # once: a second signal while the run stops its workers would cut that short
+        return  # once: a second signal while the run stops its workers and children would cut that short
     _stopping["signum"] = signum
     raise Interrupted(signum)
 
 
-def redeliver(signum, frame):
+def raise_if_interrupted() -> None:
+    """A stop a signal asked for whose Interrupted Python swallowed (raised in a __del__ or a weakref
+    callback): raised here. The audit calls it before every request to its child; SIGALRM, 50 ms
+    after the swallowing, wherever the run is."""
     if _stopping["lost"]:
         _stopping["lost"] = False
         raise Interrupted(_stopping["signum"])
 
 
+def redeliver(signum, frame):
+    raise_if_interrupted()
+
+
 def unraisable(u) -> None:
-    """An exception Python had to drop (raised in a gc callback or a __del__): when it is our
-    Interrupted, it is raised again 50 ms later (SIGALRM), after that callback."""
-    if isinstance(u.exc_value, Interrupted) and _stopping["signum"] is not None:
+    """An exception Python had to drop: when it is the stop a signal asked for, it is raised again
+    (SIGALRM in 50 ms, or the next call into an audit child, whichever comes first)."""
+    if isinstance(u.exc_value, KeyboardInterrupt) and _stopping["signum"] is not None:
         _stopping["lost"] = True
         signal.setitimer(signal.ITIMER_REAL, 0.05)
         return
@@ -82,8 +93,19 @@ def unraisable(u) -> None:
 
 @contextlib.contextmanager
 def handled_signals():
-    """SIGTERM (CI's cancel and timeout) and SIGHUP (a closed terminal) stop a command as Ctrl-C
-    (SIGINT) does: an Interrupted exception, the same for the three, raised once."""
+    """SIGINT (Ctrl-C), SIGTERM (CI's cancel and timeout) and SIGHUP (a closed terminal) stop a command,
+    an audit or a --workers process's jobs the same way: an `Interrupted` (a KeyboardInterrupt carrying
+    the signal: the CLI exits 128 + its number, 130 / 143 / 129), raised once, never lost, so that every
+    `finally` and context manager on the way out runs (an audit child and all it started are killed,
+    the summary is printed, nothing is recorded against the user's function). Nested uses (the CLI's
+    around an audit's) are one: only the outermost installs and restores the handlers."""
+    if _stopping["depth"]:
+        _stopping["depth"] += 1
+        try:
+            yield
+        finally:
+            _stopping["depth"] -= 1
+        return
     try:
         old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         old[signal.SIGALRM] = signal.signal(signal.SIGALRM, redeliver)
@@ -92,10 +114,12 @@ def handled_signals():
     hook = sys.unraisablehook
     if old:
         sys.unraisablehook = unraisable
-    _stopping.update(signum=None, lost=False)
+    _stopping.update(signum=None, lost=False, depth=1)
     try:
         yield
+        raise_if_interrupted()  # a stop swallowed at the very end is still a stop
     finally:
+        _stopping["depth"] = 0
         if old:
             signal.setitimer(signal.ITIMER_REAL, 0)
             sys.unraisablehook = hook

@@ -313,33 +313,49 @@ def _subjects(values) -> list[FunctionSubject]:
 
 
 
-IN_CHILD = ("{name} is a gradaudit.function subject: check it with gradaudit.check(...) or the pytest plugin, in "
-            "your test's process; gradaudit audit runs audited code in a confined child, which does not run a "
-            "subject's checks yet (docs/functions.md)")
-
-
 def describe_subjects(values) -> list[dict]:
-    """What the judge needs to plan the subjects among `values` (a module's, gradaudit/_child.py)."""
-    return [{"name": s.name, "regimes": list(s.regimes), "source": s.source}
+    """What the judge needs to plan the subjects among `values` (a module's, gradaudit/_child.py) and,
+    under `gradaudit audit`, to draw their cases (gradaudit/_subject_remote.py checks every field)."""
+    import dataclasses
+
+    def tolerance(s):
+        if s.tolerance is None:
+            return None
+        return ["per case" if callable(s.tolerance[0]) else s.tolerance[0], s.tolerance[1]]
+
+    return [{"name": s.name, "regimes": list(s.regimes), "source": s.source, "framework": s.framework,
+             "order": s.order, "checks": list(s.checks), "dtypes": list(s.dtypes) if s.dtypes else None,
+             "sizes": {k: list(v) for k, v in s.sizes.items()}, "tolerance": tolerance(s),
+             "arrays": [[n, dataclasses.asdict(a)] for n, a in s.arrays.items()],
+             "params": [[n, dataclasses.asdict(a)] for n, a in s.params.items()]}
             for s in _subjects(values)]
 
 
 def subject_jobs(desc: dict, path: str, key: str, make, qualify, *, runnable: bool) -> list:
-    """A job (made by `make`, gradaudit.audit.Job) per subject described in `desc`: checked when
-    `runnable` (in this process), else a skip that says where subjects are checked."""
-    # from the child: its words, escaped and cut before they name a target or a message
+    """A job (made by `make`, gradaudit.audit.Job) per subject described in `desc`. `runnable`: in this
+    process (gradaudit.check); else the description is the audit child's word, named only once escaped."""
     named = [dict(s, name=s["name"] if runnable else clean(s["name"], 200)) for s in desc.get("subjects") or ()
              if type(s) is dict and isinstance(s.get("name"), str) and s["name"]]
     names = [s["name"] for s in named]
-    if runnable and len(set(names)) < len(names):
+    if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"two gradaudit.function subjects are named {twice[0]!r} in {Path(path).name}: give one "
-                         f"of them name=")
+        message = (f"two gradaudit.function subjects are named {twice[0]!r} in {Path(path).name}: give one "
+                   f"of them name=")
+        if runnable:
+            raise ValueError(message)
+        from ._guard import UserCodeError
+
+        raise UserCodeError(message)
     return [make(qualify(s["name"]), qualify(s["name"]), "function", path, key, s["name"],
                  [r for r in s.get("regimes") or () if isinstance(r, str) and r.isidentifier()] or ["typical"],
                  source=clean(s["source"], 500) if isinstance(s.get("source"), str) and s["source"]
-                 else Path(path).name,
-                 skip=None if runnable else IN_CHILD.format(name=s["name"])) for s in named]
+                 else Path(path).name, checks=_listed(s.get("checks"), CHECKS),
+                 dtypes=_listed(s.get("dtypes"), DTYPES) or None) for s in named]
+
+
+def _listed(raw, known: tuple) -> tuple:
+    """The known names among a description's list (the child's word: for counting cells only)."""
+    return tuple(x for x in known if type(raw) in (list, tuple) and x in raw)
 
 
 def described(obj, describe_derivation) -> dict:

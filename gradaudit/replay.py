@@ -64,8 +64,9 @@ def load_case(path: Path):
 def replay(ident: str, report_dir: Path, *, file: Path | None = None, timeout: float = 60.0,
            say=None, in_process: bool = False) -> Replayed:
     """Re-run the counterexample `ident` (a cell id under report_dir/cases, or a path to a .npz).
-    An audit's case runs the functions of `file` (default: the recorded path, told to `say` first)
-    in a confined child; a `gradaudit.function` subject's (gradaudit.check's), only `in_process`."""
+    An audit's case (a `gradaudit.function` subject's too) runs the functions of `file` (default: the
+    recorded path, told to `say` first) in a confined child; `in_process`: a subject's case in this
+    process, as gradaudit.check ran it."""
     from properties import catalogue
     from properties.evaluate import evaluate
     from properties.target import Target
@@ -77,8 +78,8 @@ def replay(ident: str, report_dir: Path, *, file: Path | None = None, timeout: f
         raise ReplayError(_why_no_case(ident, path, Path(report_dir)))
     meta, case, douts = load_case(path)
     side = (meta["oracle"], meta["device"])
-    if meta.get("convention") == "function":
-        return _replay_subject(meta, case, douts, side, file, in_process, path)
+    if meta.get("convention") == "function" and in_process:
+        return _replay_subject(meta, case, douts, side, file, path)
     if meta.get("audit_path") or file is not None:
         return _replay_audit(meta, case, douts, side, file, timeout, say, path)
     spec = catalogue.load().get(meta["op"])
@@ -119,9 +120,8 @@ def _why_no_case(ident: str, path: Path, report_dir: Path) -> str:
     return f"cell {ident} has no counterexample to replay: {why}"
 
 
-def _replay_subject(meta, case, douts, side, file, in_process: bool, path) -> Replayed:
-    """A subject's case, in this process as gradaudit.check ran it (`gradaudit replay` runs audited code
-    only in its confined child, which does not run subjects: docs/functions.md)."""
+def _replay_subject(meta, case, douts, side, file, path) -> Replayed:
+    """A subject's case in this process, as gradaudit.check ran it (`in_process`: never from the CLI)."""
     from properties.evaluate import evaluate
 
     from ._guard import clean
@@ -129,9 +129,6 @@ def _replay_subject(meta, case, douts, side, file, in_process: bool, path) -> Re
     from .audit import import_file
 
     rid = str(meta.get("id", path.stem))
-    if not in_process:
-        raise ReplayError(f"{clean(rid)} is a gradaudit.function subject's case: replay it in your own process, as "
-                          f"gradaudit.check ran it, with gradaudit.replay.replay({rid!r}, REPORT, in_process=True)")
     file = Path(file if file is not None else str(meta.get("audit_path")))
     if not file.is_file():
         raise ReplayError(f"the subject's file {clean(str(file))!r} is not there; give it with file=PATH")
@@ -155,7 +152,7 @@ def _replay_audit(meta, case, douts, side, file, timeout, say, path) -> Replayed
     from .models import CLASSES
 
     convention, name = meta.get("convention"), meta.get("audit_name") or meta.get("target")
-    if convention not in ("cs231n", "derivation") or not isinstance(name, str):
+    if convention not in ("cs231n", "derivation", "function") or not isinstance(name, str):
         raise ReplayError(f"{str(path)!r} is not the case of an audited function (convention {convention!r})")
     if convention == "cs231n" and name not in cs231n.BY_TARGET and name.split(".")[0] not in CLASSES:  # (a model class)
         raise ReplayError(f"{clean(name)!r} is no cs231n function gradaudit checks")
@@ -177,7 +174,17 @@ def _replay_audit(meta, case, douts, side, file, timeout, say, path) -> Replayed
             child.ensure()
             if "m0" in child.load_errors:
                 raise UserCodeError(child.load_errors["m0"])
-            spec, target, _, _ = build(job, InChild(child), {})
+            if convention == "function":  # a gradaudit.function subject's check, its calls in the child
+                from ._subject import subject_target
+                from ._subject_remote import subject_in_child
+                from .function import CHECKS
+
+                check, device = meta.get("function_check"), meta.get("function_device", "cpu")
+                if check not in CHECKS or device not in ("cpu", "cuda"):
+                    raise ReplayError(f"{str(path)!r} names no check of a gradaudit.function subject")
+                spec, target = None, subject_target(subject_in_child(InChild(child), job), check, device)
+            else:
+                spec, target, _, _ = build(job, InChild(child), {})
             ev = evaluate(spec, target, case, meta["dtype"], [side], douts=douts, stream=meta.get("stream"))
             return Replayed(rid, case, ev.sides[side])
         except ChildStartError as e:

@@ -363,6 +363,26 @@ def test_sigterm_and_sighup_stop_like_ctrl_c_and_leave_no_worker(tmp_path, sig, 
     assert_all_gone(w.seen)
 
 
+@pytest.mark.parametrize("redelivered_by", ["the timer", "the next call into the child"])
+def test_a_stop_python_swallows_in_a_destructor_is_raised_again(redelivered_by):
+    """The signal handler raises wherever the main thread is; inside a __del__ or a weakref callback
+    Python drops the exception ("Exception ignored"): the stop must still happen (gradaudit/console.py)."""
+    from gradaudit.console import Interrupted, handled_signals, raise_if_interrupted
+
+    class StopsWhenFreed:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler's Interrupted is raised in here: swallowed
+
+    with pytest.raises(Interrupted) as stopped:
+        with handled_signals():
+            StopsWhenFreed()
+            if redelivered_by == "the timer":
+                time.sleep(2)
+            raise_if_interrupted()
+            time.sleep(2)
+    assert stopped.value.signum == signal.SIGTERM
+
+
 def test_pool_workers_die_with_a_killed_parent(tmp_path):
     report = tmp_path / "r"
     w = Watched("run", *SLOW, "--workers", "2", "--report", report)
@@ -407,18 +427,28 @@ def _stop_an_audit(tmp_path, sig) -> Path:
     assert w.wait_for(lambda: n_lines(report) >= 1), w.finish()
     w.note()
     w.proc.send_signal(sig)
-    rc, _, err = w.finish()
-    assert rc == (143 if sig == signal.SIGTERM else -9), err
+    rc, out, err = w.finish()
+    assert rc == {signal.SIGTERM: 143, signal.SIGINT: 130}.get(sig, -9), err
     assert_all_gone(w.seen)
     time.sleep(1)  # a child that outlived its parent would write now
     for rec in lines(report):
         assert "BrokenPipe" not in (rec.get("message") or ""), rec
         assert rec["status"] in ("pass", "kink"), rec
+    if sig != signal.SIGKILL:  # the summary of what finished, and the one line saying how it stopped
+        finished = len(lines(report))
+        assert out.splitlines()[-1] == f"INTERRUPTED: {finished} cells finished" and "PASS" not in out, out
+        one_line_error(err.strip().splitlines()[-1], f"interrupted ({sig.name})")
     return report
 
 
 def test_a_terminated_audit_leaves_no_child_and_blames_nothing_on_the_user(tmp_path):
     _stop_an_audit(tmp_path, signal.SIGTERM)
+
+
+def test_an_audit_stopped_by_ctrl_c_exits_130_as_a_terminated_one_exits_143(tmp_path):
+    """SIGINT and SIGTERM stop an audit through the one mechanism (gradaudit/console.py): 128 + the
+    signal, the summary of the finished cells, nothing recorded against the user, no child left."""
+    _stop_an_audit(tmp_path, signal.SIGINT)
 
 
 @pytest.mark.skipif(not (ROOT / "gradaudit" / "_sandbox.py").exists(),

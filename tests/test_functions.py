@@ -90,16 +90,18 @@ def test_check_raises_naming_the_cause(ex, tmp_path):
         gradaudit.check(only(ex["logsumexp"].lse_f32, "vjp"), report=tmp_path)
 
 
-def test_replay_reruns_a_subjects_counterexample_in_process_only(ex, tmp_path):
+def test_replay_reruns_a_subjects_counterexample_in_process_or_in_the_child(ex, tmp_path):
     from gradaudit.replay import ReplayError, replay
 
     recs = check(only(ex["logsumexp"].lse_f32, "vjp"), tmp_path, oracles=("jax",))
     (rec,) = recs
     r = replay(rec["id"], tmp_path, in_process=True)
     assert r.failed and "has dtype float32" in r.verdict.message
-    # `gradaudit replay` runs audited code only in its confined child: it says where to replay one
-    with pytest.raises(ReplayError, match=r"gradaudit.function subject's case: replay it in your own process"):
-        replay(rec["id"], tmp_path)
+    # without in_process, as `gradaudit replay` does: the subject's code in the confined child
+    r = replay(rec["id"], tmp_path)
+    assert r.failed and "has dtype float32" in r.verdict.message
+    with pytest.raises(ReplayError, match="is not there"):
+        replay(rec["id"], tmp_path, file=tmp_path / "gone.py")
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +140,46 @@ def test_records_the_tolerance_mode_and_the_run_to_run_spread(audited):
                 assert r["target_spread"] is None
 
 
-def test_cli_audit_skips_each_subject_saying_where_and_audits_the_files_derivations(tmp_path):
-    """`gradaudit audit` runs the file in its confined child, which does not run a subject's checks:
-    one skip per subject, with the reason; the derivations beside it are audited as usual."""
+@pytest.fixture(scope="module")
+def cli_audited(tmp_path_factory):
+    """`gradaudit audit examples/functions/` as the CLI runs it: every subject's user code in the child."""
+    out = tmp_path_factory.mktemp("audit")
+    r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(EXAMPLES), "--profile", "ci", "--dtypes",
+                        "float64", "--report", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=900,
+                       env={**os.environ, "CI": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr[-3000:]
+    return [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()], out
+
+
+@pytest.mark.xdist_group("functions-audit")
+def test_cli_audit_judges_each_subject_as_check_does(audited, cli_audited):
+    """`gradaudit audit` runs module-level subjects with their code in the confined child: every cell
+    gets the verdict, blame and named cause that gradaudit.check gives it in-process."""
+    recs, out = cli_audited
+
+    def verdicts(records):
+        return {(r["target"], r["oracle"], r["dtype"], r["regime"]): (r["status"], r["blame"], r["pattern"])
+                for r in records}
+
+    assert verdicts(recs) == verdicts(audited)
+    assert {r["pattern"] for r in recs if r["status"] in ("fail", "error")} == {"missing_sum", "ctx_intermediate",
+                                                                                 "wrong_dtype"}
+    assert all((out / r["counterexample"]).is_file() for r in recs if r["status"] in ("fail", "error"))
+
+
+@pytest.mark.xdist_group("functions-audit")
+def test_cli_replay_of_a_subjects_case_runs_it_in_the_child(cli_audited):
+    recs, out = cli_audited
+    rec = next(r for r in recs if r["target"] == "LayerNormKeptIntermediates.vjp_of_vjp" and r["oracle"] == "numeric")
+    r = subprocess.run([sys.executable, "-m", "gradaudit", "replay", rec["id"], "--report", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "CI": "1"})
+    assert r.returncode == 1 and "replaying with the recorded file" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "fail: LayerNormKeptIntermediates.vjp_of_vjp vs numeric" in r.stdout
+
+
+def test_cli_audit_checks_subjects_beside_the_files_derivations(tmp_path):
+    """A file with a subject and a derivation: both audited, each with its own verdict (the subject's
+    framework is imported by the file itself: `--oracles numeric` loads none for the child)."""
     layer = tmp_path / "layer.py"
     layer.write_text(textwrap.dedent("""
         import gradaudit
@@ -157,7 +196,7 @@ def test_cli_audit_skips_each_subject_saying_where_and_audits_the_files_derivati
                 (x,) = ctx.saved_tensors
                 return 2 * x * g
 
-        square = gradaudit.function(Square, x=("N", "D"))
+        square = gradaudit.function(Square, checks=("vjp",), x=("N", "D"))
 
         @gradaudit.derivation
         def tanh_layer(xp, x: ("N", "D"), w: ("D", "M")):
@@ -173,9 +212,8 @@ def test_cli_audit_skips_each_subject_saying_where_and_audits_the_files_derivati
                        timeout=300, env={**os.environ, "CI": "1"})
     assert r.returncode == 1, r.stdout + r.stderr[-2000:]  # the derivation's finding
     recs = [json.loads(x) for x in (tmp_path / "rep" / "results.jsonl").read_text().splitlines()]
-    (skip,) = [x for x in recs if x["family"] == "function"]
-    assert skip["status"] == "skip" and skip["target"] == "Square"
-    assert "check it with gradaudit.check(...) or the pytest plugin" in skip["message"]
+    subject = [x for x in recs if x["family"] == "function"]
+    assert subject and {(x["target"], x["status"]) for x in subject} == {("Square.vjp", "pass")}, subject
     assert {x["status"] for x in recs if x["family"] == "derivation"} == {"fail"}
 
 

@@ -479,3 +479,100 @@ def test_in_place_writes_come_back_from_the_child(tmp_path):
         g = bwd(dout, cache)
         assert np.array_equal(g, 2 * np.ones((2, 3)))
         assert np.array_equal(dout, g) and np.array_equal(x, np.zeros((2, 3)))
+
+
+# ---- gradaudit.function subjects: their frameworks run in the child, the judge validates --------------
+
+SUBJECT = """
+import numpy as np
+import torch
+import gradaudit
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return {sign}2 * x * g
+
+square = gradaudit.function(Square, checks=("vjp",), x=("N",))
+"""
+SUBJECT_ATTACKS = {
+    # the frameworks' oracles (computed in the child) forged to agree with a sign-flipped rule, the judge
+    # and the contract check patched there: the judge's own finite differences still fail it
+    "forged frameworks, patched judge": ("-", """
+        import oracles.torch_subject as T, properties.evaluate as E, gradaudit._subject as S
+        from oracles.base import OracleResult
+        from properties.verdict import Verdict
+        def forged(forward, arrays, params, douts, **kwargs):
+            x = arrays["x"]
+            return OracleResult(out=x * x, grads={"x": -2 * x * douts[0]})
+        T.vjp = forged
+        E.judge_side = lambda *a, **k: Verdict("pass")
+        S._contract = lambda name, framework, names, arrays, grads, *a: grads
+        """),
+    # a right rule, a forged torch oracle: blamed on torch, which ran beside the audited code: a fail
+    "forged oracle blamed": ("", """
+        import oracles.torch_subject as T
+        from oracles.base import OracleResult
+        def forged(forward, arrays, params, douts, **kwargs):
+            x = arrays["x"]
+            return OracleResult(out=x * x, grads={"x": 3 * x * douts[0] + 1})
+        T.vjp = forged
+        """),
+    # replies in no form the judge accepts: it takes none of them
+    "finite differences declared unavailable": ("-", """
+        import gradaudit._subject_child as C
+        C.OPS["oracles"] = lambda s, ad, second: {"numeric": "no finite differences today"}
+        """),
+    "malformed values": ("-", """
+        import gradaudit._subject_child as C
+        C.OPS["oracle_vjp"] = lambda s, ad, *a: {"out": None, "grads": {"x": "pass", "y": 1}, "reference_error": None}
+        C.OPS["forward"] = lambda s, ad, points, *a: [[np.zeros(i % 3 + 1)] for i, _ in enumerate(points)]
+        C.OPS["rule"] = lambda s, ad, run, douts, device: [["pass"], "yes"]
+        """),
+    "a description that sizes the judge's arrays": ("-", """
+        import sys
+        F = sys.modules["gradaudit.function"]  # (gradaudit.function is also the function that declares one)
+        describe = F.describe_subjects
+        def huge(values):
+            out = describe(values)
+            for d in out:
+                d["arrays"][0][1]["shape"] = [2**40]
+                d["sizes"] = {"N": [2**40]}
+            return out
+        F.describe_subjects = huge
+        """),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(SUBJECT_ATTACKS))
+def test_a_subject_cannot_forge_a_pass_or_crash_the_judge(tmp_path, attack):
+    """A `gradaudit.function` subject under `gradaudit audit`: its torch/JAX oracles run in the child
+    (where its module can forge them), its finite differences in the judge, and every reply is checked
+    against a fixed form: never a pass for a wrong rule, never a traceback, a forged oracle a fail."""
+    sign, code = SUBJECT_ATTACKS[attack]
+    f = tmp_path / "fused.py"
+    f.write_text(SUBJECT.format(sign=sign) + textwrap.dedent(code))
+    r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(f), "--report", str(tmp_path / "rep"),
+                        "--profile", "ci", "--oracles", "torch,numeric", "--dtypes", "float64"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "CI": "1"})
+    out = r.stdout + r.stderr
+    recs = [json.loads(x) for x in (tmp_path / "rep" / "results.jsonl").read_text().splitlines()]
+    assert r.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert recs and all(x["target"] == "Square.vjp" for x in recs), [(x["target"], x["status"]) for x in recs]
+    numeric = [x for x in recs if x["oracle"] == "numeric"]
+    if attack == "forged oracle blamed":  # the rule is right: the judge's finite differences agree
+        assert {x["status"] for x in numeric} == {"pass"}
+        torch_ = [x for x in recs if x["oracle"] == "torch"]
+        assert torch_ and all(x["status"] == "fail" and x["blame"] == "oracle:torch" for x in torch_), torch_
+    elif attack == "forged frameworks, patched judge":
+        assert numeric and all(x["status"] == "fail" and x["pattern"] == "sign_flip" for x in numeric), numeric
+    else:
+        assert all(x["status"] == "error" for x in recs), [(x["oracle"], x["status"], x["message"]) for x in recs]
+        assert all("Square" in x["message"] for x in recs)
+    assert not running(str(f))
