@@ -104,6 +104,7 @@ class Guard:
 
     def call(self, fn, fname, args=(), kwargs=None):
         kwargs = kwargs or {}
+        self.last_traceback = None  # a failure without one (sys.exit) must not carry an earlier call's
         before = self.output.total() if self.output else 0
         try:
             result = fn(*args, **kwargs)

@@ -42,7 +42,8 @@ def cells_that_raised(loaded) -> list[str]:
         if isinstance(item, list) and len(item) == 3 and all(isinstance(v, str) for v in item[:2]):
             name, error, tb = item
             at = locate(tb) if isinstance(tb, str) else None
-            error = error.removeprefix(f"{name} raised ")
+            error = error.removeprefix(f"{name} ").removeprefix("raised ")  # "cell 3 raised X" / "cell 3 called sys.exit(0)"
+            error = error.removesuffix(f" at {at}") if at else error  # said once, in front
             out.append(f"{clean(at or name, 200)}: {clean(error, 300)}; the rest of {clean(name, 40)} was not run")
     return out[:50]
 

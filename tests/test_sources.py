@@ -495,3 +495,27 @@ def test_a_notebook_that_trains_models_in_its_cells_still_has_its_functions_chec
     assert statuses(r.records, "relu_backward") <= {"pass", "kink"} and r.records, r.stdout + r.stderr
     assert "cell 2, line 4: CellOverTime: the cell ran for more than 2 s and was stopped" in r.stderr, r.stderr
     assert "cell 6: only its def, class and import statements ran" in r.stderr, r.stderr
+
+
+def test_cells_run_one_by_one_each_failure_named_at_its_own_cell(tmp_path):
+    """The child's way of running a notebook (gradaudit/_run_cells.py under its guard): a cell that
+    raises, exits or is interrupted is named at its own cell and line — never at an earlier cell's —
+    and the cells after it run."""
+    from gradaudit import _remote, audit
+    from gradaudit._guard import Guard
+    from gradaudit._run_cells import run_text
+
+    nb = notebook(tmp_path / "hw.ipynb", [
+        ("code", "import numpy as np\nx = undefined_name"),
+        ("code", "import sys\nsys.exit(0)"),
+        ("code", "y = 1\nraise KeyboardInterrupt"),
+        ("code", "def f(v):\n    return np.asarray(v) * 2"),
+    ])
+    guard, namespace = Guard(convert_interrupt=True), {}
+    raised = run_text(audit.source_text(nb).decode(), str(nb.resolve()), namespace, guard.call,
+                      lambda: guard.last_traceback)
+    notes = _remote.cells_that_raised({"raised": [list(r) for r in raised]})
+    assert notes == ["cell 1, line 2: NameError: name 'undefined_name' is not defined; the rest of cell 1 was not run",
+                     "cell 2: called sys.exit(0); the rest of cell 2 was not run",
+                     "cell 3, line 2: KeyboardInterrupt; the rest of cell 3 was not run"], notes
+    assert namespace["y"] == 1 and namespace["f"](3) == 6
