@@ -144,56 +144,67 @@ def _vjp(forward, arrays: dict, params: dict, douts: tuple, *, device: str, dire
                                                      "directions": directions if projected else None})
 
 
-def vjp_projected_batch(forward, value_sets: list[dict], params: dict, douts: list[tuple], *, device: str,
-                        directions: int = DIRECTIONS, out0s: list | None = None,
-                        stacked: str | None = None, row_arrays: tuple = ()) -> "ProjectedBatch":
+def vjp_projected_batch(forward, value_sets: dict, params: dict, douts: tuple, *, device: str,
+                        directions: int = DIRECTIONS, out0s: tuple | None = None,
+                        stacked: str | None = None) -> "ProjectedBatch":
     """`vjp_projected` for each of K value sets of the same shapes (a fuzzing batch): the same points,
-    steps, directions and noise estimate; <d, f(point)> summed in another order. `stacked`: how the
-    forward takes many points in one call: "stack" (an elementwise forward: a new leading axis on every
-    array), "rows" (a forward whose output rows depend on the same input rows only: the points'
-    arrays concatenated along axis 0), None (one call per point, as `vjp_projected`). `row_arrays`:
-    with None, the arrays whose rows (axis 0) the outputs' rows depend on alone (affine's x: w and b
-    are shared by every row): a value set's points that move only those go in one call, concatenated."""
+    steps, directions and noise estimate; <d, f(point)> summed in another order. `value_sets`: name ->
+    (K, ...); `douts`: (K, ...) per output; `out0s`: the outputs at the value sets themselves, when the
+    caller has them. `stacked`: how the forward takes many points in one call: "stack" (a new leading
+    axis on every array: an elementwise forward, or one written to take it), "rows" (a forward whose
+    output rows depend on the same input rows only: the points' arrays concatenated along axis 0),
+    None (one call per point, as `vjp_projected`)."""
     check_available(device)
     if directions < 1:
         raise ValueError(f"numeric: directions must be at least 1, got {directions}")
-    names = list(value_sets[0])
-    k = len(value_sets)
-    xs = {n: np.stack([np.asarray(v[n], dtype=np.float64) for v in value_sets]) for n in names}  # (K, ...)
+    names = list(value_sets)
+    xs = {n: np.asarray(x, dtype=np.float64) for n, x in value_sets.items()}  # (K, ...)
+    k = len(xs[names[0]])
     dirs = dict(zip(names, _directions(tuple(xs[n].shape[1:] for n in names), directions)))
     flat = {n: np.abs(x).reshape(k, -1) for n, x in xs.items()}
     steps = {n: STEP * np.maximum(1.0, a.max(axis=1, initial=0.0)) for n, a in flat.items()}  # (K,)
     # the points of one value set, in vjp's order: each array moved along each direction, + then -
     moves = [(n, j, sign) for n in names for j in range(directions) for sign in (1.0, -1.0)]
     p = len(moves) + (out0s is None)
-    moved = {n: [xs[n] + sign * (steps[n].reshape((k,) + (1,) * (xs[n].ndim - 1)) * dirs[n][j])
-                 for m, j, sign in moves if m == n] for n in names}
-    args = []  # per point of the batch, value set by value set: one array per name
-    for i in range(k):
-        at = {n: 0 for n in names}
-        base = tuple(xs[n][i] for n in names)
-        if out0s is None:
-            args.append(base)
-        for n, _, _ in moves:
-            args.append(tuple(moved[n][at[n]][i] if m == n else b for m, b in zip(names, base)))
-            at[n] += 1
-    if stacked == "stack":
-        outs = as_tuple(forward(*(np.stack([a[q] for a in args]) for q in range(len(names))), **params))
-    elif stacked == "rows":
-        rows = np.shape(args[0][0])[0]
-        outs = as_tuple(forward(*(np.concatenate([a[q] for a in args]) for q in range(len(names))), **params))
-        outs = tuple(np.reshape(o, (len(args), rows) + np.shape(o)[1:]) for o in outs)
+
+    def moved(n, j, sign):  # (K, ...): every value set's array n moved along direction j
+        return xs[n] + sign * (steps[n].reshape((k,) + (1,) * (xs[n].ndim - 1)) * dirs[n][j])
+
+    if stacked in ("stack", "rows"):  # every point of the batch in one call, built array by array
+        first = int(out0s is None)
+        columns = []
+        for n in names:
+            a = np.repeat(xs[n][:, None], p, axis=1)  # (K, P, ...): the base point everywhere
+            for at, (m, j, sign) in enumerate(moves):
+                if m == n:
+                    a[:, first + at] = moved(n, j, sign)
+            # "stack": a new leading axis of K * P points; "rows": the points' rows one after another
+            columns.append(a.reshape((k * p,) + xs[n].shape[1:]) if stacked == "stack"
+                           else a.reshape((-1,) + xs[n].shape[2:]))
+        outs = as_tuple(forward(*columns, **params))
+        if stacked == "rows":
+            outs = tuple(np.reshape(o, (k * p, xs[names[0]].shape[1]) + np.shape(o)[1:]) for o in outs)
     else:
-        each = _per_point(forward, args, params, k, names, row_arrays, [None] * (out0s is None) + [n for n, _, _ in moves])
+        moves_of = {n: [moved(m, j, sign) for m, j, sign in moves if m == n] for n in names}
+        each = []  # the forward at every point, value set by value set
+        for i in range(k):
+            at = {n: 0 for n in names}
+            base = tuple(xs[n][i] for n in names)
+            if out0s is None:
+                each.append(as_tuple(forward(*base, **params)))
+            for n, _, _ in moves:
+                each.append(as_tuple(forward(*(moves_of[n][at[n]][i] if m == n else b for m, b in zip(names, base)),
+                                             **params)))
+                at[n] += 1
         outs = tuple(np.stack([np.asarray(e[q]) for e in each]) for q in range(len(each[0])))
-    ds = [np.stack([np.asarray(d[q], dtype=np.float64) for d in douts]) for q in range(len(douts[0]))]
+    ds = [np.asarray(d, dtype=np.float64) for d in douts]
     shaped = [np.asarray(o, dtype=np.float64).reshape((k, p) + d.shape[1:]) for o, d in zip(outs, ds)]
     # <d, f(point)> for every point: (K, P)
     g = sum((o * d[:, None]).reshape(k, p, -1).sum(axis=2) for o, d in zip(shaped, ds))
     if out0s is None:
         base_outs, g = [o[:, 0] for o in shaped], g[:, 1:]
     else:
-        base_outs = [np.stack([np.asarray(as_tuple(b)[q], dtype=np.float64) for b in out0s]) for q in range(len(ds))]
+        base_outs = [np.asarray(o, dtype=np.float64) for o in out0s]
     # Rounding in g is ~eps * sum|d * out|; a difference quotient divides it by the step (vjp's noise)
     magnitude = sum(np.abs(o * d).reshape(k, -1).sum(axis=1) for o, d in zip(base_outs, ds))
     # vjp's smallest step, min(step_for(x).min(initial=STEP)): STEP itself (step_for is never below it)
@@ -201,28 +212,6 @@ def vjp_projected_batch(forward, value_sets: list[dict], params: dict, douts: li
     g = g.reshape(k, len(names), directions, 2)
     values = {n: (g[:, q, :, 0] - g[:, q, :, 1]) / (2 * steps[n][:, None]) for q, n in enumerate(names)}
     return ProjectedBatch(dirs=dirs, values=values, noise=noise)
-
-
-def _per_point(forward, args: list, params: dict, k: int, names: list, row_arrays: tuple, movers: list) -> list:
-    """The forward at each point (`args`, K value sets of len(movers) points each; movers[j]: the array
-    point j moves, None for the base point), in order; points of a value set that move only
-    `row_arrays` share one call, those arrays concatenated along axis 0."""
-    rowed = [q for q, n in enumerate(names) if n in row_arrays]
-    joint = [j for j, m in enumerate(movers) if m is None or m in row_arrays] if rowed else []
-    per = len(movers)
-    each = [None] * len(args)
-    for i in range(k):
-        block = args[i * per:(i + 1) * per]
-        if len(joint) > 1:
-            rows = np.shape(block[0][rowed[0]])[0]
-            call = [np.concatenate([block[j][q] for j in joint]) if q in rowed else block[0][q] for q in range(len(names))]
-            res = [np.asarray(o) for o in as_tuple(forward(*call, **params))]
-            for c, j in enumerate(joint):
-                each[i * per + j] = tuple(o[c * rows:(c + 1) * rows] for o in res)
-        for j in range(per):
-            if each[i * per + j] is None:
-                each[i * per + j] = as_tuple(forward(*block[j], **params))
-    return each
 
 
 @dataclass

@@ -41,20 +41,17 @@ from .spec import Case, OpSpec
 from .target import Target
 from .verdict import Side
 
-__all__ = ["BATCH_SAFE", "MARGIN", "ROW_ARRAYS", "BatchCheck", "BatchResult", "ValueSet", "draw_value_sets", "floors"]
+__all__ = ["BATCH_SAFE", "MARGIN", "BatchCheck", "BatchResult", "ValueSet", "draw_value_sets", "floors"]
 
 MARGIN = 0.5
 _ARRAY = (np.ndarray, np.generic)  # NumPy returns a 0-d result as a scalar
-# catalogue references that take many points in one call (tests/test_fuzz.py checks each, to rounding):
-# "stack", elementwise (a new leading axis on every input); "rows", each output row from the same
-# input rows only (the points concatenated along axis 0)
+# catalogue references that take many points in one call (tests/test_fuzz.py checks each, forward and
+# backward): "stack", a new leading axis on every input (elementwise ops, and the layers written to
+# take one); "rows", each output row from the same input rows only (the points concatenated along axis 0)
 BATCH_SAFE = {**dict.fromkeys(("relu", "sigmoid", "tanh", "add_gate", "multiply_gate", "max_gate",
-                               "chain_rule_example"), "stack"),
+                               "chain_rule_example", "affine", "softmax_cross_entropy", "conv2d", "rnn", "lstm"),
+                              "stack"),
               **dict.fromkeys(("softmax", "log_softmax", "max_pool2d", "avg_pool2d"), "rows")}
-# catalogue references whose outputs' rows (axis 0) depend on these arrays' rows alone, the others shared
-# (weights): finite differences move them for many points in one call (tests/test_fuzz.py checks each,
-# to rounding: BLAS may sum a product of more rows in another order)
-ROW_ARRAYS = {"affine": ("x",), "conv2d": ("x",), "rnn": ("x", "h0"), "lstm": ("x", "h0")}
 
 
 @dataclass
@@ -359,14 +356,11 @@ class BatchCheck:
         k = len(runs.index)
         directions = numeric.CORROBORATING_DIRECTIONS if self.frameworks else numeric.DIRECTIONS
         # a float64 cell's own forward is the numeric oracle's base point (evaluate.judge_side's `out0`)
-        out0s = [tuple(o[i] for o in runs.outs) for i in range(k)] \
-            if self.dtype == "float64" and self.target.numeric_inherits_forward else None
+        out0s = runs.outs if self.dtype == "float64" and self.target.numeric_inherits_forward else None
         try:
             res = numeric.vjp_projected_batch(self.target.oracle_forward("numeric"),
-                                              [{n: x[i] for n, x in runs.xs.items()} for i in range(k)], runs.params,
-                                              [tuple(d[i] for d in runs.douts) for i in range(k)], device=device,
-                                              directions=directions, out0s=out0s, stacked=self.stacked,
-                                              row_arrays=ROW_ARRAYS.get(self.spec.name, ()) if self.reference else ())
+                                              runs.xs, runs.params, runs.douts, device=device,
+                                              directions=directions, out0s=out0s, stacked=self.stacked)
         except Exception:
             return np.full(k, np.inf)
         rtol = self._rtol("numeric", size, False, factors)

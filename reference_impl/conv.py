@@ -16,19 +16,19 @@ __all__ = [
 
 
 def _windows(x, hh, ww, stride):
-    """x: (N, C, H, W) -> (N, C, H', W', hh, ww) view, H' = 1 + (H - hh) // stride."""
-    return sliding_window_view(x, (hh, ww), axis=(2, 3))[:, :, ::stride, ::stride]
+    """x: (..., H, W) -> (..., H', W', hh, ww) view, H' = 1 + (H - hh) // stride."""
+    return sliding_window_view(x, (hh, ww), axis=(-2, -1))[..., ::stride, ::stride, :, :]
 
 
 def _scatter_windows(dwin, shape, stride):
-    """Adjoint of _windows: dwin (N, C, H', W', hh, ww) -> dx of `shape`, summing overlaps."""
+    """Adjoint of _windows: dwin (..., H', W', hh, ww) -> dx of `shape`, summing overlaps."""
     dx = np.zeros(shape, dtype=dwin.dtype)
-    _, _, ho, wo, hh, ww = dwin.shape
+    ho, wo, hh, ww = dwin.shape[-4:]
     for u in range(hh):
         for v in range(ww):
             rows = slice(u, u + stride * (ho - 1) + 1, stride)
             cols = slice(v, v + stride * (wo - 1) + 1, stride)
-            dx[:, :, rows, cols] += dwin[..., u, v]
+            dx[..., rows, cols] += dwin[..., u, v]
     return dx
 
 
@@ -44,13 +44,14 @@ def conv2d_forward(x, w, b, *, stride, pad):
     -> (N, F, H', W'), H' = 1 + (H + 2 pad - HH) // stride, W' = 1 + (W + 2 pad - WW) // stride.
 
     out[n, f, i, j] = b[f] + Σ_{c,u,v} xpad[n, c, i*stride + u, j*stride + v] · w[f, c, u, v]
-    (cross-correlation, as cs231n, torch and lax).
+    (cross-correlation, as cs231n, torch and lax). A leading axis on all three (x: (K, N, C, H, W),
+    w: (K, F, C, HH, WW), b: (K, F)) is K convolutions at once.
     """
-    _, _, hh, ww = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    _check_window(xp.shape[2], xp.shape[3], hh, ww, stride, "conv2d")
+    hh, ww = w.shape[-2:]
+    xp = np.pad(x, ((0, 0),) * (x.ndim - 2) + ((pad, pad), (pad, pad)))
+    _check_window(xp.shape[-2], xp.shape[-1], hh, ww, stride, "conv2d")
     win = _windows(xp, hh, ww, stride)  # (N, C, H', W', HH, WW)
-    out = np.einsum("ncijuv,fcuv->nfij", win, w, optimize=True) + b[None, :, None, None]
+    out = np.einsum("...ncijuv,...fcuv->...nfij", win, w, optimize=True) + b[..., None, :, None, None]
     return out, (x.shape, xp.shape, win, w, stride, pad)
 
 
@@ -58,11 +59,11 @@ def conv2d_backward(dout, cache):
     # dw[f,c,u,v] = Σ_{n,i,j} dout[n,f,i,j]·xpad-window;  db[f] = Σ_{n,i,j} dout[n,f,i,j];
     # dxpad-window[n,c,i,j,u,v] = Σ_f dout[n,f,i,j]·w[f,c,u,v], scattered back and un-padded
     x_shape, xp_shape, win, w, stride, pad = cache
-    dw = np.einsum("nfij,ncijuv->fcuv", dout, win, optimize=True)
-    db = dout.sum(axis=(0, 2, 3))
-    dwin = np.einsum("nfij,fcuv->ncijuv", dout, w, optimize=True)
+    dw = np.einsum("...nfij,...ncijuv->...fcuv", dout, win, optimize=True)
+    db = dout.sum(axis=(-4, -2, -1))
+    dwin = np.einsum("...nfij,...fcuv->...ncijuv", dout, w, optimize=True)
     dxp = _scatter_windows(dwin, xp_shape, stride)
-    dx = dxp[:, :, pad:pad + x_shape[2], pad:pad + x_shape[3]].copy()
+    dx = dxp[..., pad:pad + x_shape[-2], pad:pad + x_shape[-1]].copy()
     return dx, dw, db
 
 

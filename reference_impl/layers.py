@@ -15,17 +15,19 @@ __all__ = [
 
 
 def affine_forward(x, w, b):
-    """x: (N, d1, ..., dk), w: (D, M) with D = d1*...*dk, b: (M,) -> out (N, M)."""
-    out = x.reshape(x.shape[0], -1) @ w + b
+    """x: (N, d1, ..., dk), w: (D, M) with D = d1*...*dk, b: (M,) -> out (N, M).
+    A leading axis on all three (x: (K, N, ...), w: (K, D, M), b: (K, M)) is K layers at once."""
+    n = x.shape[w.ndim - 2]  # N, after any leading axes
+    out = x.reshape(*x.shape[:w.ndim - 2], n, -1) @ w + b[..., None, :]
     return out, (x, w)
 
 
 def affine_backward(dout, cache):
     # out = X w + b with X = x flattened:  dX = dout w^T,  dw = X^T dout,  db = Σ_n dout
     x, w = cache
-    dx = (dout @ w.T).reshape(x.shape)
-    dw = x.reshape(x.shape[0], -1).T @ dout
-    db = dout.sum(axis=0)
+    dx = (dout @ w.mT).reshape(x.shape)
+    dw = x.reshape(*dout.shape[:-1], -1).mT @ dout
+    db = dout.sum(axis=-2)
     return dx, dw, db
 
 

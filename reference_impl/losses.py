@@ -11,20 +11,22 @@ __all__ = [
 
 
 def softmax_cross_entropy_forward(x, *, y):
-    """x: (N, C) scores, y: (N,) int labels -> mean over N of -log softmax(x)[n, y_n] (0-d)."""
-    n = x.shape[0]
-    logp = _log_softmax(x, axis=1)
-    loss = -logp[np.arange(n), y].mean()
+    """x: (N, C) scores, y: (N,) int labels -> mean over N of -log softmax(x)[n, y_n] (0-d).
+    x: (K, N, C) gives the K losses, (K,)."""
+    n = x.shape[-2]
+    logp = _log_softmax(x, axis=-1)
+    loss = -logp[..., np.arange(n), y].mean(axis=-1)
     return np.asarray(loss, dtype=x.dtype), (logp, y)
 
 
 def softmax_cross_entropy_backward(dout, cache):
     # dL/dx = (softmax(x) - onehot(y)) / N, scaled by the upstream scalar
     logp, y = cache
-    n = logp.shape[0]
+    n = logp.shape[-2]
     dx = np.exp(logp)
-    dx[np.arange(n), y] -= 1
-    return dx * (dout / n)
+    dx[..., np.arange(n), y] -= 1
+    scale = dout / n
+    return dx * (scale[..., None, None] if np.ndim(scale) else scale)  # (K,) upstream: one per loss
 
 
 def mse_forward(a, *, y):

@@ -16,9 +16,10 @@ __all__ = [
 def rnn_step_forward(x, prev_h, wx, wh, b):
     """x: (N, D), prev_h: (N, H), wx: (D, H), wh: (H, H), b: (H,) -> next_h (N, H).
 
-    next_h = tanh(x wx + prev_h wh + b)
+    next_h = tanh(x wx + prev_h wh + b). (Here and below, a leading axis on every array is K
+    independent networks at once.)
     """
-    next_h = np.tanh(x @ wx + prev_h @ wh + b)
+    next_h = np.tanh(x @ wx + prev_h @ wh + b[..., None, :])
     return next_h, (x, prev_h, wx, wh, next_h)
 
 
@@ -26,18 +27,17 @@ def rnn_step_backward(dnext_h, cache):
     # da = dnext_h ⊙ (1 - next_h²) through the tanh; then a = x wx + prev_h wh + b as an affine map
     x, prev_h, wx, wh, next_h = cache
     da = dnext_h * (1 - next_h * next_h)
-    return da @ wx.T, da @ wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+    return da @ wx.mT, da @ wh.mT, x.mT @ da, prev_h.mT @ da, da.sum(axis=-2)
 
 
 def rnn_forward(x, h0, wx, wh, b):
     """x: (N, T, D), h0: (N, H), wx: (D, H), wh: (H, H), b: (H,) -> h (N, T, H), all hidden states."""
-    n, t_len, _ = x.shape
-    h = np.empty((n, t_len, h0.shape[1]), dtype=np.result_type(x, h0, wx, wh, b))
+    h = np.empty((*x.shape[:-1], h0.shape[-1]), dtype=np.result_type(x, h0, wx, wh, b))
     caches = []
     prev_h = h0
-    for t in range(t_len):
-        prev_h, cache = rnn_step_forward(x[:, t], prev_h, wx, wh, b)
-        h[:, t] = prev_h
+    for t in range(x.shape[-2]):
+        prev_h, cache = rnn_step_forward(x[..., t, :], prev_h, wx, wh, b)
+        h[..., t, :] = prev_h
         caches.append(cache)
     return h, (x.shape, caches)
 
@@ -49,10 +49,10 @@ def rnn_backward(dh, cache):
     wx, wh = caches[0][2], caches[0][3]
     dx = np.empty(x_shape, dtype=dh.dtype)
     dwx, dwh = np.zeros_like(wx), np.zeros_like(wh)
-    db = np.zeros(wh.shape[0], dtype=dh.dtype)
-    dprev_h = np.zeros_like(dh[:, 0])
-    for t in reversed(range(x_shape[1])):
-        dx[:, t], dprev_h, dwx_t, dwh_t, db_t = rnn_step_backward(dh[:, t] + dprev_h, caches[t])
+    db = np.zeros(wh.shape[:-1], dtype=dh.dtype)
+    dprev_h = np.zeros_like(dh[..., 0, :])
+    for t in reversed(range(x_shape[-2])):
+        dx[..., t, :], dprev_h, dwx_t, dwh_t, db_t = rnn_step_backward(dh[..., t, :] + dprev_h, caches[t])
         dwx += dwx_t
         dwh += dwh_t
         db += db_t
@@ -96,10 +96,10 @@ def lstm_step_forward(x, prev_h, prev_c, wx, wh, b):
     i, f, o = σ(a_i), σ(a_f), σ(a_o); g = tanh(a_g);
     next_c = f ⊙ prev_c + i ⊙ g;  next_h = o ⊙ tanh(next_c)
     """
-    hd = prev_h.shape[1]
-    a = x @ wx + prev_h @ wh + b
-    i, f, o = _sigmoid(a[:, :hd]), _sigmoid(a[:, hd:2 * hd]), _sigmoid(a[:, 2 * hd:3 * hd])
-    g = np.tanh(a[:, 3 * hd:])
+    hd = prev_h.shape[-1]
+    a = x @ wx + prev_h @ wh + b[..., None, :]
+    i, f, o = _sigmoid(a[..., :hd]), _sigmoid(a[..., hd:2 * hd]), _sigmoid(a[..., 2 * hd:3 * hd])
+    g = np.tanh(a[..., 3 * hd:])
     next_c = f * prev_c + i * g
     tc = np.tanh(next_c)
     next_h = o * tc
@@ -117,19 +117,18 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
         dc * prev_c * f * (1 - f),
         dnext_h * tc * o * (1 - o),
         dc * i * (1 - g * g),
-    ], axis=1)
-    return da @ wx.T, da @ wh.T, dc * f, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+    ], axis=-1)
+    return da @ wx.mT, da @ wh.mT, dc * f, x.mT @ da, prev_h.mT @ da, da.sum(axis=-2)
 
 
 def lstm_forward(x, h0, wx, wh, b):
     """x: (N, T, D), h0: (N, H), wx: (D, 4H), wh: (H, 4H), b: (4H,) -> h (N, T, H); c0 = 0."""
-    n, t_len, _ = x.shape
-    h = np.empty((n, t_len, h0.shape[1]), dtype=np.result_type(x, h0, wx, wh, b))
+    h = np.empty((*x.shape[:-1], h0.shape[-1]), dtype=np.result_type(x, h0, wx, wh, b))
     prev_h, prev_c = h0, np.zeros_like(h0)
     caches = []
-    for t in range(t_len):
-        (prev_h, prev_c), cache = lstm_step_forward(x[:, t], prev_h, prev_c, wx, wh, b)
-        h[:, t] = prev_h
+    for t in range(x.shape[-2]):
+        (prev_h, prev_c), cache = lstm_step_forward(x[..., t, :], prev_h, prev_c, wx, wh, b)
+        h[..., t, :] = prev_h
         caches.append(cache)
     return h, (x.shape, caches)
 
@@ -141,12 +140,12 @@ def lstm_backward(dh, cache):
     wx, wh = caches[0][3], caches[0][4]
     dx = np.empty(x_shape, dtype=dh.dtype)
     dwx, dwh = np.zeros_like(wx), np.zeros_like(wh)
-    db = np.zeros(wh.shape[1], dtype=dh.dtype)
-    dprev_h = np.zeros_like(dh[:, 0])
-    dprev_c = np.zeros_like(dh[:, 0])
-    for t in reversed(range(x_shape[1])):
-        dx[:, t], dprev_h, dprev_c, dwx_t, dwh_t, db_t = lstm_step_backward(
-            dh[:, t] + dprev_h, dprev_c, caches[t])
+    db = np.zeros(wh[..., 0, :].shape, dtype=dh.dtype)
+    dprev_h = np.zeros_like(dh[..., 0, :])
+    dprev_c = np.zeros_like(dh[..., 0, :])
+    for t in reversed(range(x_shape[-2])):
+        dx[..., t, :], dprev_h, dprev_c, dwx_t, dwh_t, db_t = lstm_step_backward(
+            dh[..., t, :] + dprev_h, dprev_c, caches[t])
         dwx += dwx_t
         dwh += dwh_t
         db += db_t

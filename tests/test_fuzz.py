@@ -10,11 +10,12 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from gradaudit.cli import main
+from oracles.base import as_tuple
 from planted import PLANTED
 from properties import catalogue, strategies, tolerances
 from properties.config import RunConfig
 from properties.fuzz import FuzzGroup, fuzz_target_cells
-from properties.fuzz_batch import BATCH_SAFE, MARGIN, ROW_ARRAYS, BatchCheck, draw_value_sets, floors
+from properties.fuzz_batch import BATCH_SAFE, MARGIN, BatchCheck, draw_value_sets, floors
 from properties.session import prepare_process
 from properties.target import Target
 from reports.records import RecordSink
@@ -103,10 +104,11 @@ def test_batched_verdict_is_the_per_example_verdict(name, regime, dtype):
         assert judged < len(sets) * 2 and exact_fails, (judged, exact_fails)
 
 
-def test_stacked_forwards_are_the_per_point_forwards():
-    """BATCH_SAFE: a forward called on many points at once (a new leading axis, or rows concatenated)
-    gives each point's output."""
+def test_stacked_references_are_the_per_point_references():
+    """BATCH_SAFE: a reference called on many points at once (a new leading axis, or rows concatenated)
+    gives each point's output, and its backward each point's gradients, bit for bit."""
     rng = np.random.default_rng(0)
+    assert {"affine", "softmax_cross_entropy", "conv2d", "rnn", "lstm"} <= set(BATCH_SAFE)
     for op, how in BATCH_SAFE.items():
         spec = CATALOGUE[op]
         (case, _), = _structures(spec, "typical", 1)
@@ -114,30 +116,17 @@ def test_stacked_forwards_are_the_per_point_forwards():
         if how == "rows" and any(len(s) == 0 for s in shapes.values()):
             continue
         points = [{n: rng.standard_normal(s) for n, s in shapes.items()} for _ in range(5)]
-        each = [np.asarray(spec.forward(*p.values(), **case.params)[0]) for p in points]
+        each = [spec.forward(*p.values(), **case.params) for p in points]
+        douts = [rng.standard_normal(np.shape(out)) for out, _ in each]
+        each_grads = [as_tuple(spec.backward(d, cache)) for d, (_, cache) in zip(douts, each)]
         join = np.stack if how == "stack" else np.concatenate
-        together = np.asarray(spec.forward(*(join([p[n] for p in points]) for n in shapes), **case.params)[0])
-        np.testing.assert_array_equal(together.reshape((5, *each[0].shape)), np.stack(each), err_msg=op)
-
-
-def test_row_arrays_concatenated_are_the_per_point_forwards():
-    """ROW_ARRAYS: points that move only those arrays, the others shared, give each point's output when
-    their rows are concatenated into one call (to rounding)."""
-    rng = np.random.default_rng(2)
-    for op, rowed in ROW_ARRAYS.items():
-        spec = CATALOGUE[op]
-        (case, _), = _structures(spec, "typical", 1)
-        shared = {n: a for n, a in case.arrays.items() if n not in rowed}
-        points = [{n: rng.standard_normal(a.shape) if n in rowed else shared[n] for n, a in case.arrays.items()}
-                  for _ in range(4)]
-        each = [np.asarray(spec.forward(*p.values(), **case.params)[0]) for p in points]
-        call = [np.concatenate([p[n] for p in points]) if n in rowed else shared[n] for n in case.arrays]
-        together, each = np.asarray(spec.forward(*call, **case.params)[0]), np.concatenate(each)
-        # to the last bit or so: BLAS blocks a matrix product by its number of rows, and the last bits of
-        # an element may differ with it (moving a difference quotient by ~eps |f| / h, 1e-11 relative:
-        # finite differences are judged at 1e-5)
-        np.testing.assert_allclose(together, each, rtol=0, atol=4 * np.finfo(float).eps * np.abs(each).max(),
-                                   err_msg=op)
+        together, cache = spec.forward(*(join([p[n] for p in points]) for n in shapes), **case.params)
+        grads = as_tuple(spec.backward(join(douts), cache))
+        np.testing.assert_array_equal(np.reshape(together, (5, *np.shape(each[0][0]))),
+                                      np.stack([out for out, _ in each]), err_msg=op)
+        for q, name in enumerate(shapes):
+            np.testing.assert_array_equal(grads[q].reshape((5, *shapes[name])), np.stack([g[q] for g in each_grads]),
+                                          err_msg=f"{op} d{name}")
 
 
 def test_batched_tolerances_are_the_policy():
