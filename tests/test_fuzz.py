@@ -59,7 +59,8 @@ def _nudged(op, factor):
 CASES = [  # (target, regime, dtype)
     ("affine", "typical", "float64"), ("affine", "typical", "float32"), ("relu", "kinks", "float64"),
     ("softmax", "large", "float32"), ("softmax_cross_entropy", "overflow", "float64"), ("lstm", "typical", "float64"),
-    ("max_pool2d", "kinks", "float64"), ("nudged affine", "typical", "float64"),
+    ("max_pool2d", "kinks", "float64"), ("conv2d", "typical", "float64"), ("rnn", "typical", "float32"),
+    ("nudged affine", "typical", "float64"),
     ("affine-wrong-sign", "typical", "float64"), ("softmax-ce-no-max-shift", "overflow", "float64"),
     ("relu-mutates-dout", "typical", "float64"), ("affine-transposed-weight", "typical", "float64"),
     ("softmax-ce-missing-1/N", "typical", "float32"),
