@@ -98,14 +98,17 @@ def op_sign(info: FunctionInfo) -> Iterator[Site]:
             yield Site(node, new, f"`{unparse(node)}` -> `{unparse(new)}` (sign flipped)")
 
 
+TRANSPOSES = ("T", "mT")  # NumPy 2's .mT: the last two axes (a stack of matrices)
+
+
 def op_transpose(info: FunctionInfo) -> Iterator[Site]:
     for node in ast.walk(info.fn):
-        if isinstance(node, ast.Attribute) and node.attr == "T" and isinstance(node.ctx, ast.Load):
+        if isinstance(node, ast.Attribute) and node.attr in TRANSPOSES and isinstance(node.ctx, ast.Load):
             yield Site(node, node.value, f"`{unparse(node)}` -> `{unparse(node.value)}` (transpose dropped)")
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
             for side in ("left", "right"):
                 operand = getattr(node, side)
-                if isinstance(operand, ast.Attribute) and operand.attr == "T":
+                if isinstance(operand, ast.Attribute) and operand.attr in TRANSPOSES:
                     continue  # dropping it is the other mutant
                 new = copy.copy(node)
                 setattr(new, side, ast.Attribute(operand, "T", ast.Load()))
@@ -119,20 +122,34 @@ def _axis_keyword(call: ast.Call):
     return None
 
 
+def _axis_of(node) -> int | None:
+    """The int an axis expression spells (`0`, `-2`), else None."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _axis_of(node.operand)
+        return -inner if inner is not None else None
+    return None
+
+
+def _axis_node(k: int):
+    return ast.Constant(k) if k >= 0 else ast.UnaryOp(ast.USub(), ast.Constant(-k))
+
+
 def _other_axes(value) -> list:
-    """Wrong axes for a reduction over `value` (an int or a tuple of ints), as AST nodes + words."""
+    """Wrong axes for a reduction over `value` (an int or a tuple of ints, negative ones too), as AST
+    nodes + words."""
     out = []
-    if isinstance(value, ast.Constant) and isinstance(value.value, int):
-        k = value.value
-        wrong = 1 if k == 0 else 0
-        out.append((ast.Constant(wrong), f"axis {k} -> {wrong}"))
-    elif isinstance(value, ast.Tuple) and all(isinstance(e, ast.Constant) for e in value.elts):
-        elts = [e.value for e in value.elts]
+    k = _axis_of(value)
+    if k is not None:
+        wrong = {0: 1, -1: -2}.get(k, 0 if k > 0 else -1)  # the neighbouring axis, on the same side
+        out.append((_axis_node(wrong), f"axis {k} -> {wrong}"))
+    elif isinstance(value, ast.Tuple) and all(_axis_of(e) is not None for e in value.elts):
+        elts = [_axis_of(e) for e in value.elts]
         for k in range(len(elts)):
             rest = elts[:k] + elts[k + 1:]
             if rest:
-                node = ast.Constant(rest[0]) if len(rest) == 1 else ast.Tuple([ast.Constant(r) for r in rest],
-                                                                               ast.Load())
+                node = _axis_node(rest[0]) if len(rest) == 1 else ast.Tuple([_axis_node(r) for r in rest], ast.Load())
                 out.append((node, f"axis {elts[k]} no longer reduced"))
     return out
 

@@ -8,8 +8,16 @@ does not, so it is registered here then — once: the same plugin twice would ad
 `planted_report`: a real run with planted bugs (tests/planted_run.py), for the report's tests.
 """
 import pytest
+from hypothesis import HealthCheck, settings
 
 import gradaudit.pytest_plugin
+
+# The suite's own @given tests check properties, not speed (speed is measured by benchmarks/): on a
+# loaded 2-core machine one draw can stall past the second that Hypothesis's too_slow health check
+# allows (tests/test_audit.py's derivation-shape test: 0.2 s alone, one 1.5 s draw in a full -n 2 run
+# at load 4). gradaudit's own searches suppress it already (properties/config.py).
+settings.register_profile("gradaudit-tests", suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("gradaudit-tests")
 
 
 def pytest_addoption(parser, pluginmanager):

@@ -106,6 +106,26 @@ def test_axis_wrong_and_reduction_forgotten():
     _changes_gradient(forgot, AFFINE, "affine_backward", RNG.standard_normal((3, 3)), (x, w, np.zeros(3)))
 
 
+BATCHED_AFFINE = """
+def affine_backward(dout, cache):
+    x, w = cache
+    dx = (dout @ w.mT).reshape(x.shape)
+    dw = x.reshape(*dout.shape[:-1], -1).mT @ dout
+    db = dout.sum(axis=-2)
+    return dx, dw, db
+"""
+
+
+def test_negative_axes_and_matrix_transposes_are_mutated_too():
+    """`axis=-2` and NumPy 2's `.mT` (a stack of matrices), as the batched references and some students
+    write them: the same mutants as `axis=0` and `.T`."""
+    wrong = _only(_mutants(BATCHED_AFFINE, "affine_backward", "axis"), "db = dout.sum(axis=-1)")
+    dropped = _only(_mutants(BATCHED_AFFINE, "affine_backward", "transpose"), "dx = (dout @ w).reshape")
+    x, w = RNG.standard_normal((3, 2)), RNG.standard_normal((2, 2))  # square w: dropping .mT type-checks
+    _changes_gradient(wrong, BATCHED_AFFINE, "affine_backward", RNG.standard_normal((3, 2)), (x, w))
+    _changes_gradient(dropped, BATCHED_AFFINE, "affine_backward", RNG.standard_normal((3, 2)), (x, w))
+
+
 SOFTMAX_BACKWARD = """
 def softmax_backward(dout, cache):
     s = cache
@@ -540,8 +560,8 @@ def test_json_keys_and_min_score_exit(monkeypatch, capsys):
 # operator, a piece of the mutant's description) -> the recorded outcome.
 HONESTY_OPS = ["affine", "relu", "softmax_cross_entropy", "svm_hinge", "max_pool2d", "rnn_step"]
 HONESTY_MUTANTS = {
-    ("rnn_step_backward", "transpose", "`wh.T` -> `wh`"): "killed",  # a square weight: it type-checks
-    ("affine_backward", "axis", "(axis 0 -> 1)"): "killed",  # db summed over the wrong axis
+    ("rnn_step_backward", "transpose", "`wh.mT` -> `wh`"): "killed",  # a square weight: it type-checks
+    ("affine_backward", "axis", "(axis -2 -> -1)"): "killed",  # db summed over the wrong axis
     ("relu_backward", "dout_in_place", "out=dout"): "killed",  # the result written into dout
     ("relu_backward", "kink", "`x >= 0`"): "equivalent",  # another valid subgradient at 0
     ("softmax_cross_entropy_backward", "one_over_n", "dropped"): "killed",
