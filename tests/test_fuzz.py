@@ -14,7 +14,7 @@ from oracles.base import as_tuple
 from planted import PLANTED
 from properties import catalogue, strategies, tolerances
 from properties.config import RunConfig
-from properties.fuzz import FuzzGroup, fuzz_target_cells
+from properties.fuzz import REPEATS_IN_A_ROW, FuzzGroup, fuzz_target_cells
 from properties.fuzz_batch import BATCH_SAFE, MARGIN, BatchCheck, draw_value_sets, floors
 from properties.session import prepare_process
 from properties.target import Target
@@ -149,6 +149,22 @@ def test_batched_tolerances_are_the_policy():
 # a group's fuzzing budget here: one second of this process's CPU time, doubled (a test is no stopwatch:
 # the wall times to find, 0.05-0.7 s here, are measured by `bench.py --fuzz --planted`); counted in wall
 # time, the other tests of a loaded 2-core run ate into it and a planted bug went unfound once
+def test_a_group_tries_other_structures_before_repeating_one():
+    """Hypothesis proposes the simplest structure again and again; a group skips a structure it has
+    batched until REPEATS_IN_A_ROW proposals in a row were repeats (its structures all seen), then
+    batches repeats again."""
+    spec = CATALOGUE["conv2d"]
+    group = FuzzGroup(spec, Target.reference(spec), "float64", "typical", RunConfig(profile="dev", dtypes=("float64",)))
+    (a, _), (b, _) = _structures(spec, "typical", 2)
+    assert a.shapes() != b.shapes()
+    other_values = type(a)({n: x + 1 for n, x in a.arrays.items()}, dict(a.params))
+    assert [group._repeated(c) for c in (a, other_values, b, a)] == [False, True, False, True]
+    stride = type(b)(b.arrays, {**b.params, "stride": b.params["stride"] + 1})
+    assert not group._repeated(stride)  # params are structure too
+    assert [group._repeated(a) for _ in range(REPEATS_IN_A_ROW)] == [True] * (REPEATS_IN_A_ROW - 1) + [False]
+    assert not group._repeated(b) and not group._repeated(a)  # all seen: repeats are batched again
+
+
 BUDGET = 2.0
 RECORDED = ("affine-wrong-sign", "softmax-ce-no-max-shift", "conv-overlaps-overwrite")  # findings written out
 
