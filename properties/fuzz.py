@@ -42,9 +42,12 @@ BATCH_SECONDS = 0.2
 K_MAX, K_MIN = 256, 8
 # A bug that shows on some structures only (overlapping windows, a batch of more than one) is found by
 # trying structures, and Hypothesis proposes the simplest one again and again (a conv2d group drew the
-# 1x1-kernel, batch-1 geometry in 4 of its first 5 examples). A group skips a structure it has already
-# batched, until this many proposals in a row were all repeats: its structures are then likely all
-# seen, and repeats are batched again (each skip costs a draw, ~1-3 ms).
+# 1x1-kernel, batch-1 geometry in 4 of its first 5 examples). A group's first DISTINCT_FIRST batches
+# are of distinct structures: it skips a structure it has already batched (each skip costs a draw,
+# ~1-3 ms), unless REPEATS_IN_A_ROW proposals in a row were repeats (its structures are then likely
+# all seen). Past those, repeats are batched: a repeated shape's JAX program is compiled already (a
+# new shape costs a ~0.1-0.5 s compile), which is what keeps a long campaign's rate near the batch's.
+DISTINCT_FIRST = 6
 REPEATS_IN_A_ROW = 16
 
 
@@ -88,7 +91,7 @@ class FuzzGroup:
         self.seconds = 0.0
         self._start = 0.0
         self.k: int | None = None  # value sets per example (see batch_size)
-        self._structures_seen: set | None = set()  # None once repeats are batched again (REPEATS_IN_A_ROW)
+        self._structures_seen: set | None = set()  # None once repeats are batched again (DISTINCT_FIRST)
         self._repeats = 0
 
     def _check(self, structure, dout_seed: int, seed: int) -> None:
@@ -100,13 +103,15 @@ class FuzzGroup:
             raise Found(f"{self.finding[0].case.summary()}, upstream seed {self.finding[0].dout_seed}")
 
     def _repeated(self, case: Case) -> bool:
-        """Whether to skip `case`: its structure (shapes, params) was batched already (REPEATS_IN_A_ROW)."""
+        """Whether to skip `case`: its structure (shapes, params) was batched already (DISTINCT_FIRST)."""
         if self._structures_seen is None:
             return False
         key = repr((sorted(case.shapes().items()), sorted(case.params.items())))  # params: labels, masks too
         if key not in self._structures_seen:
             self._structures_seen.add(key)
             self._repeats = 0
+            if len(self._structures_seen) >= DISTINCT_FIRST:
+                self._structures_seen = None
             return False
         self._repeats += 1
         if self._repeats >= REPEATS_IN_A_ROW:

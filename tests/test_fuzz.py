@@ -14,7 +14,7 @@ from oracles.base import as_tuple
 from planted import PLANTED
 from properties import catalogue, strategies, tolerances
 from properties.config import RunConfig
-from properties.fuzz import REPEATS_IN_A_ROW, FuzzGroup, fuzz_target_cells
+from properties.fuzz import DISTINCT_FIRST, REPEATS_IN_A_ROW, FuzzGroup, fuzz_target_cells
 from properties.fuzz_batch import BATCH_SAFE, MARGIN, BatchCheck, draw_value_sets, floors
 from properties.session import prepare_process
 from properties.target import Target
@@ -150,9 +150,9 @@ def test_batched_tolerances_are_the_policy():
 # the wall times to find, 0.05-0.7 s here, are measured by `bench.py --fuzz --planted`); counted in wall
 # time, the other tests of a loaded 2-core run ate into it and a planted bug went unfound once
 def test_a_group_tries_other_structures_before_repeating_one():
-    """Hypothesis proposes the simplest structure again and again; a group skips a structure it has
-    batched until REPEATS_IN_A_ROW proposals in a row were repeats (its structures all seen), then
-    batches repeats again."""
+    """Hypothesis proposes the simplest structure again and again; a group's first batches are of
+    distinct structures, until REPEATS_IN_A_ROW proposals in a row were repeats (its structures all
+    seen) or DISTINCT_FIRST were batched; then it batches repeats again."""
     spec = CATALOGUE["conv2d"]
     group = FuzzGroup(spec, Target.reference(spec), "float64", "typical", RunConfig(profile="dev", dtypes=("float64",)))
     (a, _), (b, _) = _structures(spec, "typical", 2)
@@ -163,6 +163,9 @@ def test_a_group_tries_other_structures_before_repeating_one():
     assert not group._repeated(stride)  # params are structure too
     assert [group._repeated(a) for _ in range(REPEATS_IN_A_ROW)] == [True] * (REPEATS_IN_A_ROW - 1) + [False]
     assert not group._repeated(b) and not group._repeated(a)  # all seen: repeats are batched again
+    fresh = FuzzGroup(spec, Target.reference(spec), "float64", "typical", RunConfig(profile="dev", dtypes=("float64",)))
+    shapes = [type(a)(a.arrays, {**a.params, "stride": k}) for k in range(1, DISTINCT_FIRST + 1)]
+    assert not any(fresh._repeated(c) for c in shapes) and not fresh._repeated(a)  # DISTINCT_FIRST batched
 
 
 BUDGET = 2.0
