@@ -20,9 +20,10 @@ import signal
 import sys
 import types
 
+from gradaudit import _ahead
 from gradaudit import _protocol as wire
 from gradaudit._guard import Guard, OutputDrain, UserCodeError, clean, describe_exception
-from gradaudit._confine import confine_child, limit_cpu, limit_memory, prepare_frameworks
+from gradaudit._confine import confine_child, in_own_pid_namespace, limit_cpu, limit_memory, prepare_frameworks
 
 MAX_HANDLES = 1 << 16
 
@@ -37,6 +38,11 @@ class Server:
         self.tracked: dict = {}  # the parent's ref -> (our copy of its array, the bytes it had)
         self.xp_targets: dict = {}
         self.cpu_per_call = 60.0
+        self.decoded: dict | None = None  # while running ahead: id(array) -> (its ref, the array) as decoded
+        self.last_call: tuple | None = None  # the (args, kwargs) the last `call` passed to the user's function
+        self.ahead = None  # the requests to run ahead once this reply is sent (gradaudit/_ahead.py)
+        self.stream = None  # the judge's random stream the last call ran under
+        self.before_steps: list = []  # the random state before each request run ahead
 
     # -- values ---------------------------------------------------------------------------------
 
@@ -55,6 +61,8 @@ class Server:
     def track(self, a, ref) -> None:
         if ref is not None:
             self.tracked[ref] = (a, a.tobytes())
+            if self.decoded is not None:
+                self.decoded[id(a)] = (ref, a)
 
     def decode(self, node, data):
         from properties.spec import Case
@@ -74,22 +82,31 @@ class Server:
                 self.handles.pop(h, None)
             for ref in meta.get("forget") or ():
                 self.tracked.pop(ref, None)
-            handler = HANDLERS.get(meta["kind"])
-            enc = wire.Encoder(opaque=self.keep)
-            try:
-                if handler is None:
-                    raise wire.ProtocolError(f"unknown request {meta['kind']!r}")
-                reply = handler(self, meta, data, enc)
-            except UserCodeError as e:
-                reply = {"kind": "raised", "message": str(e), "traceback": self.guard.last_traceback}
-                enc = wire.Encoder()
-            except Exception as e:  # noqa: BLE001  a request this process could not serve (its state is the audited code's)
-                reply = {"kind": "raised", "message": f"the audit child could not serve a {clean(meta['kind'], 40)} request: "
-                                                      f"{clean(describe_exception(e))}", "traceback": None}
-                enc = wire.Encoder()
-            self.guard.last_traceback = None
+            _ahead.rewind(self, meta.get("rewind"))
+            self.decoded, self.ahead = None, None
+            reply, enc = self.answer(meta, data)
             reply["seq"] = meta.get("seq")
             wire.write_frame(self.rep, self.token, reply, enc.data())
+            if self.ahead is not None:  # the judge's next requests, built and answered here (gradaudit/_ahead.py)
+                self.ahead.run()
+
+    def answer(self, meta: dict, data) -> tuple[dict, wire.Encoder]:
+        """The reply to one request, and the encoder holding its arrays."""
+        handler = HANDLERS.get(meta["kind"])
+        enc = wire.Encoder(opaque=self.keep)
+        try:
+            if handler is None:
+                raise wire.ProtocolError(f"unknown request {meta['kind']!r}")
+            reply = handler(self, meta, data, enc)
+        except UserCodeError as e:
+            reply = {"kind": "raised", "message": str(e), "traceback": self.guard.last_traceback}
+            enc = wire.Encoder()
+        except Exception as e:  # noqa: BLE001  a request this process could not serve (its state is the audited code's)
+            reply = {"kind": "raised", "message": f"the audit child could not serve a {clean(meta['kind'], 40)} request: "
+                                                  f"{clean(describe_exception(e))}", "traceback": None}
+            enc = wire.Encoder()
+        self.guard.last_traceback = None
+        return reply, enc
 
     def call_user(self, fn, fname: str, args=(), kwargs=None, enc=None, keep_last: bool = False):
         """Run audited code and encode what it returns; anything that goes wrong is a UserCodeError.
@@ -152,7 +169,7 @@ class Server:
             fn, fname = self.function(*meta["fn"])
         stream = meta.get("stream")
         if type(stream) is list and len(stream) == 2 and all(type(v) is int for v in stream) and \
-                stream != getattr(self, "stream", None):  # a new stream: seeded once, then drawn from as in-process
+                stream != self.stream:  # a new stream: seeded once, then drawn from as in-process
             import random
 
             import numpy as np
@@ -160,10 +177,17 @@ class Server:
             np.random.seed(stream[0] % 2**32)
             random.seed(stream[0])
             self.stream = stream
+        if meta.get("ahead") is not None:  # a derivation's forward, with what the judge asks next
+            self.decoded = {}
         args = self.decode(meta["args"], data)
         kwargs = self.decode(meta["kwargs"], data)
+        before = _ahead.copy_or_none((args, kwargs)) if meta.get("ahead") is not None else None
+        self.last_call = (args, kwargs)
         value = self.call_user(fn, fname, args, kwargs, enc, keep_last=meta.get("keep") == "last")
-        return {"kind": "ok", "value": value, "writes": self.writes(args, kwargs, enc)}
+        reply = {"kind": "ok", "value": value, "writes": self.writes(args, kwargs, enc)}
+        if before is not None:
+            self.ahead = _ahead.start(self, meta, data, before, reply, enc)
+        return reply
 
     def model(self, meta, data, enc):
         """A model object kept here (gradaudit/_objects.py): the judge's mirror of its state set on it,
@@ -346,61 +370,6 @@ def describe_derivation(d) -> dict:
             "params": [[n, spec(s)] for n, s in d.params.items()], "wants_out": wants_out}
 
 
-def _reaper(child: int, status_fd: int) -> None:
-    """PID 1 of the child's PID namespace: reap whatever ends in it until `child` (the server) ends,
-    hand its wait status on, and exit, which ends every process left in the namespace."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            status = 0
-            break
-        if pid == child:
-            break
-    os.write(status_fd, status.to_bytes(4, "little", signed=True))
-    os._exit(0)
-
-
-def _end_as(status: int) -> None:
-    """Exit the way a process with wait status `status` ended (its code, or its signal), so that the
-    judge names the right death."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 70)
-
-
-def _in_own_pid_namespace(req: int, rep: int) -> bool:
-    """As root: this process stays outside (dying with the judge) and the server runs in a PID
-    namespace of its own, under a reaper; when this process dies, for any reason, the kernel ends the
-    namespace and everything the audited code started in it (a daemon's double fork included).
-    Returns True in the server, does not return elsewhere; False where namespaces are not allowed."""
-    from gradaudit._confine import new_pid_namespace
-
-    if not new_pid_namespace():
-        return False
-    status_r, status_w = os.pipe()
-    reaper = os.fork()
-    if reaper:  # outside: wait, then end as the server ended
-        for fd in (req, rep, status_w):
-            os.close(fd)
-        os.waitpid(reaper, 0)
-        got = os.read(status_r, 4)
-        _end_as(int.from_bytes(got, "little", signed=True) if len(got) == 4 else 9)
-    confine_child(0)  # the reaper dies with the process outside
-    os.close(status_r)
-    server = os.fork()
-    if server:
-        for fd in (req, rep):
-            os.close(fd)
-        _reaper(server, status_w)
-    os.close(status_w)
-    return True
-
-
 def main() -> None:
     req, rep, parent, uid, read_all = (int(a) for a in sys.argv[1:6])
     confine_child(parent)
@@ -411,7 +380,7 @@ def main() -> None:
             os._exit(0)
         token += chunk
     if uid >= 0:
-        _in_own_pid_namespace(req, rep)
+        in_own_pid_namespace(req, rep)
     confine_child(0, uid, bool(read_all))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     drain = OutputDrain()

@@ -138,3 +138,56 @@ def prepare_frameworks(names, allow_tf32: bool) -> None:
             jax.jit(lambda x: jax.vjp(jax.numpy.sin, x)[1](x))(np.ones(2))
         except Exception:
             pass
+
+
+def _reaper(child: int, status_fd: int) -> None:
+    """PID 1 of the child's PID namespace: reap whatever ends in it until `child` (the server) ends,
+    hand its wait status on, and exit, which ends every process left in the namespace."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            status = 0
+            break
+        if pid == child:
+            break
+    os.write(status_fd, status.to_bytes(4, "little", signed=True))
+    os._exit(0)
+
+
+def _end_as(status: int) -> None:
+    """Exit the way a process with wait status `status` ended (its code, or its signal), so that the
+    judge names the right death."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 70)
+
+
+def in_own_pid_namespace(req: int, rep: int) -> bool:
+    """As root: this process stays outside (dying with the judge) and the server runs in a PID
+    namespace of its own, under a reaper; when this process dies, for any reason, the kernel ends the
+    namespace and everything the audited code started in it (a daemon's double fork included).
+    Returns True in the server, does not return elsewhere; False where namespaces are not allowed."""
+    if not new_pid_namespace():
+        return False
+    status_r, status_w = os.pipe()
+    reaper = os.fork()
+    if reaper:  # outside: wait, then end as the server ended
+        for fd in (req, rep, status_w):
+            os.close(fd)
+        os.waitpid(reaper, 0)
+        got = os.read(status_r, 4)
+        _end_as(int.from_bytes(got, "little", signed=True) if len(got) == 4 else 9)
+    confine_child(0)  # the reaper dies with the process outside
+    os.close(status_r)
+    server = os.fork()
+    if server:
+        for fd in (req, rep):
+            os.close(fd)
+        _reaper(server, status_w)
+    os.close(status_w)
+    return True

@@ -18,6 +18,7 @@ The reader never trusts the child; the child trusts the parent (it is the parent
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -56,6 +57,16 @@ def pack(token: bytes, meta: dict, data: bytes = b"") -> bytes:
     if len(body) > MAX_META or len(data) > MAX_DATA:
         raise ProtocolError(f"frame too large ({len(body)} bytes of JSON, {len(data)} of arrays)")
     return HEADER.pack(MAGIC, token, len(body), len(data)) + body + data
+
+
+def digest(parts: list, data) -> str:
+    """What identifies a request: the JSON of its parts (the values' nodes: offsets, dtypes, shapes,
+    refs) and its arrays' bytes. A reply the audit child computed ahead names the request it answers
+    so (gradaudit/_ahead.py), and the judge compares it with its own request's."""
+    h = hashlib.blake2b(json.dumps(parts, separators=(",", ":"), allow_nan=True).encode("utf-8", "surrogatepass"),
+                        digest_size=16)
+    h.update(data)
+    return h.hexdigest()
 
 
 def write_frame(fd: int, token: bytes, meta: dict, data: bytes = b"") -> None:

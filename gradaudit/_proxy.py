@@ -183,4 +183,5 @@ def remote_derivation(child: Child, key: str, desc: dict):
         bwd.__signature__ = inspect.Signature(
             [P("args", P.VAR_POSITIONAL), *([P("out", P.KEYWORD_ONLY, default=None)] if desc.get("wants_out") else [])])
         d.backward(bwd)
+        forward.pair = (bwd, bool(desc.get("wants_out")), [key, name])  # the child runs the backward ahead
     return d

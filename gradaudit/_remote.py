@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import signal
 import sys
 import time
 import weakref
@@ -25,27 +24,12 @@ import numpy as np
 
 from oracles.base import OracleResult
 
+from . import _ahead
 from . import _protocol as wire
 from ._guard import UserCodeError, clean
-from ._sandbox import Confinement, spawn
+from ._run_cells import cells_that_raised
+from ._sandbox import Confinement, signal_name, spawn
 from .console import raise_if_interrupted
-
-
-def cells_that_raised(loaded) -> list[str]:
-    """The child's account of a notebook's or notes' cells that raised as it ran them one by one
-    ([chunk name, error, traceback], gradaudit/_run_cells.py), as sentences; whatever else the
-    child sent is ignored: it only ever becomes text."""
-    from .sources import locate
-
-    out = []
-    for item in (loaded.get("raised") if isinstance(loaded, dict) else None) or ():
-        if isinstance(item, list) and len(item) == 3 and all(isinstance(v, str) for v in item[:2]):
-            name, error, tb = item
-            at = locate(tb) if isinstance(tb, str) else None
-            error = error.removeprefix(f"{name} ").removeprefix("raised ")  # "cell 3 raised X" / "cell 3 called sys.exit(0)"
-            error = error.removesuffix(f" at {at}") if at else error  # said once, in front
-            out.append(f"{clean(at or name, 200)}: {clean(error, 300)}; the rest of {clean(name, 40)} was not run")
-    return out[:50]
 
 
 class ChildStartError(RuntimeError):
@@ -55,16 +39,6 @@ class ChildStartError(RuntimeError):
 class ChildLost(BaseException):
     """The child hung, died or broke the protocol during a call. A BaseException: it is no failure of
     an example for Hypothesis to shrink, it ends the target (its cells become errors)."""
-
-
-def signal_name(code: int) -> str:
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-    return {"SIGSEGV": "SIGSEGV (segmentation fault)", "SIGKILL": "SIGKILL (killed; out of memory?)",
-            "SIGABRT": "SIGABRT (abort)", "SIGBUS": "SIGBUS (bus error)",
-            "SIGXCPU": "SIGXCPU (CPU time limit)"}.get(name, name)
 
 
 class Handle:
@@ -116,6 +90,8 @@ class Child:
         self.info: dict = {}
         self.last_call: str | None = None
         self._starting = False  # a start-up asked for (`begin`) and not yet answered
+        self.ahead: _ahead.Ahead | None = None  # frames the child sends ahead, still to come (gradaudit/_ahead.py)
+        self.rewind: int | None = None  # the first of them the judge did not use
 
     def __enter__(self):
         return self
@@ -133,7 +109,7 @@ class Child:
         self.proc = spawn(self.conf)
         self.reader = wire.FrameReader(self.proc.rep_r, self.proc.token, nonblocking=True)
         self.generation += 1
-        self.seq, self.free, self.forget = 0, [], []
+        self.seq, self.free, self.forget, self.ahead, self.rewind = 0, [], [], None, None
         self._refs.clear()
         self._arrays.clear()
         self._descriptions.clear()
@@ -176,6 +152,7 @@ class Child:
                 return
 
     def close(self) -> None:
+        self.ahead = None
         if self.proc is not None:
             proc, self.proc = self.proc, None
             proc.kill_tree()
@@ -210,6 +187,8 @@ class Child:
 
     def _send(self, meta: dict, data: bytes = b"", *, fname: str) -> None:
         raise_if_interrupted()
+        if self.ahead is not None:  # frames sent ahead that answer no request of ours: read, dropped
+            self.ahead.drop(self, self.ahead.step + 1, fname)
         proc = self.proc
         self.seq += 1
         meta["seq"] = self.seq
@@ -217,30 +196,46 @@ class Child:
             meta["free"], self.free = self.free, []
         if self.forget:
             meta["forget"], self.forget = self.forget, []
+        if self.rewind is not None:
+            meta["rewind"], self.rewind = self.rewind, None
         self.last_call = fname
         try:
             wire.write_frame(proc.req_w, proc.token, meta, data)
         except (BrokenPipeError, ConnectionError):
             self.lose(self._death(fname))
 
-    def _receive(self, fname: str, timeout: float | None = None):
-        """The one reply to the request just sent."""
+    def _receive(self, fname: str, timeout: float | None = None, ahead: _ahead.Ahead | None = None):
+        """The one reply to the request just sent (and, with `ahead`, the frames it promises next)."""
+        reply, rdata = self.read_frame(fname, timeout)
+        if reply.get("seq") != self.seq:
+            self.lose(f"the audit child broke the protocol during a call to {fname}: a reply to another request")
+        if ahead is not None and reply.get("more") is True and reply.get("kind") == "ok":
+            self.ahead = ahead
+        elif self.reader.pending():  # more than one reply: someone else writes on the child's pipe
+            self.lose(f"the audit child broke the protocol during a call to {fname}: more than one reply")
+        return reply, rdata, fname
+
+    def read_frame(self, fname: str, timeout: float | None = None):
+        """The next frame from the child, waited for as the reply to a call to `fname`."""
         timeout = self.conf.timeout if timeout is None else timeout
         try:
-            reply, rdata = self.reader.read(time.monotonic() + timeout)
+            return self.reader.read(time.monotonic() + timeout)
         except (BrokenPipeError, ConnectionError, wire.PeerGone):
             self.lose(self._death(fname))
         except wire.FrameTimeout:
             self.lose(f"{fname} did not return within {timeout:g} s (--timeout {timeout:g}); the check was stopped")
         except wire.ProtocolError as e:
             self.lose(f"the audit child broke the protocol during a call to {fname}: {clean(e)}")
-        if reply.get("seq") != self.seq:
-            self.lose(f"the audit child broke the protocol during a call to {fname}: a reply to another request")
-        if self.reader.pending():  # more than one reply: someone else writes on the child's pipe
-            self.lose(f"the audit child broke the protocol during a call to {fname}: more than one reply")
-        return reply, rdata, fname
 
-    def _value(self, reply: dict, data, fname: str, writes_to=None):
+    def _answered_ahead(self, parts: list, enc: wire.Encoder, fname: str):
+        """The frame sent ahead that answers this request (parts and data as `enc` numbered them), or
+        None: then it and the rest are dropped (gradaudit/_ahead.py)."""
+        raise_if_interrupted()
+        self.last_call, ahead = fname, self.ahead
+        got = ahead.answer(self, parts, enc, fname)
+        return got and (*got, ahead)
+
+    def _value(self, reply: dict, data, fname: str, writes_to=None, numbers: _ahead.Numbering | None = None):
         kind = reply.get("kind")
         if kind == "raised":
             message = clean(reply.get("message"), 2000)
@@ -264,7 +259,7 @@ class Child:
             dec = wire.Decoder(data, self._handle)
             value = dec.value(reply.get("value"))
             if writes_to is not None:
-                self._apply(reply.get("writes"), dec, *writes_to)
+                self._apply(reply.get("writes"), dec, *writes_to, numbers)
         except wire.ProtocolError as e:
             self.lose(f"the audit child broke the protocol during a call to {fname}: {clean(e)}")
         return value
@@ -302,7 +297,7 @@ class Child:
         self._arrays[ref] = wr
         return ref
 
-    def _apply(self, writes, dec, args, kwargs) -> None:
+    def _apply(self, writes, dec, args, kwargs, numbers=None) -> None:
         """The child wrote into arrays we sent (even in an earlier call: a cache keeps them) or into
         dicts (cs231n's bn_param running averages): do the same here, so that the judge sees it."""
         if writes is None:
@@ -314,6 +309,8 @@ class Child:
                 raise wire.ProtocolError("bad array write")
             wr = self._arrays.get(item[0]) if type(item[0]) is int else None
             target, new = (wr() if wr is not None else None), dec.value(item[1])
+            if numbers is not None and type(item[0]) is int and item[0] < 0:  # an array of a request run ahead
+                target = numbers.by_number.get(item[0])
             if isinstance(target, np.ndarray) and isinstance(new, np.ndarray) and new.shape == target.shape \
                     and target.flags.writeable:
                 np.copyto(target, new, casting="unsafe")
@@ -332,18 +329,32 @@ class Child:
 
     # -- what the judge calls -------------------------------------------------------------------
 
-    def call(self, fn: tuple, args: tuple, kwargs: dict, *, fname: str, keep_last: bool = False):
+    def call(self, fn: tuple, args: tuple, kwargs: dict, *, fname: str, keep_last: bool = False, pair=None):
+        """fn(*args, **kwargs) in the child. `pair`: fn is a derivation's forward, and this its
+        (backward, whether that takes out=, [key, name]): the child runs ahead what run_target asks next."""
+        from properties.execute import current_stream, take_plan
+
         self.ensure()
-        enc = self._encoder()
+        stream = current_stream()  # the child's np.random and random follow the judge's stream
+        if self.ahead is not None and type(fn) is tuple:
+            enc = wire.Encoder(ref=self.ahead.number, handle_id=self._handle_id)
+            parts = _ahead.call_parts(fn, fname, stream, keep_last, enc.value(tuple(args)), enc.value(dict(kwargs)))
+            got = self._answered_ahead(parts, enc, fname)
+            if got is not None:
+                return self._value(*got[:3], writes_to=(args, kwargs), numbers=got[3])
+        plan = take_plan() if pair is not None and type(fn) is tuple else None
+        ahead = _ahead.Ahead(self.seq + 1, 0) if plan is not None else None
+        enc = wire.Encoder(ref=ahead.recording(self._ref) if ahead else self._ref, handle_id=self._handle_id)
         meta = {"kind": "call", "fn": list(fn) if type(fn) is tuple else enc.value(fn), "label": fname,  # (or a Handle)
                 "args": enc.value(tuple(args)), "kwargs": enc.value(dict(kwargs))}
-        from properties.execute import current_stream
-
-        if current_stream() is not None:  # the child's np.random and random follow the judge's stream
-            meta["stream"] = list(current_stream())
+        if stream is not None:
+            meta["stream"] = list(stream)
         if keep_last:
             meta["keep"] = "last"
-        return self._value(*self._request(meta, enc.data(), fname=fname), writes_to=(args, kwargs))
+        if ahead is not None:
+            meta["ahead"], ahead.limit = _ahead.plan_meta(plan, pair, enc)
+        self._send(meta, enc.data(), fname=fname)
+        return self._value(*self._receive(fname, ahead=ahead), writes_to=(args, kwargs))
 
     def call_many(self, fn: tuple, calls: list, *, fname: str) -> list:
         """fn(*args, **kwargs) for each (args, kwargs) of `calls`, in one request."""
@@ -370,10 +381,19 @@ class Child:
             device: str):
         """The derivation's forward under `oracle` (torch, jax) and its VJP, computed in the child."""
         self.ensure()
-        enc = self._encoder()
-        meta = {"kind": "vjp", "fn": [key, name], "oracle": oracle, "dtype": dtype, "device": device,
-                "arrays": enc.value(dict(arrays)), "params": enc.value(dict(params)), "douts": enc.value(tuple(douts))}
-        value = self._value(*self._request(meta, enc.data(), fname=f"{name} (forward under {oracle})"))
+        fname = f"{name} (forward under {oracle})"
+        got = None
+        if self.ahead is not None:
+            enc = wire.Encoder(ref=self.ahead.number, handle_id=self._handle_id)
+            parts = _ahead.vjp_parts([key, name], oracle, dtype, device, enc.value(dict(arrays)), enc.value(dict(params)),
+                                     enc.value(tuple(douts)))
+            got = self._answered_ahead(parts, enc, fname)
+        if got is None:
+            enc = self._encoder()
+            meta = {"kind": "vjp", "fn": [key, name], "oracle": oracle, "dtype": dtype, "device": device,
+                    "arrays": enc.value(dict(arrays)), "params": enc.value(dict(params)), "douts": enc.value(tuple(douts))}
+            got = self._request(meta, enc.data(), fname=fname)
+        value = self._value(*got[:3])
         if type(value) is not dict or type(value.get("grads")) is not dict:
             raise UserCodeError(f"{name} (forward under {oracle}): the child returned no gradients")
         return OracleResult(out=value.get("out"), grads=value["grads"])
@@ -412,12 +432,13 @@ class RemoteFunction:
                  namespace_first: bool = False, keeps_cache: bool = False):
         self.child, self.ref, self.label, self.namespace_first = child, (key, name, role), label, namespace_first
         self.keeps_cache = keeps_cache
+        self.pair = None  # a derivation's forward: (its backward, whether that takes out=, [key, name])
         self.__name__ = label
 
     def __call__(self, *args, **kwargs):
         if self.namespace_first:
             args = args[1:]
-        return self.child.call(self.ref, args, kwargs, fname=self.label, keep_last=self.keeps_cache)
+        return self.child.call(self.ref, args, kwargs, fname=self.label, keep_last=self.keeps_cache, pair=self.pair)
 
     def many(self, calls: list) -> list:
         """Call it at every (args, kwargs) of `calls`, in one round trip."""

@@ -9,7 +9,8 @@ import signal
 import threading
 import time
 
-from .sources import HEADER
+from ._guard import clean
+from .sources import HEADER, locate
 
 __all__ = ["CellOverTime", "chunks_of_text", "run_text"]
 
@@ -80,3 +81,18 @@ def run_text(text: str, path: str, namespace: dict, call, last_traceback=lambda:
         except (Exception, CellOverTime) as e:  # noqa: BLE001  the guard's UserCodeError: what the chunk raised
             raised.append((name, str(e), last_traceback()))
     return raised
+
+
+def cells_that_raised(loaded) -> list[str]:
+    """The child's account of a notebook's or notes' cells that raised as it ran them one by one
+    ([chunk name, error, traceback], gradaudit/_run_cells.py), as sentences; whatever else the
+    child sent is ignored: it only ever becomes text."""
+    out = []
+    for item in (loaded.get("raised") if isinstance(loaded, dict) else None) or ():
+        if isinstance(item, list) and len(item) == 3 and all(isinstance(v, str) for v in item[:2]):
+            name, error, tb = item
+            at = locate(tb) if isinstance(tb, str) else None
+            error = error.removeprefix(f"{name} ").removeprefix("raised ")  # "cell 3 raised X" / "cell 3 called sys.exit(0)"
+            error = error.removesuffix(f" at {at}") if at else error  # said once, in front
+            out.append(f"{clean(at or name, 200)}: {clean(error, 300)}; the rest of {clean(name, 40)} was not run")
+    return out[:50]

@@ -382,3 +382,13 @@ def spawn(conf: Confinement) -> ChildProcess:
             child.cgroup = None
     os.write(req_w, token)
     return child
+
+
+def signal_name(code: int) -> str:
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+    return {"SIGSEGV": "SIGSEGV (segmentation fault)", "SIGKILL": "SIGKILL (killed; out of memory?)",
+            "SIGABRT": "SIGABRT (abort)", "SIGBUS": "SIGBUS (bus error)",
+            "SIGXCPU": "SIGXCPU (CPU time limit)"}.get(name, name)

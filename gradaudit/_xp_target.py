@@ -21,7 +21,7 @@ from properties.verdict import report_hazard
 
 from . import _slips
 
-__all__ = ["derivation_target", "promotion_site"]
+__all__ = ["derivation_target", "judged_output", "promotion_site"]
 
 
 def _is_float_array(v) -> bool:
@@ -60,15 +60,13 @@ def derivation_target(d, name: str, *, wrap=None) -> Target:
             if slip is None:
                 raise
             raise slip from e
-        if isinstance(out, list):
-            out = tuple(out)
-        promoted = _promoted(out, arrays[0].dtype)
+        promoted = _promoted(tuple(out) if isinstance(out, list) else out, arrays[0].dtype)
         if promoted is not None:
             key = (str(arrays[0].dtype), str(promoted))
             if key not in sites:
                 sites[key] = promotion_site(d.fn, arrays, params, xp_np)
             report_hazard("dtype", _promotion_message(d.name, arrays[0].dtype, promoted, sites[key]))
-            out = _cast_out(out, arrays[0].dtype)
+        out = judged_output(out, arrays[0].dtype)
         return out, (arrays, params, out)
 
     def backward(*args):
@@ -141,6 +139,14 @@ def _promoted(out, dtype) -> np.dtype | None:
         if isinstance(o, (np.ndarray, np.generic)) and o.dtype.kind == "f" and o.dtype != dtype:
             return o.dtype
     return None
+
+
+def judged_output(out, dtype):
+    """The forward's output as the derivation's target hands it on (to the backward's `out=` too): a
+    list as a tuple, a float promoted beyond the inputs' `dtype` cast back. The audit child predicts
+    the backward's arguments with it (gradaudit/_ahead.py)."""
+    out = tuple(out) if isinstance(out, list) else out
+    return out if _promoted(out, dtype) is None else _cast_out(out, dtype)
 
 
 def _cast_out(out, dtype):

@@ -190,15 +190,16 @@ def evaluate(spec: OpSpec | None, target: Target, case: Case, dtype: str, sides:
              douts=None, dout_seed: int = 0, stream: int | None = None, forward_only: bool = False) -> Evaluation:
     """The target on `case` under the global random `stream`, judged against every side in `sides`
     (`forward_only`: the forwards alone; the target's backward is not called)."""
+    # the frameworks first: how many directions finite differences take depends on their verdicts
+    order = sorted(sides, key=lambda s: s[0] == "numeric")
     ev = run_target(target, case, dtype, douts=douts, dout_seed=dout_seed, spec=spec, stream=stream,
-                    forward_only=forward_only)
+                    forward_only=forward_only, sides=tuple(s for s in order if s[0] != "numeric"))
     if ev.error is not None:
         for s in sides:
             ev.sides[s] = Verdict("error", what=target.name, side=s, dtype=dtype, fault=ev.error)
             name_pattern(ev.sides[s], ev.finding)
         return ev
-    # the frameworks first: how many directions finite differences take depends on their verdicts
-    for oracle, device in sorted(sides, key=lambda s: s[0] == "numeric"):
+    for oracle, device in order:
         ev.sides[(oracle, device)] = judge_side(spec, target, ev, oracle, device)
     classify_kinks(spec, target, ev)
     return ev

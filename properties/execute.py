@@ -21,7 +21,7 @@ from .strategies import upstream
 from .target import Target
 from .verdict import Hazard, Side, Verdict, collect_hazards, raised
 
-__all__ = ["Evaluation", "arrays_in", "failure_class", "run_target"]
+__all__ = ["Evaluation", "RunPlan", "arrays_in", "failure_class", "run_target", "take_plan"]
 
 
 @dataclass
@@ -89,12 +89,38 @@ def _global_stream(seed: int | None):
 
 
 _STREAM: dict = {"now": None, "epoch": 0}
+SECOND_STREAM = 0x5DEECE66D  # the second call's stream: the first's seed xor this
 
 
 def current_stream() -> tuple[int, int] | None:
     """(seed, epoch) of the global random stream the target runs under now, else None: an audit child
     seeds its own generators from it, so that user code drawing there sees the stream a replay sees."""
     return _STREAM["now"]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What run_target is about to ask of the target, in order, for code that runs in another process:
+    the audit child computes it ahead, in one request (gradaudit/_ahead.py). A prediction only: the
+    other side answers each call as it predicted it, and the judge uses an answer only for the very
+    request it would have sent; anything else is asked for afresh."""
+
+    dtype: str
+    names: tuple  # the arrays, in the forward's order
+    dout_seed: int
+    douts: tuple | None  # the upstream gradients given, else upstream(the output shapes, dout_seed)
+    backward: bool  # the backward follows the forward (not forward_only)
+    again: tuple | None  # (seed, epoch) of the second call's stream (current_stream), if there is one
+    sides: tuple  # the framework oracles' (oracle, device) evaluate asks next, in that order
+
+
+_PLAN: dict = {"now": None}
+
+
+def take_plan() -> RunPlan | None:
+    """The plan of the run_target under way, once: the first forward call takes it."""
+    plan, _PLAN["now"] = _PLAN["now"], None
+    return plan
 
 
 def arrays_in(obj, depth: int = 0, out=None) -> list[np.ndarray]:
@@ -163,11 +189,25 @@ def _is_reference(spec: OpSpec | None, target: Target) -> bool:
 
 
 def run_target(target: Target, case: Case, dtype: str, douts=None, dout_seed: int = 0, *,
-               spec: OpSpec | None = None, stream: int | None = None, forward_only: bool = False) -> Evaluation:
+               spec: OpSpec | None = None, stream: int | None = None, forward_only: bool = False,
+               sides: tuple = ()) -> Evaluation:
     """Forward and backward of the code under test on private copies, validated. What it does with
     correct values (writes into its inputs, another dtype, a different result on a second call under
     another global random stream) becomes `hazards`; a backward that raises is kept apart from the
-    forward, which is judged first."""
+    forward, which is judged first. `sides`: the framework oracles evaluate asks next (a RunPlan's)."""
+    second = stream is not None and not _is_reference(spec, target)
+    # the second call's stream is the next _global_stream after this run's own: epoch + 2
+    _PLAN["now"] = RunPlan(dtype, tuple(case.arrays), dout_seed, None if douts is None else tuple(douts),
+                           not forward_only, (stream ^ SECOND_STREAM, _STREAM["epoch"] + 2) if second else None,
+                           tuple(sides))
+    try:
+        return _run_target(target, case, dtype, douts, dout_seed, spec, stream, forward_only, second)
+    finally:
+        _PLAN["now"] = None
+
+
+def _run_target(target: Target, case: Case, dtype: str, douts, dout_seed: int, spec: OpSpec | None,
+                stream: int | None, forward_only: bool, second: bool) -> Evaluation:
     arrays = case.cast(dtype)
     # float array params (an mse target, a dropout mask) in the cell's dtype too, so that every side,
     # the float64 finite differences included, evaluates the same point
@@ -251,7 +291,7 @@ def run_target(target: Target, case: Case, dtype: str, douts=None, dout_seed: in
                                                  f"values are right, but a caller that uses "
                                                  f"{'them' if len(backward_wrote) > 1 else 'it'} afterwards sees "
                                                  f"{'them' if len(backward_wrote) > 1 else 'it'} changed"))
-        if stream is not None and not _is_reference(spec, target):
+        if second:
             _second_call(ev, target, case, dtype, stream, run, call_forward, call_backward, fwd_name)
     ev.hazards += reported
     return ev
@@ -329,7 +369,7 @@ def _second_call(ev: Evaluation, target: Target, case: Case, dtype: str, stream:
     """The same input once more under another global random stream: a different result is
     nondeterminism (user code drawing from np.random outside a given seed)."""
     run = _Run()
-    with collect_hazards(), _global_stream(stream ^ 0x5DEECE66D):
+    with collect_hazards(), _global_stream(stream ^ SECOND_STREAM):
         call_forward({n: a.copy() for n, a in ev.arrays.items()},
                      {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in case.params.items()}, run)
         if run.forward_error is None and ev.shape_mismatch is None:
