@@ -15,6 +15,12 @@
     python benchmarks/audit_child.py --json                         # round trips only (~1 minute)
     python benchmarks/audit_child.py --notes 3 --baseline /work/main  # and the notes audit, 3 rounds each
     python benchmarks/audit_child.py --count                         # and the notes audit's requests, by kind
+    python benchmarks/audit_child.py --verdicts /tmp/before --seed 7  # the same verdicts as another checkout?
+
+3. `--count`: every request to the child by kind, and the replies the child sent ahead
+   (gradaudit/_ahead.py) that answered a request (`ahead call`, `ahead vjp`) or were dropped.
+4. `--verdicts PATH`: the notes audit with `--seed` here and in the checkout at PATH; every cell's
+   (status, kind, blame, pattern, message) must be the same (exit 1 otherwise).
 """
 from __future__ import annotations
 
@@ -90,14 +96,15 @@ def notes_copy(into: Path) -> Path:
     return folder
 
 
-def notes_audit(checkout: Path, report: Path, notes: Path) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the whole process tree: the judge and its children)."""
+def notes_audit(checkout: Path, report: Path, notes: Path, *extra) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the processes reaped: the judge, and the children it waited for)."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(notes), "--profile", "ci",
-                        "--report", str(report)], cwd=checkout, capture_output=True, text=True)
+                        "--report", str(report), *extra], cwd=checkout, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(checkout)})
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode not in (0, 1):
@@ -114,26 +121,61 @@ def request_counts(notes: Path, report: Path) -> dict:
     from gradaudit.cli import main as gradaudit_main
 
     n, spent = collections.Counter(), collections.Counter()
-    plain = _remote.Child._request
+    plain, plain_send = _remote.Child._receive, _remote.Child._send
+    plain_ahead = getattr(_remote.Child, "_answered_ahead", None)
 
-    def counted(self, meta, data=b"", **kw):
-        t0 = time.perf_counter()
+    def send(self, meta, data=b"", **kw):
+        self.sent_kind = meta["kind"] + (f" {meta['oracle']}" if meta["kind"] == "vjp" else "") + \
+            (" (+ ahead)" if "ahead" in meta else "")
+        self.sent_at = time.perf_counter()
+        return plain_send(self, meta, data, **kw)
+
+    def receive(self, *a, **kw):
         try:
-            return plain(self, meta, data, **kw)
+            return plain(self, *a, **kw)
         finally:
-            kind = meta["kind"] + (f" {meta['oracle']}" if meta["kind"] == "vjp" else "")
-            n[kind] += 1
-            spent[kind] += time.perf_counter() - t0
+            n[self.sent_kind] += 1
+            spent[self.sent_kind] += time.perf_counter() - self.sent_at
 
-    _remote.Child._request = counted
+    def ahead(self, parts, *a, **kw):
+        t0 = time.perf_counter()
+        got = plain_ahead(self, parts, *a, **kw)
+        kind = f"ahead {parts[0]}" + (f" {parts[2]}" if parts[0] == "vjp" else "") + ("" if got else " (dropped)")
+        n[kind] += 1
+        spent[kind] += time.perf_counter() - t0
+        return got
+
+    _remote.Child._receive, _remote.Child._send = receive, send
+    if plain_ahead is not None:
+        _remote.Child._answered_ahead = ahead
     t0 = time.perf_counter()
     try:
         gradaudit_main(["audit", str(notes), "--profile", "ci", "--report", str(report), "--quiet"])
     finally:
-        _remote.Child._request = plain
+        _remote.Child._receive, _remote.Child._send = plain, plain_send
+        if plain_ahead is not None:
+            _remote.Child._answered_ahead = plain_ahead
     return {"wall_s": round(time.perf_counter() - t0, 1),
             "requests": {k: {"n": c, "total_s": round(spent[k], 1), "mean_ms": round(1e3 * spent[k] / c, 2)}
                          for k, c in n.most_common()}}
+
+
+def same_verdicts(other: Path, seed: int) -> int:
+    """The notes audit with `--seed` in this checkout and in `other`: 0 when every cell has the same
+    (status, kind, blame, pattern, message), else 1 (the differences printed)."""
+    keys = ("status", "kind", "blame", "pattern", "message")
+    with tempfile.TemporaryDirectory() as d:
+        notes, got = notes_copy(Path(d)), {}
+        for name, where in (("this", ROOT), ("other", other)):
+            notes_audit(where, Path(d) / name, notes, "--seed", str(seed))
+            got[name] = {r["id"]: tuple(r.get(k) for k in keys) for r in map(json.loads, (
+                Path(d) / name / "results.jsonl").read_text().splitlines())}
+    this, that = got["this"], got["other"]
+    differ = sorted(i for i in this.keys() | that.keys() if this.get(i) != that.get(i))
+    for i in differ:
+        print(f"{i}\n  this:  {this.get(i)}\n  other: {that.get(i)}")
+    print(f"{len(this)} cells here, {len(that)} there; {len(differ)} differ")
+    return 1 if differ else 0
 
 
 def main() -> None:
@@ -144,8 +186,12 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to time the notes audit in")
     ap.add_argument("--no-warm", action="store_true", help="skip the warm-up audit (the JAX caches are warm already)")
     ap.add_argument("--count", action="store_true", help="count the notes audit's requests to the child, by kind")
+    ap.add_argument("--verdicts", type=Path, default=None, help="another checkout: the same verdicts with --seed?")
+    ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.verdicts:
+        raise SystemExit(same_verdicts(args.verdicts.resolve(), args.seed))
     out = {"load_average": os.getloadavg(), "round_trip": round_trips(args.rounds, args.calls)}
     if args.count:
         with tempfile.TemporaryDirectory() as d:
@@ -168,6 +214,8 @@ def main() -> None:
             this, base = out["notes_audit_s"]["this"], out["notes_audit_s"]["baseline"]
             out["notes_audit_slowdown"] = {k: round(this[f"median_{k}"] / base[f"median_{k}"] - 1, 3)
                                            for k in ("wall", "cpu")}
+            ratios = [round(t / b, 2) for t, b in zip(this["wall"], base["wall"])]  # pair by pair
+            out["notes_audit_wall_ratio"] = {"pairs": ratios, "median": statistics.median(ratios)}
         out["load_average_after"] = os.getloadavg()
     print(json.dumps(out, indent=None if args.json else 1))
 
