@@ -37,6 +37,7 @@ class Server:
         self.next_handle = 1
         self.tracked: dict = {}  # the parent's ref -> (our copy of its array, the bytes it had)
         self.xp_targets: dict = {}
+        self.derivations: dict = {}
         self.cpu_per_call = 60.0
         self.decoded: dict | None = None  # while running ahead: id(array) -> (its ref, the array) as decoded
         self.last_call: tuple | None = None  # the (args, kwargs) the last `call` passed to the user's function
@@ -217,7 +218,11 @@ class Server:
         """The same function at many points (finite differences of a derivation's forward, which the
         judge computes): one round trip instead of two per element."""
         fn, fname = self.function(*meta["fn"])
-        calls = self.decode(meta["calls"], data)
+        if "stacked" in meta:  # each call its point's views of the stacks, and kwargs of its own
+            stacks = [self.decode(s, data) for s in meta["stacked"]]
+            calls = [(tuple(s[i] for s in stacks), self.decode(meta["kwargs"], data)) for i in range(meta["n"])]
+        else:
+            calls = self.decode(meta["calls"], data)
         return {"kind": "ok", "value": {"L": [self.call_user(fn, fname, a, k, enc) for a, k in calls]}}
 
     def function(self, key, name, role):
@@ -236,10 +241,12 @@ class Server:
         return fn, getattr(fn, "__name__", role) if role == "backward" else f"{d.name} {role}"
 
     def derivation(self, key, name):
-        d = next((d for h, d in named_derivations(self.modules[key]) if h == name), None)
-        if d is None:
-            raise UserCodeError(f"no derivation {name!r}")
-        return d
+        if (key, name) not in self.derivations:  # (found once: every call of its functions asks)
+            d = next((d for h, d in named_derivations(self.modules[key]) if h == name), None)
+            if d is None:
+                raise UserCodeError(f"no derivation {name!r}")
+            self.derivations[key, name] = d
+        return self.derivations[key, name]
 
     def vjp(self, meta, data, enc):
         """A derivation's own forward under torch or JAX, and its VJP: the frameworks' side of the

@@ -137,6 +137,19 @@ class FrameReader:
 
 # ---- values -----------------------------------------------------------------------------------
 
+def stacked(calls: list) -> list | None:
+    """The (args, kwargs) of many calls as one array per positional argument, the calls' arrays stacked
+    along a new first axis (a `call_many` request sends that, and the kwargs once), when every call
+    has the same kwargs and arrays of one shape and dtype in each position; else None."""
+    if not calls or not calls[0][0] or any(k is not calls[0][1] for _, k in calls):
+        return None
+    like = [(a.shape, a.dtype) if type(a) is np.ndarray else None for a in calls[0][0]]
+    if None in like or any(len(args) != len(like) or any(type(a) is not np.ndarray or (a.shape, a.dtype) != s
+                                                          for a, s in zip(args, like)) for args, _ in calls):
+        return None
+    return [np.stack([args[i] for args, _ in calls]) for i in range(len(like))]
+
+
 class Encoder:
     """Builds one frame's binary part. `opaque(obj)` turns what cannot cross into a handle node (the
     child keeps such objects); `ref(array)` gives the parent's id of an array it sends (for in-place
@@ -167,11 +180,10 @@ class Encoder:
             return v
         if isinstance(v, (int, float)) and type(v) in (int, float):
             return v
-        if isinstance(v, np.ndarray) and (v.dtype.kind in "biufc" and not v.dtype.hasobject or v.dtype.name == BF16):
+        if isinstance(v, np.ndarray) and (dt := _wire_dtype(v.dtype)) is not None:
             a = v if v.flags.c_contiguous else v.copy(order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
             raw = a.tobytes()
             ref = self.ref(v) if self.ref is not None else None
-            dt = BF16 if a.dtype.name == BF16 else a.dtype.str
             return {"A": [self._put(raw), len(raw), dt, list(a.shape), bool(v.flags.writeable), ref]}
         if isinstance(v, np.generic) and np.dtype(type(v)).kind in "biufc":
             raw = np.asarray(v).tobytes()
@@ -190,6 +202,15 @@ class Encoder:
         if self.opaque is None:
             raise TypeError(f"cannot send a {type(v).__name__}")
         return {"H": [self.opaque(v), _type_name(v)]}
+
+
+@functools.lru_cache(maxsize=64)
+def _wire_dtype(dt: np.dtype) -> str | None:
+    """How an array's dtype crosses (NumPy's `str`, or "bfloat16"); None: it cannot. (dtype.name
+    builds a string each time: the encoder asks once per dtype.)"""
+    if dt.name == BF16:
+        return BF16
+    return dt.str if dt.kind in "biufc" and not dt.hasobject else None
 
 
 def _type_name(v) -> str:

@@ -90,8 +90,8 @@ class Child:
         self.info: dict = {}
         self.last_call: str | None = None
         self._starting = False  # a start-up asked for (`begin`) and not yet answered
-        self.ahead: _ahead.Ahead | None = None  # frames the child sends ahead, still to come (gradaudit/_ahead.py)
-        self.rewind: int | None = None  # the first of them the judge did not use
+        # the frames the child sends ahead, still to come, and the first the judge did not use (gradaudit/_ahead.py)
+        self.ahead, self.rewind = None, None
 
     def __enter__(self):
         return self
@@ -228,8 +228,7 @@ class Child:
             self.lose(f"the audit child broke the protocol during a call to {fname}: {clean(e)}")
 
     def _answered_ahead(self, parts: list, enc: wire.Encoder, fname: str):
-        """The frame sent ahead that answers this request (parts and data as `enc` numbered them), or
-        None: then it and the rest are dropped (gradaudit/_ahead.py)."""
+        """The frame sent ahead that answers this request (`parts`, `enc`), or None (gradaudit/_ahead.py)."""
         raise_if_interrupted()
         self.last_call, ahead = fname, self.ahead
         got = ahead.answer(self, parts, enc, fname)
@@ -357,10 +356,14 @@ class Child:
         return self._value(*self._receive(fname, ahead=ahead), writes_to=(args, kwargs))
 
     def call_many(self, fn: tuple, calls: list, *, fname: str) -> list:
-        """fn(*args, **kwargs) for each (args, kwargs) of `calls`, in one request."""
+        """fn(*args, **kwargs) for each (args, kwargs) of `calls`, in one request (nothing written comes back)."""
         self.ensure()
-        enc = self._encoder()
-        meta = {"kind": "call_many", "fn": list(fn), "calls": enc.value([[tuple(a), dict(k)] for a, k in calls])}
+        enc = wire.Encoder(handle_id=self._handle_id)
+        meta, stacks = {"kind": "call_many", "fn": list(fn)}, wire.stacked(calls)
+        if stacks is not None:
+            meta.update(stacked=[enc.value(s) for s in stacks], kwargs=enc.value(dict(calls[0][1])), n=len(calls))
+        else:
+            meta["calls"] = enc.value([[tuple(a), dict(k)] for a, k in calls])
         values = self._value(*self._request(meta, enc.data(), fname=fname))
         if type(values) is not list or len(values) != len(calls):
             self.lose(f"the audit child broke the protocol during a call to {fname}: {len(calls)} calls, "
@@ -381,8 +384,7 @@ class Child:
             device: str):
         """The derivation's forward under `oracle` (torch, jax) and its VJP, computed in the child."""
         self.ensure()
-        fname = f"{name} (forward under {oracle})"
-        got = None
+        fname, got = f"{name} (forward under {oracle})", None
         if self.ahead is not None:
             enc = wire.Encoder(ref=self.ahead.number, handle_id=self._handle_id)
             parts = _ahead.vjp_parts([key, name], oracle, dtype, device, enc.value(dict(arrays)), enc.value(dict(params)),

@@ -233,6 +233,25 @@ def test_frames_the_judge_does_not_use_are_dropped_and_the_random_state_rewound(
     assert code.child.ahead is None and _same(ahead, alone)
 
 
+def test_many_points_cross_as_one_array_per_argument(code, monkeypatch):
+    """call_many (the finite differences' points): the same results as the points one by one."""
+    from gradaudit import _protocol as wire
+    from gradaudit._remote import RemoteFunction
+
+    fn = RemoteFunction(code.child, "m2", "writes", "forward", label="writes", namespace_first=True)
+    params, x, w = {}, np.arange(3.0), np.linspace(0, 1, 3)
+    points = [((x + i, w * i), params) for i in range(5)]
+    sent, plain = [], type(code.child)._send
+    monkeypatch.setattr(type(code.child), "_send", lambda c, meta, *a, **k: (sent.append(meta), plain(c, meta, *a, **k))[1])
+    stacked = fn.many(points)
+    monkeypatch.setattr(wire, "stacked", lambda calls: None)
+    alone = fn.many(points)
+    assert "stacked" in sent[0] and "calls" in sent[1] and _same(stacked, alone)
+    assert _same(stacked, [(a * b) for (a, b), _ in points])
+    assert wire.stacked([((x,), params), ((x[:2],), params)]) is None  # shapes differ: one by one
+    assert wire.stacked([((x,), params), ((x,), {})]) is None  # kwargs differ
+
+
 # ---- frames that break the row: an error on the function, never a pass ----------------------------
 
 NOTE = """
