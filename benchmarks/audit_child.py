@@ -97,15 +97,27 @@ def notes_copy(into: Path) -> Path:
 
 
 def notes_audit(checkout: Path, report: Path, notes: Path, *extra) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the processes reaped: the judge, and the children it waited for)."""
+    """(wall seconds, CPU seconds of the whole process tree: the judge and every process under it).
+    The audit child is killed, not waited for, by the judge: this process becomes a subreaper so that
+    it inherits and reaps it (and counts its CPU, which getrusage otherwise never sees)."""
     import resource
 
+    from gradaudit._confine import PR_SET_CHILD_SUBREAPER, prctl
+
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(notes), "--profile", "ci",
                         "--report", str(report), *extra], cwd=checkout, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(checkout)})
     wall = time.perf_counter() - t0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the orphans the judge left to die: reaped here, their CPU counted
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                time.sleep(0.05)
+        except ChildProcessError:
+            break
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode not in (0, 1):
         raise RuntimeError(f"audit in {checkout} failed ({r.returncode}): {r.stderr[-2000:]}")
