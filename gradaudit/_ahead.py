@@ -144,10 +144,12 @@ def plan_meta(plan, pair, enc) -> tuple[dict, int]:
         given = enc.value(tuple(plan.douts))
         enc.ref = ref
     again = list(plan.again) if plan.again is not None and plan.backward else None
+    vjps = [[o, d] for o, d in plan.sides if o != "numeric"]
+    numeric = plan.dtype != "float64" and any(o == "numeric" for o, _ in plan.sides)
     meta = {"backward": list(bwd.ref) if plan.backward else None, "label": bwd.label, "out": bool(wants_out),
             "seed": int(plan.dout_seed), "douts": given, "dtype": plan.dtype, "names": list(plan.names),
-            "again": again, "vjps": [[o, d] for o, d in plan.sides], "derivation": list(derivation)}
-    return meta, (1 + 2 * (again is not None) if plan.backward else 0) + len(plan.sides)
+            "again": again, "vjps": vjps, "numeric": numeric, "derivation": list(derivation)}
+    return meta, (1 + 2 * (again is not None) if plan.backward else 0) + len(vjps) + numeric
 
 
 # ---- the child's end ----------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class ChildAhead:
         self.out = self._out(reply, enc, self.args)
         self.steps = [] if self.out is _STOP else \
             (["backward"] + (["again", "again backward"] if self.plan["again"] else []) if self.plan["backward"] else []) \
-            + [("vjp", o, d) for o, d in self.plan["vjps"]]
+            + [("vjp", o, d) for o, d in self.plan["vjps"]] + (["numeric"] if self.plan["numeric"] else [])
         self.sent = 0
         reply["more"] = self.promised = bool(self.steps)
 
@@ -234,8 +236,10 @@ class ChildAhead:
 
             self.server.before_steps.append((np.random.get_state(), random.getstate(), self.server.stream))
             if step == "backward":
-                self._call(p["backward"], p["label"], stream, (*[d.copy() for d in douts], *args),
-                           {**kwargs, "out": out} if p["out"] else dict(kwargs))
+                reply, _ = self._call(p["backward"], p["label"], stream, (*[d.copy() for d in douts], *args),
+                                      {**kwargs, "out": out} if p["out"] else dict(kwargs))
+                if reply.get("kind") != "ok" and "numeric" in self.steps:  # the judge takes no finite differences
+                    self.steps.remove("numeric")
             elif step == "again":  # the second call: the forward's arguments as they came, another stream
                 again_args, again_kwargs = plain_copy(self.before)
                 reply, enc = self._call(fn, label, p["again"], again_args, again_kwargs, send=False)
@@ -247,6 +251,12 @@ class ChildAhead:
             elif step == "again backward":
                 self._call(p["backward"], p["label"], p["again"], (*[d.copy() for d in douts], *args),
                            {**kwargs, "out": out} if p["out"] else dict(kwargs))
+            elif step == "numeric":  # finite differences' forward at the float64 point (properties/evaluate.py)
+                if vjp_values is None:
+                    vjp_values = (None, plain_copy(self.before)[1], None)
+                points = tuple(np.array(a, dtype=np.float64) for a in plain_copy(self.before)[0])
+                self._call(fn, label, None, points, {k: v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f"
+                                                     else v for k, v in vjp_values[1].items()})
             else:  # the frameworks: the same objects for each, so that they get the same numbers
                 if vjp_values is None:
                     first_args, first_kwargs = plain_copy(self.before)

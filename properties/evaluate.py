@@ -193,7 +193,7 @@ def evaluate(spec: OpSpec | None, target: Target, case: Case, dtype: str, sides:
     # the frameworks first: how many directions finite differences take depends on their verdicts
     order = sorted(sides, key=lambda s: s[0] == "numeric")
     ev = run_target(target, case, dtype, douts=douts, dout_seed=dout_seed, spec=spec, stream=stream,
-                    forward_only=forward_only, sides=tuple(s for s in order if s[0] != "numeric"))
+                    forward_only=forward_only, sides=tuple(order))
     if ev.error is not None:
         for s in sides:
             ev.sides[s] = Verdict("error", what=target.name, side=s, dtype=dtype, fault=ev.error)

@@ -111,7 +111,7 @@ class RunPlan:
     douts: tuple | None  # the upstream gradients given, else upstream(the output shapes, dout_seed)
     backward: bool  # the backward follows the forward (not forward_only)
     again: tuple | None  # (seed, epoch) of the second call's stream (current_stream), if there is one
-    sides: tuple  # the framework oracles' (oracle, device) evaluate asks next, in that order
+    sides: tuple  # the oracles' (oracle, device) evaluate asks next, in that order
 
 
 _PLAN: dict = {"now": None}
@@ -194,7 +194,7 @@ def run_target(target: Target, case: Case, dtype: str, douts=None, dout_seed: in
     """Forward and backward of the code under test on private copies, validated. What it does with
     correct values (writes into its inputs, another dtype, a different result on a second call under
     another global random stream) becomes `hazards`; a backward that raises is kept apart from the
-    forward, which is judged first. `sides`: the framework oracles evaluate asks next (a RunPlan's)."""
+    forward, which is judged first. `sides`: the oracles evaluate asks next, in order (a RunPlan's)."""
     second = stream is not None and not _is_reference(spec, target)
     # the second call's stream is the next _global_stream after this run's own: epoch + 2
     _PLAN["now"] = RunPlan(dtype, tuple(case.arrays), dout_seed, None if douts is None else tuple(douts),

@@ -159,10 +159,13 @@ def test_run_ahead_answers_the_notes_as_separate_requests_do(code, key, monkeypa
             ahead, sent = _evaluate(code, built, case, dtype, monkeypatch, ahead=True, dout_seed=7)
             alone, sent_alone = _evaluate(code, built, case, dtype, monkeypatch, ahead=False, dout_seed=7)
             _assert_same(ahead, alone)
-            # forward, backward, both again, torch, JAX: one request instead of six
+            # forward, backward, both again, torch, JAX (and in float32 the finite differences' forward
+            # at the float64 point): one request instead of six (seven)
             assert sent_alone.count("call") >= 4 and sent_alone.count("vjp") == 2, (job.name, sent_alone)
-            if ahead.error is None:
-                assert sent.count("vjp") == 0 and sent.count("call") == sent_alone.count("call") - 3, (job.name, sent)
+            if ahead.error is None and ahead.backward_error is None:
+                ahead_calls = 3 + (dtype == "float32")
+                assert sent.count("vjp") == 0 and sent.count("call") == sent_alone.count("call") - ahead_calls, \
+                    (job.name, sent, sent_alone)
 
 
 def test_given_upstream_gradients_are_run_ahead_too(code, monkeypatch):
