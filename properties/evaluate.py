@@ -192,6 +192,15 @@ def evaluate(spec: OpSpec | None, target: Target, case: Case, dtype: str, sides:
     (`forward_only`: the forwards alone; the target's backward is not called)."""
     # the frameworks first: how many directions finite differences take depends on their verdicts
     order = sorted(sides, key=lambda s: s[0] == "numeric")
+    tolerance = spec.tolerance if spec is not None else None
+    if tolerance is not None and callable(tolerance.rtol_factor) and getattr(target, "oracles_beside_user_code", False):
+        # a per-case factor that probes the forward (a derivation's centring, memoised per shape) does it
+        # before the target's calls, not between the oracles: the audit child runs those ahead in a row
+        # (gradaudit/_ahead.py) that a call in between would break
+        try:
+            tolerance.rtol_factor(case)
+        except Exception:  # noqa: BLE001  raised again where the policy needs it, as before
+            pass
     ev = run_target(target, case, dtype, douts=douts, dout_seed=dout_seed, spec=spec, stream=stream,
                     forward_only=forward_only, sides=tuple(order))
     if ev.error is not None:
