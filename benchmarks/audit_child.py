@@ -18,7 +18,8 @@
     python benchmarks/audit_child.py --verdicts /tmp/before --seed 7  # the same verdicts as another checkout?
 
 3. `--count`: every request to the child by kind, and the replies the child sent ahead
-   (gradaudit/_ahead.py) that answered a request (`ahead call`, `ahead vjp`) or were dropped.
+   (gradaudit/_ahead.py) that answered a request (`ahead call`, `ahead vjp`) or were dropped, and the
+   CPU of the judge and of the audit child (read from /proc before it is killed).
 4. `--verdicts PATH`: the notes audit with `--seed` here and in the checkout at PATH; every cell's
    (status, kind, blame, pattern, message) must be the same (exit 1 otherwise).
 """
@@ -97,31 +98,37 @@ def notes_copy(into: Path) -> Path:
 
 
 def notes_audit(checkout: Path, report: Path, notes: Path, *extra) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the whole process tree: the judge and every process under it).
-    The audit child is killed, not waited for, by the judge: this process becomes a subreaper so that
-    it inherits and reaps it (and counts its CPU, which getrusage otherwise never sees)."""
+    """(wall seconds, CPU seconds of the processes the judge waited for: the judge itself, and not the
+    audit child, which is killed at the end and whose CPU getrusage never sees; `--count` measures it)."""
     import resource
 
-    from gradaudit._confine import PR_SET_CHILD_SUBREAPER, prctl
-
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "gradaudit", "audit", str(notes), "--profile", "ci",
                         "--report", str(report), *extra], cwd=checkout, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(checkout)})
     wall = time.perf_counter() - t0
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # the orphans the judge left to die: reaped here, their CPU counted
-        try:
-            if os.waitpid(-1, os.WNOHANG) == (0, 0):
-                time.sleep(0.05)
-        except ChildProcessError:
-            break
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode not in (0, 1):
         raise RuntimeError(f"audit in {checkout} failed ({r.returncode}): {r.stderr[-2000:]}")
     return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def descendants_cpu() -> float:
+    """CPU seconds (user + system) of every live process under this one, from /proc."""
+    procs, tick = {}, os.sysconf("SC_CLK_TCK")
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            procs[int(p)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)
+        except (OSError, IndexError, ValueError):
+            pass
+    total, me = 0.0, os.getpid()
+    for ppid, cpu in procs.values():
+        while ppid > 1 and ppid != me:
+            ppid = procs.get(ppid, (0, 0))[0]
+        total += cpu if ppid == me else 0.0
+    return total
 
 
 def request_counts(notes: Path, report: Path) -> dict:
@@ -157,17 +164,28 @@ def request_counts(notes: Path, report: Path) -> dict:
         spent[kind] += time.perf_counter() - t0
         return got
 
-    _remote.Child._receive, _remote.Child._send = receive, send
+    child_cpu, plain_close = [0.0], _remote.Child.close
+
+    def close(self):  # the child's CPU, read from /proc before it is killed (getrusage never sees it)
+        if self.proc is not None:
+            child_cpu[0] += descendants_cpu()
+        return plain_close(self)
+
+    _remote.Child._receive, _remote.Child._send, _remote.Child.close = receive, send, close
     if plain_ahead is not None:
         _remote.Child._answered_ahead = ahead
     t0 = time.perf_counter()
     try:
         gradaudit_main(["audit", str(notes), "--profile", "ci", "--report", str(report), "--quiet"])
     finally:
-        _remote.Child._receive, _remote.Child._send = plain, plain_send
+        _remote.Child._receive, _remote.Child._send, _remote.Child.close = plain, plain_send, plain_close
         if plain_ahead is not None:
             _remote.Child._answered_ahead = plain_ahead
-    return {"wall_s": round(time.perf_counter() - t0, 1),
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall_s": round(time.perf_counter() - t0, 1), "judge_cpu_s": round(me.ru_utime + me.ru_stime, 1),
+            "child_cpu_s": round(child_cpu[0], 1),
             "requests": {k: {"n": c, "total_s": round(spent[k], 1), "mean_ms": round(1e3 * spent[k] / c, 2)}
                          for k, c in n.most_common()}}
 
