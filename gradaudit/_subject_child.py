@@ -114,6 +114,8 @@ def _same_math(s, ad, second, arrays, params, douts, dtype, device):
 
 
 def _tolerance(s, ad, case):
+    # the subject's own declared factor (function(..., tolerance=(factor, reason)): its reason is
+    # mandatory and every record's tolerance source shows both); computed here, as it is user code
     factor = s.tolerance[0] if s.tolerance else 1.0
     return float(factor(case) if callable(factor) else factor)
 

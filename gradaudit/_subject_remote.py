@@ -238,6 +238,8 @@ class _RemoteTolerance:
         self.ad = ad
 
     def __call__(self, case) -> float:
+        # the factor the subject declared for this case, computed in the child; no tolerance of the
+        # judge's: it is checked here to be a positive finite number, then applied as a catalogue override
         got = self.ad._ask("tolerance", case)
         if type(got) not in (int, float) or not math.isfinite(got) or got <= 0:
             raise UserCodeError(f"{self.ad.name}: its tolerance factor is {clean(repr(got), 60)}, not a positive "
@@ -301,7 +303,7 @@ def remote_subject(child: Child, key: str, desc: dict):
                                       any(type(x) is not int or not 0 <= x <= MAX_SIZE for x in v)
                                       for k, v in sizes.items()):
         raise bad("its sizes")
-    tol = desc.get("tolerance")
+    tol = desc.get("tolerance")  # the subject's declared (factor or "per case", reason), validated below
     ad = RemoteAdapter(child, key, name, len(arrays))
     if tol is not None:
         if type(tol) is not list or len(tol) != 2 or not isinstance(tol[1], str) or not (

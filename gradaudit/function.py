@@ -318,7 +318,7 @@ def describe_subjects(values) -> list[dict]:
     under `gradaudit audit`, to draw their cases (gradaudit/_subject_remote.py checks every field)."""
     import dataclasses
 
-    def tolerance(s):
+    def tolerance(s):  # the declared (factor, reason) as the judge receives it; a function stays in the child
         if s.tolerance is None:
             return None
         return ["per case" if callable(s.tolerance[0]) else s.tolerance[0], s.tolerance[1]]

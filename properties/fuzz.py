@@ -106,7 +106,10 @@ class FuzzGroup:
         """Whether to skip `case`: its structure (shapes, params) was batched already (DISTINCT_FIRST)."""
         if self._structures_seen is None:
             return False
-        key = repr((sorted(case.shapes().items()), sorted(case.params.items())))  # params: labels, masks too
+        # params are structure too (strides, labels, masks); an array's repr elides a long one's middle
+        key = (tuple((n, a.shape) for n, a in case.arrays.items()),
+               tuple((k, v.shape, v.tobytes()) if isinstance(v, np.ndarray) else (k, repr(v))
+                     for k, v in sorted(case.params.items())))
         if key not in self._structures_seen:
             self._structures_seen.add(key)
             self._repeats = 0
