@@ -144,10 +144,10 @@ class Server:
         import gradaudit.derivation  # noqa: F401
         import properties.spec  # noqa: F401  (cases crossing the wire: loaded before the memory limit)
 
-        if meta.get("frameworks"):
-            prepare_frameworks(meta["frameworks"], meta.get("allow_tf32", False))
+        facts = prepare_frameworks(meta["frameworks"], meta.get("allow_tf32", False), meta.get("devices") or ("cpu",)) \
+            if meta.get("frameworks") else {}
         limit = limit_memory(int(meta["memory_limit"]))
-        return {"kind": "ok", "value": enc.value({"uid": os.getuid(), "address_space_limit": limit})}
+        return {"kind": "ok", "value": enc.value({"uid": os.getuid(), "address_space_limit": limit, "frameworks": facts})}
 
     def load(self, meta, data, enc):
         key, path, name = meta["key"], meta["path"], meta["name"]

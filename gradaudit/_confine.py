@@ -113,16 +113,35 @@ def limit_cpu(seconds: float) -> None:
         pass
 
 
-def prepare_frameworks(names, allow_tf32: bool) -> None:
+def prepare_frameworks(names, allow_tf32: bool, devices=("cpu",)) -> dict:
     """Import and warm up torch / JAX before the memory limit: their thread pools and first compile
-    are the harness's, not the audited code's."""
+    are the harness's, not the audited code's. Returns, per framework, what the judge writes in its
+    records without importing the framework itself (properties.target.Target.framework): why a
+    device cannot run it, the devices' names, its precision flags."""
+    import oracles
     from properties.config import RunConfig
     from properties.session import apply_precision, prepare_process
 
     cfg = RunConfig(oracles=tuple(names), allow_tf32=allow_tf32)
     prepare_process(cfg)
     apply_precision(cfg)
-    if "torch" in names:
+    facts = {}
+    for name in names:
+        oracle, unavailable, device_names = oracles.get(name), {}, {}
+        for device in devices:
+            try:
+                oracle.check_available(device)  # imports the framework: the settings above apply
+                device_names[device] = oracle.device_name(device)
+            except oracles.OracleUnavailable as e:
+                unavailable[device] = str(e)
+            except Exception as e:  # noqa: BLE001  a broken install: its sides skip with the reason
+                unavailable[device] = f"{name}: {type(e).__name__}: {e}"
+        try:
+            flags = oracle.flags() if len(unavailable) < len(devices) else {}
+        except Exception:  # noqa: BLE001
+            flags = {}
+        facts[name] = {"unavailable": unavailable, "device_names": device_names, "flags": flags}
+    if "torch" in names and "cpu" not in facts["torch"]["unavailable"]:
         try:
             import torch
 
@@ -130,7 +149,7 @@ def prepare_frameworks(names, allow_tf32: bool) -> None:
             (t * t).sum().backward()
         except Exception:
             pass
-    if "jax" in names:
+    if "jax" in names and "cpu" not in facts["jax"]["unavailable"]:
         try:
             import jax
             import numpy as np
@@ -138,6 +157,7 @@ def prepare_frameworks(names, allow_tf32: bool) -> None:
             jax.jit(lambda x: jax.vjp(jax.numpy.sin, x)[1](x))(np.ones(2))
         except Exception:
             pass
+    return facts
 
 
 def _reaper(child: int, status_fd: int) -> None:

@@ -14,7 +14,7 @@ import inspect
 
 import numpy as np
 
-from oracles.base import Elsewhere
+from oracles.base import Elsewhere, OracleUnavailable
 from properties.target import Target
 
 from ._guard import UserCodeError, clean
@@ -104,6 +104,38 @@ class ChildTarget(Target):
 
     def oracle_forward(self, oracle: str):
         return self.child_forward
+
+    def framework(self, oracle: str):
+        if oracle in ("torch", "jax"):  # differentiated in the child: as it set them up
+            return FrameworkInChild(self.child_forward.child, oracle)
+        return super().framework(oracle)
+
+
+class FrameworkInChild:
+    """torch or JAX as the audit child runs them, from its start-up reply (`prepare_frameworks`): why a
+    device cannot, the devices' names and the precision flags, for the judge's records, which so never
+    import the framework here. The reply comes before any audited code runs in that child."""
+
+    def __init__(self, child: Child, name: str):
+        self.child, self.name = child, name
+
+    def _facts(self) -> dict:
+        self.child.ensure()
+        facts = ((self.child.info or {}).get("frameworks") or {}).get(self.name)
+        return facts if type(facts) is dict else {}
+
+    def check_available(self, device: str) -> None:
+        reason = (self._facts().get("unavailable") or {}).get(device)
+        if reason is not None or device not in (self._facts().get("device_names") or {}):
+            raise OracleUnavailable(clean(str(reason or f"{self.name}: the audit child did not set it up on {device}")))
+
+    def device_name(self, device: str) -> str:
+        name = (self._facts().get("device_names") or {}).get(device)
+        return clean(name, 200) if type(name) is str else device
+
+    def flags(self) -> dict:
+        flags = self._facts().get("flags")
+        return {str(k): v for k, v in flags.items() if type(v) in (bool, str, int, float)} if type(flags) is dict else {}
 
 
 # ---- a derivation, rebuilt here from the child's description ----------------------------------

@@ -116,8 +116,8 @@ class Child:
         self._starting = True
         try:
             self._send({"kind": "hello", "memory_limit": self.conf.memory_limit, "cpu": max(2 * self.conf.timeout, 10.0),
-                        "frameworks": list(self.conf.frameworks), "allow_tf32": self.conf.allow_tf32},
-                       fname="the audit child's start")
+                        "frameworks": list(self.conf.frameworks), "allow_tf32": self.conf.allow_tf32,
+                        "devices": list(self.conf.devices)}, fname="the audit child's start")
         except ChildLost as e:  # no audited code has run yet: this one is ours
             raise ChildStartError(f"gradaudit could not start its audit child: {e}") from None
 

@@ -60,6 +60,7 @@ class Confinement:
     frameworks: tuple = ()  # frameworks the child preloads (torch, jax): derivations' forwards run there
     allow_tf32: bool = False
     jax_cache: str | None = None  # the child's own persistent JAX cache (never the parent's)
+    devices: tuple = ("cpu",)  # where the frameworks run (the judge's records name them as the child says)
 
 
 def drops_privileges() -> bool:

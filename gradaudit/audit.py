@@ -366,7 +366,7 @@ def confinement(sources: list[Source], convention: str | None, cfg, *, timeout: 
         raise ValueError("--sandbox bwrap: bubblewrap is not installed (apt-get install bubblewrap)")
     frameworks = () if convention == "cs231n" else tuple(o for o in cfg.oracles if o in ("torch", "jax"))
     return Confinement(memory_limit=parse_size(memory_limit), pass_env=tuple(pass_env), sandbox=sandbox,
-                       timeout=timeout, frameworks=frameworks, allow_tf32=cfg.allow_tf32,
+                       timeout=timeout, frameworks=frameworks, allow_tf32=cfg.allow_tf32, devices=tuple(cfg.devices),
                        jax_cache=child_jax_cache([s.text for s in sources], sandbox) if "jax" in frameworks else None)
 
 

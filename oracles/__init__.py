@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import importlib
 
-from .base import OracleResult, OracleUnavailable, Projection
+from .base import OracleResult, OracleUnavailable, Projection, on_load
 
 ORACLES = ("torch", "jax", "numeric")
 DEVICES = ("cpu", "cuda")
 _MODULES = {"torch": "oracles.torch_oracle", "jax": "oracles.jax_oracle", "numeric": "oracles.numeric"}
 
-__all__ = ["ORACLES", "DEVICES", "OracleResult", "OracleUnavailable", "Projection", "get"]
+__all__ = ["ORACLES", "DEVICES", "OracleResult", "OracleUnavailable", "Projection", "get", "on_load"]
 
 
 def get(name: str):

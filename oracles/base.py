@@ -8,11 +8,32 @@ its forward output and its vector-Jacobian product. It never sees the reference'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Elsewhere", "OracleResult", "OracleUnavailable", "Projection", "as_tuple"]
+__all__ = ["Elsewhere", "OracleResult", "OracleUnavailable", "Projection", "as_tuple", "loaded", "on_load"]
+
+_SETTINGS: dict[str, dict[str, Callable]] = {}  # per framework, per setting: applied when it loads
+_LOADED: dict[str, Any] = {}
+
+
+def on_load(framework: str, setting: str, apply: Callable) -> None:
+    """Apply `apply(module)` to `framework` ("torch", "jax") when an oracle first imports it, or now if
+    one has. A process that never runs the framework never imports it (an audit's judge, whose
+    derivations are differentiated in the audit child, skips seconds of import). A later call for the
+    same `setting` replaces one still pending."""
+    if framework in _LOADED:
+        apply(_LOADED[framework])
+    else:
+        _SETTINGS.setdefault(framework, {})[setting] = apply
+
+
+def loaded(framework: str, module) -> None:
+    """Called once by the framework's oracle right after its import and its own defaults."""
+    _LOADED[framework] = module
+    for apply in _SETTINGS.pop(framework, {}).values():
+        apply(module)
 
 
 class OracleUnavailable(Exception):

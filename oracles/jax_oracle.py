@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from .base import Elsewhere, OracleResult, OracleUnavailable, as_tuple
+from .base import Elsewhere, OracleResult, OracleUnavailable, as_tuple, loaded
 
 __all__ = ["builtin", "cache_stats", "check_available", "device_name", "flags", "name", "namespace", "set_tf32",
            "vjp", "vjp_batch"]
@@ -33,6 +33,7 @@ def _jax():
     jax.config.update("jax_enable_x64", True)  # float64 cells must really be float64
     # float32 dot/conv on GPU default to TF32; comparisons run at full precision.
     jax.config.update("jax_default_matmul_precision", "highest")
+    loaded("jax", jax)  # the process's settings (properties/process.py: the compile cache, TF32 if asked)
     return jax
 
 
@@ -41,8 +42,9 @@ def flags() -> dict:
     return {"jax_matmul_precision": str(jax.config.jax_default_matmul_precision)}
 
 
-def set_tf32(enabled: bool) -> None:
-    _jax().config.update("jax_default_matmul_precision", "tensorfloat32" if enabled else "highest")
+def set_tf32(enabled: bool, jax=None) -> None:
+    """(`jax`: the module, for a setting applied while the oracle loads it, oracles.base.on_load)"""
+    (jax or _jax()).config.update("jax_default_matmul_precision", "tensorfloat32" if enabled else "highest")
 
 
 def _device(device: str):

@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from .base import Elsewhere, OracleResult, OracleUnavailable, as_tuple
+from .base import Elsewhere, OracleResult, OracleUnavailable, as_tuple, loaded
 
 __all__ = ["builtin", "check_available", "device_name", "flags", "name", "namespace", "set_tf32", "vjp", "vjp_batch",
            "warm_up_batch"]
@@ -22,6 +22,7 @@ def _torch():
     # Comparisons run in full precision on GPU: TF32 changes float32 matmul/conv results at ~1e-3.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    loaded("torch", torch)  # the process's settings (properties/process.py: threads, TF32 if asked)
     return torch
 
 
@@ -31,8 +32,9 @@ def flags() -> dict:
             "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32)}
 
 
-def set_tf32(enabled: bool) -> None:
-    torch = _torch()
+def set_tf32(enabled: bool, torch=None) -> None:
+    """(`torch`: the module, for a setting applied while the oracle loads it, oracles.base.on_load)"""
+    torch = torch or _torch()
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
 

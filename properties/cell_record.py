@@ -16,16 +16,17 @@ from .verdict import Side, Verdict
 __all__ = ["device_name", "figures", "finite_or_none", "oracle_flags", "output_names", "saved_case", "verdict_fields"]
 
 
-def device_name(oracle, device):
+def device_name(framework, device):
+    """`framework`: an oracle module, or what stands for one (properties.target.Target.framework)."""
     try:
-        return oracles.get(oracle).device_name(device)
+        return framework.device_name(device)
     except Exception:
         return device
 
 
-def oracle_flags(oracle):
+def oracle_flags(framework):
     try:
-        return oracles.get(oracle).flags()
+        return framework.flags()
     except Exception:
         return {}
 

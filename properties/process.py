@@ -39,9 +39,9 @@ def jax_cache_dir() -> str | None:
 
 
 def prepare_process(cfg: RunConfig | None = None) -> dict:
-    """Set up the process that runs checks (the CLI's, each worker process, the benchmark's). Called
-    by a run's entry points, never at import of a library module: a user's own process keeps its
-    settings unless it asks for these.
+    """Set up the process that runs checks (the CLI's, each worker process, the audit child, the
+    benchmark's). Called by a run's entry points, never at import of a library module: a user's own
+    process keeps its settings unless it asks for these. Returns what it arranged.
 
     - NumPy's BLAS: one thread (threadpoolctl), for the same reason as torch's, see below.
     - torch: one intra-op thread ($GRADAUDIT_TORCH_THREADS to change). The catalogue's ops are
@@ -51,6 +51,10 @@ def prepare_process(cfg: RunConfig | None = None) -> dict:
       (JAX's default caches only compiles over 1 s; ours take 0.05-2 s each, and compiling is
       ~90% of the JAX oracle's cost in a CI run). Compiled executables are keyed by the program,
       the compile options, jaxlib and the device, so a cached one is the one XLA would build.
+
+    torch's and JAX's settings apply when an oracle first imports the framework (oracles.base.on_load),
+    not here: an audit's judge, whose derivations are differentiated in the audit child, never imports
+    either (4-5 s of CPU on a 2-core machine, beside the child importing them too).
     """
     names = cfg.oracles if cfg is not None else ("torch", "jax")
     done = {}
@@ -66,46 +70,38 @@ def prepare_process(cfg: RunConfig | None = None) -> dict:
     except ImportError:
         pass
     if "torch" in names:
-        try:
-            import torch
-
-            n = int(os.environ.get(TORCH_THREADS_ENV, "1"))
-            if n > 0 and torch.get_num_threads() != n:
-                torch.set_num_threads(n)
-            done["torch_threads"] = torch.get_num_threads()
-        except Exception:  # torch missing: its oracle skips with the reason later
-            pass
+        n = int(os.environ.get(TORCH_THREADS_ENV, "1"))
+        if n > 0:
+            oracles.on_load("torch", "threads", lambda torch: torch.get_num_threads() != n and torch.set_num_threads(n))
+            done["torch_threads"] = n
     if "jax" in names:
         cache = jax_cache_dir()
-        try:
-            import jax
-        except Exception:
-            jax = None
-        if jax is not None:
-            if cache is not None and not _prepared.get("jax_cache"):
-                try:
-                    Path(cache).mkdir(parents=True, exist_ok=True)
-                    jax.config.update("jax_compilation_cache_dir", cache)
-                    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-                    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-                    _prepared["jax_cache"] = cache
-                except OSError:  # read-only home: run without the persistent cache
-                    pass
-            if not _prepared.get("jax_listeners"):
-                _listen_jax()
-                _prepared["jax_listeners"] = True
-            done["jax_cache"] = _prepared.get("jax_cache") or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        oracles.on_load("jax", "cache", lambda jax: _prepare_jax(jax, cache))
+        done["jax_cache"] = cache or os.environ.get("JAX_COMPILATION_CACHE_DIR")
     return done
 
 
+def _prepare_jax(jax, cache: str | None) -> None:
+    if cache is not None and not _prepared.get("jax_cache"):
+        try:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            jax.config.update("jax_compilation_cache_dir", cache)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+            _prepared["jax_cache"] = cache
+        except OSError:  # read-only home: run without the persistent cache
+            pass
+    if not _prepared.get("jax_listeners"):
+        _listen_jax()
+        _prepared["jax_listeners"] = True
+
+
 def apply_precision(cfg: RunConfig) -> None:
-    """TF32 off for comparisons unless asked for; the flags in force go into every record."""
+    """TF32 off for comparisons unless asked for (when the framework loads, see `prepare_process`);
+    the flags in force go into every record."""
     for name in ("torch", "jax"):
         if name in cfg.oracles:
-            try:
-                oracles.get(name).set_tf32(cfg.allow_tf32)
-            except oracles.OracleUnavailable:
-                pass
+            oracles.on_load(name, "tf32", lambda module, name=name: oracles.get(name).set_tf32(cfg.allow_tf32, module))
 
 
 def _listen_jax() -> None:

@@ -92,7 +92,7 @@ class GroupSearch:
         # sides that cannot run here are skipped before the search, with the framework's reason
         for s in self.sides:
             try:
-                oracles.get(s[0]).check_available(s[1])
+                target.framework(s[0]).check_available(s[1])
             except oracles.OracleUnavailable as e:
                 self.tallies[s].skip = str(e)
         self.live = [s for s in self.sides if self.tallies[s].skip is None]
@@ -231,8 +231,8 @@ class GroupSearch:
         return new_record(target=t.name, op=t.op, oracle=oracle, device=device, dtype=self.dtype, regime=self.regime,
                           id=cell_id(target=t.name, op=t.op, oracle=oracle, device=device, dtype=self.dtype,
                                      regime=self.regime),
-                          family=self.family, source=self.source, device_name=device_name(oracle, device),
-                          flags=oracle_flags(oracle))
+                          family=self.family, source=self.source,
+                          device_name=device_name(t.framework(oracle), device), flags=oracle_flags(t.framework(oracle)))
 
     def records(self) -> list[tuple[dict, SavedCase | None]]:
         """Every cell's record, with the case to save before it (failing cells)."""

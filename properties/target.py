@@ -51,6 +51,13 @@ class Target:
             return _bound(self.xp_forward, oracle)
         return oracles.get(oracle).builtin(self.op)
 
+    def framework(self, oracle: str):
+        """Where `oracle` runs for this target, as the oracle modules describe themselves:
+        `check_available(device)`, `device_name(device)`, `flags()` (a skip's reason and the record's
+        device name and flags). Here: the oracle module in this process. An audited derivation's
+        frameworks run in the audit child, which says (gradaudit/_proxy.py)."""
+        return oracles.get(oracle)
+
     def oracle_vjp(self, oracle: str) -> Callable:
         """How `oracle` differentiates `oracle_forward(oracle)`: the oracle module's `vjp`. A target
         whose oracles need more (a `gradaudit.function` subject: a bypassed custom rule, a forward

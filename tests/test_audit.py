@@ -450,3 +450,47 @@ def test_xp_forward_runs_under_each_framework_and_keeps_the_jit_cache_apart():
             res = oracles.get(oracle).vjp(t.oracle_forward(oracle), case.arrays, {}, (np.ones(2),),
                                           dtype="float64", device="cpu")
             assert np.allclose(res.grads["x"], want), (oracle, d.name)
+
+
+JUDGE_IMPORTS = """
+import json, sys
+from gradaudit.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"exit": code, "imported": sorted(m for m in ("torch", "jax") if m in sys.modules)}))
+"""
+
+
+def test_a_derivation_audit_judge_never_imports_the_frameworks(tmp_path):
+    """A derivation's frameworks run in the audit child: the judge neither imports torch nor JAX (seconds
+    of CPU beside the child's own import), and its records carry the child's device names and precision
+    flags, as the child set them up (--allow-tf32 here, which changes the flags both frameworks report)."""
+    src = tmp_path / "tanh.py"
+    src.write_text(textwrap.dedent("""
+        import numpy as np
+        import gradaudit
+
+        @gradaudit.derivation
+        def tanh(xp, x: ("N", 3)):
+            return xp.tanh(x)
+
+        @tanh.backward
+        def tanh_backward(dout, x):
+            return dout * (1 - np.tanh(x) ** 2)
+        """))
+    r = subprocess.run([sys.executable, "-c", JUDGE_IMPORTS, "audit", str(src), "--report", str(tmp_path / "rep"),
+                        "--profile", "ci", "--dtypes", "float64", "--devices", "cpu,cuda", "--allow-tf32", "-q"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "CI": "1"})
+    said = json.loads(r.stdout.strip().splitlines()[-1])
+    assert said == {"exit": 0, "imported": []}, (said, r.stdout[-2000:], r.stderr[-2000:])
+    records = [json.loads(x) for x in (tmp_path / "rep" / "results.jsonl").read_text().splitlines()]
+    by_side = {(x["oracle"], x["device"]): x for x in records}
+    assert by_side[("torch", "cpu")]["flags"] == {"tf32_matmul": True, "tf32_cudnn": True}
+    assert by_side[("jax", "cpu")]["flags"] == {"jax_matmul_precision": "tensorfloat32"}
+    assert all(by_side[(o, "cpu")]["status"] == "pass" and by_side[(o, "cpu")]["device_name"] for o in ("torch", "jax"))
+    import torch
+
+    cuda = by_side[("torch", "cuda")]
+    if torch.cuda.is_available():  # the child's GPU, named as torch names it
+        assert cuda["status"] == "pass" and cuda["device_name"] == torch.cuda.get_device_name(0)
+    else:  # skipped with the reason the child's torch gave
+        assert cuda["status"] == "skip" and "no CUDA device" in cuda["message"], cuda
