@@ -9,6 +9,7 @@ torch as the requested oracle.
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -576,3 +577,30 @@ def test_a_subject_cannot_forge_a_pass_or_crash_the_judge(tmp_path, attack):
         assert all(x["status"] == "error" for x in recs), [(x["oracle"], x["status"], x["message"]) for x in recs]
         assert all("Square" in x["message"] for x in recs)
     assert not running(str(f))
+
+
+SPIN = """
+import sys, time
+from gradaudit._confine import limit_cpu
+
+def spin(seconds):
+    t = time.process_time()
+    while time.process_time() - t < seconds:
+        pass
+
+for _ in range(10):  # ten short calls, 2 s of CPU in all: more than one call may use, so the limit moves
+    limit_cpu(0.5)
+    spin(0.2)
+print("spinning", flush=True)
+limit_cpu(0.5)
+spin(60)  # a call that never ends: SIGXCPU after 0.5 to 2 s more of CPU
+"""
+
+
+def test_the_cpu_limit_ends_a_call_that_spins_not_the_calls_before_it():
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run([sys.executable, "-c", SPIN], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert r.returncode == -signal.SIGXCPU and r.stdout.strip() == "spinning", (r.returncode, r.stdout, r.stderr[-500:])
+    assert 2.0 < cpu < 6.0, cpu
