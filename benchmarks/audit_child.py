@@ -114,6 +114,43 @@ def notes_audit(checkout: Path, report: Path, notes: Path, *extra) -> tuple[floa
     return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
+# The same checks as `gradaudit audit NOTES --profile ci`, in one process (`gradaudit.check`, which runs
+# the audited code in-process): the cost of the child alone, at the same features. The process set up
+# as the audit's judge sets itself up (one BLAS and torch thread, the JAX compile cache), and the HTML
+# report written as the audit writes it.
+IN_PROCESS = """
+import json, sys, warnings
+from pathlib import Path
+
+import gradaudit
+from properties.config import RunConfig
+from properties.session import prepare_process
+from reports.html import render_html
+
+prepare_process(RunConfig(dtypes=("float64", "float32"), profile="ci"))
+result = gradaudit.check(sys.argv[1], dtypes=("float64", "float32"), profile="ci", report=sys.argv[2],
+                         raise_on_failure=False)
+render_html(list(result), result.run_meta, Path(sys.argv[2]))
+print(json.dumps(sorted((r["id"], r["status"]) for r in result)))
+"""
+
+
+def in_process_checks(checkout: Path, report: Path, notes: Path) -> tuple[float, float, list]:
+    """(wall, CPU, [(cell id, status)]) of the notes' checks run in one process (IN_PROCESS)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", IN_PROCESS, str(notes), str(report)], cwd=checkout, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(checkout)})
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise RuntimeError(f"the in-process checks failed ({r.returncode}): {r.stderr[-2000:]}")
+    cells = [tuple(c) for c in json.loads(r.stdout.strip().splitlines()[-1])]
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), cells
+
+
 def descendants_cpu() -> float:
     """CPU seconds (user + system) of every live process under this one, from /proc."""
     procs, tick = {}, os.sysconf("SC_CLK_TCK")
@@ -214,6 +251,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--notes", type=int, default=0, help="rounds of the notes audit (0: skip it)")
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to time the notes audit in")
+    ap.add_argument("--in-process", action="store_true",
+                    help="time the notes' same checks run in one process (gradaudit.check), alternated with the audit")
     ap.add_argument("--no-warm", action="store_true", help="skip the warm-up audit (the JAX caches are warm already)")
     ap.add_argument("--count", action="store_true", help="count the notes audit's requests to the child, by kind")
     ap.add_argument("--verdicts", type=Path, default=None, help="another checkout: the same verdicts with --seed?")
@@ -227,15 +266,23 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             out["notes_requests"] = request_counts(notes_copy(Path(d)), Path(d) / "count")
     if args.notes:
-        checkouts = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+        checkouts = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {}),
+                     **({"in_process": ROOT} if args.in_process else {})}
         with tempfile.TemporaryDirectory() as d:
             notes = notes_copy(Path(d))
+            def timed(name, where, report):
+                if name == "in_process":
+                    w, c, cells = in_process_checks(where, report, notes)
+                    out.setdefault("in_process_cells", len(cells))
+                    return w, c
+                return notes_audit(where, report, notes)
+
             for name, where in checkouts.items() if not args.no_warm else ():  # warm each one's JAX cache
-                notes_audit(where, Path(d) / f"warm-{name}", notes)
+                timed(name, where, Path(d) / f"warm-{name}")
             wall, cpu = {name: [] for name in checkouts}, {name: [] for name in checkouts}
             for i in range(args.notes):
                 for name, where in checkouts.items():
-                    w, c = notes_audit(where, Path(d) / f"{name}-{i}", notes)
+                    w, c = timed(name, where, Path(d) / f"{name}-{i}")
                     wall[name].append(round(w, 1))
                     cpu[name].append(round(c, 1))
         out["notes_audit_s"] = {name: {"wall": wall[name], "cpu": cpu[name], "median_wall": statistics.median(wall[name]),
@@ -246,6 +293,10 @@ def main() -> None:
                                            for k in ("wall", "cpu")}
             ratios = [round(t / b, 2) for t, b in zip(this["wall"], base["wall"])]  # pair by pair
             out["notes_audit_wall_ratio"] = {"pairs": ratios, "median": statistics.median(ratios)}
+        if args.in_process:  # the child's cost at the same features: the audit over its checks in one process
+            this, alone = out["notes_audit_s"]["this"], out["notes_audit_s"]["in_process"]
+            ratios = [round(t / b, 2) for t, b in zip(this["wall"], alone["wall"])]
+            out["child_vs_in_process_wall_ratio"] = {"pairs": ratios, "median": statistics.median(ratios)}
         out["load_average_after"] = os.getloadavg()
     print(json.dumps(out, indent=None if args.json else 1))
 
