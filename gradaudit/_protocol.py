@@ -52,8 +52,13 @@ class FrameTimeout(Exception):
 
 # ---- frames -----------------------------------------------------------------------------------
 
+# one encoder for every frame (json.dumps with other than its defaults builds one per call); the values
+# are trees of JSON scalars, lists and dicts the encoder itself built: no cycles to look for
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True, check_circular=False).encode
+
+
 def pack(token: bytes, meta: dict, data: bytes = b"") -> bytes:
-    body = json.dumps(meta, separators=(",", ":"), allow_nan=True).encode("utf-8", "surrogatepass")
+    body = _JSON(meta).encode("utf-8", "surrogatepass")
     if len(body) > MAX_META or len(data) > MAX_DATA:
         raise ProtocolError(f"frame too large ({len(body)} bytes of JSON, {len(data)} of arrays)")
     return HEADER.pack(MAGIC, token, len(body), len(data)) + body + data
@@ -63,8 +68,7 @@ def digest(parts: list, data) -> str:
     """What identifies a request: the JSON of its parts (the values' nodes: offsets, dtypes, shapes,
     refs) and its arrays' bytes. A reply the audit child computed ahead names the request it answers
     so (gradaudit/_ahead.py), and the judge compares it with its own request's."""
-    h = hashlib.blake2b(json.dumps(parts, separators=(",", ":"), allow_nan=True).encode("utf-8", "surrogatepass"),
-                        digest_size=16)
+    h = hashlib.blake2b(_JSON(parts).encode("utf-8", "surrogatepass"), digest_size=16)
     h.update(data)
     return h.hexdigest()
 
@@ -87,13 +91,13 @@ class FrameReader:
 
     def _fill(self, need: int, deadline: float | None) -> None:
         while len(self.buf) < need:
+            if deadline is not None:  # wait until readable (no EAGAIN raised and caught per frame)
+                if not select.select([self.fd], [], [], max(deadline - time.monotonic(), 0.0))[0]:
+                    raise FrameTimeout()
             try:
                 chunk = os.read(self.fd, max(need - len(self.buf), 1 << 16))
-            except BlockingIOError:
-                left = (deadline - time.monotonic()) if deadline is not None else None
-                if left is not None and left <= 0:
-                    raise FrameTimeout() from None
-                select.select([self.fd], [], [], left)
+            except BlockingIOError:  # (a non-blocking pipe read without a deadline)
+                select.select([self.fd], [], [])
                 continue
             if not chunk:
                 raise PeerGone()
@@ -127,6 +131,8 @@ class FrameReader:
         """Is there more right now (an extra frame nobody asked for; EOF does not count)?"""
         if self.buf:
             return True
+        if not select.select([self.fd], [], [], 0)[0]:
+            return False
         try:
             chunk = os.read(self.fd, 1 << 16)
         except BlockingIOError:

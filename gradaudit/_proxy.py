@@ -101,6 +101,7 @@ class ChildTarget(Target):
 
     child_forward: ChildForward | None = None
     oracles_beside_user_code = True  # the frameworks' VJPs run in the child: forgeable (properties/stability.py)
+    user_code_here = False
 
     def oracle_forward(self, oracle: str):
         return self.child_forward

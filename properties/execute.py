@@ -67,13 +67,23 @@ def failure_class(v: Verdict) -> str:
 
 
 @contextlib.contextmanager
-def _global_stream(seed: int | None):
+def _global_stream(seed: int | None, here: bool = True):
     """NumPy's and Python's global generators seeded with `seed` (restored afterwards): user code that
     draws from np.random sees a stream that the search varies and a replay reproduces. Hypothesis
     seeds both with the same value for every example, so without this a bug that shows on one draw
-    in three would pass every example."""
+    in three would pass every example. `here`: the user code runs in this process; else only
+    `current_stream` says the stream (an audit child seeds its own generators from it: saving and
+    seeding this process's cost the judge ~1 s per notes audit, for nothing that draws here)."""
     if seed is None:
         yield
+        return
+    if not here:
+        _STREAM["now"] = (int(seed), _STREAM["epoch"] + 1)
+        _STREAM["epoch"] += 1
+        try:
+            yield
+        finally:
+            _STREAM["now"] = None
         return
     np_state, py_state = np.random.get_state(), random.getstate()
     np.random.seed(seed % 2**32)
@@ -242,7 +252,7 @@ def _run_target(target: Target, case: Case, dtype: str, douts, dout_seed: int, s
 
     with collect_hazards() as reported:
         run = _Run()
-        with _global_stream(stream):
+        with _global_stream(stream, target.user_code_here):
             call_forward(mine, my_params, run)
             if run.forward_error is not None:
                 ev.error = run.forward_error
@@ -369,7 +379,7 @@ def _second_call(ev: Evaluation, target: Target, case: Case, dtype: str, stream:
     """The same input once more under another global random stream: a different result is
     nondeterminism (user code drawing from np.random outside a given seed)."""
     run = _Run()
-    with collect_hazards(), _global_stream(stream ^ SECOND_STREAM):
+    with collect_hazards(), _global_stream(stream ^ SECOND_STREAM, target.user_code_here):
         call_forward({n: a.copy() for n, a in ev.arrays.items()},
                      {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in case.params.items()}, run)
         if run.forward_error is None and ev.shape_mismatch is None:

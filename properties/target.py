@@ -34,6 +34,10 @@ class Target:
     def reference(cls, spec: OpSpec) -> "Target":
         return cls(name=f"{spec.name}_backward", op=spec.name, forward=spec.forward, backward=spec.backward)
 
+    # Whether the forward and backward run in this process (False: an audited derivation's, in the
+    # audit child: this process's global random generators need no seeding for it)
+    user_code_here = True
+
     def forward_fn(self, *arrays, **params):
         """The output alone of the forward that finite differences differentiate."""
         return (self.judge_forward or self.forward)(*arrays, **params)[0]
