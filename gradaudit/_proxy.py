@@ -121,7 +121,8 @@ class FrameworkInChild:
         self.child, self.name = child, name
 
     def _facts(self) -> dict:
-        self.child.ensure()
+        if not self.child.info:  # (after a crash, the last start's reply: no new child for a record)
+            self.child.ensure()
         facts = ((self.child.info or {}).get("frameworks") or {}).get(self.name)
         return facts if type(facts) is dict else {}
 
