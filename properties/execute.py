@@ -77,25 +77,19 @@ def _global_stream(seed: int | None, here: bool = True):
     if seed is None:
         yield
         return
-    if not here:
-        _STREAM["now"] = (int(seed), _STREAM["epoch"] + 1)
-        _STREAM["epoch"] += 1
-        try:
-            yield
-        finally:
-            _STREAM["now"] = None
-        return
-    np_state, py_state = np.random.get_state(), random.getstate()
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+    if here:
+        np_state, py_state = np.random.get_state(), random.getstate()
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
     _STREAM["now"] = (int(seed), _STREAM["epoch"] + 1)
     _STREAM["epoch"] += 1
     try:
         yield
     finally:
         _STREAM["now"] = None
-        np.random.set_state(np_state)
-        random.setstate(py_state)
+        if here:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 _STREAM: dict = {"now": None, "epoch": 0}
