@@ -253,6 +253,9 @@ def _int(v, what: str, limit: int) -> int:
     return v
 
 
+_JSON_SCALARS = frozenset((type(None), bool, int, float, str))
+
+
 class Decoder:
     """Rebuilds a value tree from (node, data). `handle(id, type name)` resolves a handle node;
     `array(a, ref)` is told about every array decoded (the child tracks the parent's arrays)."""
@@ -267,10 +270,10 @@ class Decoder:
         return off, n
 
     def value(self, node, depth: int = 0):
+        if type(node) in _JSON_SCALARS and depth <= MAX_DEPTH:  # (the commonest node: first)
+            return node
         if depth > MAX_DEPTH:
             raise ProtocolError(f"a value nested deeper than {MAX_DEPTH} levels")
-        if node is None or type(node) in (bool, int, float, str):
-            return node
         if type(node) is not dict or len(node) != 1:
             raise ProtocolError(f"not a value node: {type(node).__name__}")
         (tag, body), = node.items()
@@ -284,7 +287,7 @@ class Decoder:
                 raise ProtocolError("bad D node")
             out = {}
             for k, x in body:
-                key = self.value(k, depth + 1)
+                key = k if type(k) is str else self.value(k, depth + 1)
                 try:
                     out[key] = self.value(x, depth + 1)
                 except TypeError:  # an unhashable key
@@ -295,7 +298,10 @@ class Decoder:
                 raise ProtocolError("bad A node")
             off, n = self._span(body[0], body[1])
             dt = _dtype(body[2])
-            shape = tuple(_int(s, "dimension", 1 << 40) for s in body[3])
+            for s in body[3]:
+                if type(s) is not int or not 0 <= s <= 1 << 40:
+                    raise ProtocolError(f"bad dimension {s!r}")
+            shape = tuple(body[3])
             if len(shape) > 32 or math.prod(shape) * dt.itemsize != n:
                 raise ProtocolError(f"{n} bytes do not make an array {dt}{list(shape)}")
             a = np.frombuffer(self.data, dtype=dt, count=n // dt.itemsize if dt.itemsize else 0,

@@ -441,12 +441,18 @@ def test_frames_are_read_strictly():
         read(w.pack(token, {"kind": "ok"})[:10])
     bad_nodes = [({"A": [0, 8, "|O", [1], True, None]}, "dtype"), ({"A": [0, 16, "<f8", [3], True, None]}, "bytes"),
                  ({"A": [8, 16, "<f8", [2], True, None]}, "beyond"), ({"Z": 1}, "unknown tag"),
-                 ({"L": [1], "T": [2]}, "not a value node"), ({"H": [1, "x"]}, "handle")]
+                 ({"L": [1], "T": [2]}, "not a value node"), ({"H": [1, "x"]}, "handle"),
+                 ({"A": [0, 8, "<f8", [True], True, None]}, "dimension"),
+                 ({"A": [0, 8, "<f8", [-1], True, None]}, "dimension"),
+                 ({"A": [0, 8, "<f8", [1.0], True, None]}, "dimension"),
+                 ({"D": [[{"L": [1]}, 1]]}, "unhashable"), ({"D": [["k"]]}, "bad D node")]
     for node, why in bad_nodes:
         def handle(h, name):
             raise w.ProtocolError("unknown handle")
         with pytest.raises(w.ProtocolError, match=why):
             w.Decoder(bytearray(16), handle).value(node)
+    keys = w.Decoder(bytearray(), None).value({"D": [[3, 1], [{"T": [1, "a"]}, 2], ["k", {"L": [None, True, 1.5]}]]})
+    assert keys == {3: 1, (1, "a"): 2, "k": [None, True, 1.5]}
     deep = 1
     for _ in range(w.MAX_DEPTH + 2):
         deep = {"L": [deep]}
