@@ -298,10 +298,7 @@ class Decoder:
                 raise ProtocolError("bad A node")
             off, n = self._span(body[0], body[1])
             dt = _dtype(body[2])
-            for s in body[3]:
-                if type(s) is not int or not 0 <= s <= 1 << 40:
-                    raise ProtocolError(f"bad dimension {s!r}")
-            shape = tuple(body[3])
+            shape = tuple(_int(s, "dimension", 1 << 40) for s in body[3])
             if len(shape) > 32 or math.prod(shape) * dt.itemsize != n:
                 raise ProtocolError(f"{n} bytes do not make an array {dt}{list(shape)}")
             a = np.frombuffer(self.data, dtype=dt, count=n // dt.itemsize if dt.itemsize else 0,

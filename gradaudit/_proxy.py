@@ -101,7 +101,6 @@ class ChildTarget(Target):
 
     child_forward: ChildForward | None = None
     oracles_beside_user_code = True  # the frameworks' VJPs run in the child: forgeable (properties/stability.py)
-    user_code_here = False
 
     def oracle_forward(self, oracle: str):
         return self.child_forward
@@ -127,8 +126,9 @@ class FrameworkInChild:
         return facts if type(facts) is dict else {}
 
     def check_available(self, device: str) -> None:
-        reason = (self._facts().get("unavailable") or {}).get(device)
-        if reason is not None or device not in (self._facts().get("device_names") or {}):
+        facts = self._facts()
+        reason = (facts.get("unavailable") or {}).get(device)
+        if reason is not None or device not in (facts.get("device_names") or {}):
             raise OracleUnavailable(clean(str(reason or f"{self.name}: the audit child did not set it up on {device}")))
 
     def device_name(self, device: str) -> str:

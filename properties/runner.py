@@ -228,11 +228,12 @@ class GroupSearch:
     def base(self, side: Side) -> dict:
         oracle, device = side
         t = self.target
+        framework = t.framework(oracle)
         return new_record(target=t.name, op=t.op, oracle=oracle, device=device, dtype=self.dtype, regime=self.regime,
                           id=cell_id(target=t.name, op=t.op, oracle=oracle, device=device, dtype=self.dtype,
                                      regime=self.regime),
                           family=self.family, source=self.source,
-                          device_name=device_name(t.framework(oracle), device), flags=oracle_flags(t.framework(oracle)))
+                          device_name=device_name(framework, device), flags=oracle_flags(framework))
 
     def records(self) -> list[tuple[dict, SavedCase | None]]:
         """Every cell's record, with the case to save before it (failing cells)."""

@@ -34,9 +34,12 @@ class Target:
     def reference(cls, spec: OpSpec) -> "Target":
         return cls(name=f"{spec.name}_backward", op=spec.name, forward=spec.forward, backward=spec.backward)
 
-    # Whether the forward and backward run in this process (False: an audited derivation's, in the
-    # audit child: this process's global random generators need no seeding for it)
-    user_code_here = True
+    @property
+    def user_code_here(self) -> bool:
+        """Whether the forward and backward run in this process; not where the oracles run beside them in
+        an audit child (`oracles_beside_user_code`: a derivation, a gradaudit.function subject): this
+        process's global random generators then need no seeding for them."""
+        return not getattr(self, "oracles_beside_user_code", False)
 
     def forward_fn(self, *arrays, **params):
         """The output alone of the forward that finite differences differentiate."""
