@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -79,20 +80,32 @@ def module_independent_draws():
     in each (a resumed run's cells differed from a clean run's; `--workers 1` from `--workers 2`).
     A seeded run must draw the same cases wherever it runs: no local constants while searching.
     Hypothesis has no public switch for this; if its internals move, this does nothing and
-    tests/test_scale.py's cross-process reproducibility test fails."""
+    tests/test_scale.py's cross-process reproducibility test fails. Searches in several threads at once
+    (an audit's lanes) share one switch: on while any of them searches."""
     try:
         from hypothesis.internal.conjecture import providers
-        get, empty, cache = providers._get_local_constants, providers.Constants(), providers.CONSTANTS_CACHE.cache
+        providers._get_local_constants, providers.Constants, providers.CONSTANTS_CACHE.cache  # noqa: B018
     except (ImportError, AttributeError):
         yield
         return
-    providers._get_local_constants = lambda: empty
-    cache.clear()  # the permitted constants per choice kind, cached with the local ones of earlier searches
+    with _DRAWS["lock"]:
+        if _DRAWS["searching"] == 0:
+            _DRAWS["get"] = providers._get_local_constants
+            empty = providers.Constants()
+            providers._get_local_constants = lambda: empty
+            providers.CONSTANTS_CACHE.cache.clear()  # the permitted constants per choice kind, cached with the local ones
+        _DRAWS["searching"] += 1
     try:
         yield
     finally:
-        providers._get_local_constants = get
-        cache.clear()
+        with _DRAWS["lock"]:
+            _DRAWS["searching"] -= 1
+            if _DRAWS["searching"] == 0:
+                providers._get_local_constants = _DRAWS.pop("get")
+                providers.CONSTANTS_CACHE.cache.clear()
+
+
+_DRAWS: dict = {"lock": threading.Lock(), "searching": 0}
 
 
 def hypothesis_settings(cfg: RunConfig, database=None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,25 +82,34 @@ def _global_stream(seed: int | None, here: bool = True):
         np_state, py_state = np.random.get_state(), random.getstate()
         np.random.seed(seed % 2**32)
         random.seed(seed)
-    _STREAM["now"] = (int(seed), _STREAM["epoch"] + 1)
-    _STREAM["epoch"] += 1
+    _RUN.stream = (int(seed), _RUN.epoch + 1)
+    _RUN.epoch += 1
     try:
         yield
     finally:
-        _STREAM["now"] = None
+        _RUN.stream = None
         if here:
             np.random.set_state(np_state)
             random.setstate(py_state)
 
 
-_STREAM: dict = {"now": None, "epoch": 0}
+class _RunState(threading.local):
+    """This thread's run under way: an audit judges one search per thread, each with its own child
+    (gradaudit/audit.py, `lanes`), whose generators follow this thread's streams alone."""
+
+    stream: tuple[int, int] | None = None  # (seed, epoch) of the global random stream now
+    epoch = 0  # streams begun in this thread: a new stream differs from the last even for the same seed
+    plan: "RunPlan | None" = None  # what the run_target under way asks next (take_plan)
+
+
+_RUN = _RunState()
 SECOND_STREAM = 0x5DEECE66D  # the second call's stream: the first's seed xor this
 
 
 def current_stream() -> tuple[int, int] | None:
     """(seed, epoch) of the global random stream the target runs under now, else None: an audit child
     seeds its own generators from it, so that user code drawing there sees the stream a replay sees."""
-    return _STREAM["now"]
+    return _RUN.stream
 
 
 @dataclass(frozen=True)
@@ -118,12 +128,9 @@ class RunPlan:
     sides: tuple  # the oracles' (oracle, device) evaluate asks next, in that order
 
 
-_PLAN: dict = {"now": None}
-
-
 def take_plan() -> RunPlan | None:
     """The plan of the run_target under way, once: the first forward call takes it."""
-    plan, _PLAN["now"] = _PLAN["now"], None
+    plan, _RUN.plan = _RUN.plan, None
     return plan
 
 
@@ -201,13 +208,13 @@ def run_target(target: Target, case: Case, dtype: str, douts=None, dout_seed: in
     forward, which is judged first. `sides`: the oracles evaluate asks next, in order (a RunPlan's)."""
     second = stream is not None and not _is_reference(spec, target)
     # the second call's stream is the next _global_stream after this run's own: epoch + 2
-    _PLAN["now"] = RunPlan(dtype, tuple(case.arrays), dout_seed, None if douts is None else tuple(douts),
-                           not forward_only, (stream ^ SECOND_STREAM, _STREAM["epoch"] + 2) if second else None,
+    _RUN.plan = RunPlan(dtype, tuple(case.arrays), dout_seed, None if douts is None else tuple(douts),
+                           not forward_only, (stream ^ SECOND_STREAM, _RUN.epoch + 2) if second else None,
                            tuple(sides))
     try:
         return _run_target(target, case, dtype, douts, dout_seed, spec, stream, forward_only, second)
     finally:
-        _PLAN["now"] = None
+        _RUN.plan = None
 
 
 def _run_target(target: Target, case: Case, dtype: str, douts, dout_seed: int, spec: OpSpec | None,
