@@ -75,16 +75,14 @@ class Child:
 
     def __init__(self, conf: Confinement, sources: list[Source], *, verbose: bool = False):
         self.conf, self.sources, self.verbose = conf, list(sources), verbose
-        self.proc = None
-        self.generation = 0
-        self.seq = 0
-        self.free: list[int] = []
-        self.forget: list[int] = []
+        self.proc, self.generation, self.seq = None, 0, 0
+        self.free, self.forget = [], []  # handles the child may drop, refs of arrays it may forget (ints)
         self._refs: dict[int, tuple] = {}  # id(array) -> (weakref, ref)
         self._arrays: dict[int, weakref.ref] = {}  # ref -> weakref of the array
         self._ref_ids = itertools.count(1)
         self.load_errors: dict[str, str] = {}  # source key -> why it could not be imported
         self.load_notes: dict[str, list[str]] = {}  # source key -> the notebook cells that raised, and what
+        self.load_seconds = float("inf")  # what importing the sources took (another child would take it again)
         self._descriptions: dict = {}
         self._shown: set[str] = set()
         self.info: dict = {}
@@ -133,6 +131,7 @@ class Child:
         except (ChildLost, UserCodeError) as e:  # no audited code has run yet: this one is ours
             self.close()
             raise ChildStartError(f"gradaudit could not start its audit child: {e}") from None
+        started = time.monotonic()
         for src in self.sources:
             if src.key in self.load_errors:
                 continue  # it failed once: importing it again would fail (or hang) again
@@ -150,6 +149,7 @@ class Child:
                 self.load_errors[src.key] = str(e)
                 self.ensure()  # the others still get their chance, in a fresh child
                 return
+        self.load_seconds = time.monotonic() - started
 
     def close(self) -> None:
         self.ahead = None

@@ -30,14 +30,15 @@ from pathlib import Path
 from . import sources as documents
 from ._child import derivations_in
 from ._guard import Guard, UserCodeError, clean
+from ._lanes import default_children, more_children, run_lanes
 from ._proxy import InChild, located_functions
 from ._remote import Child, ChildLost, ChildStartError, Source
 from ._sandbox import Confinement, child_jax_cache, parse_size
 from .console import handled_signals
 from .function import FunctionSubject, built_subject, described, subject_jobs
 
-__all__ = ["Audit", "ChildStartError", "InProcess", "Job", "build", "check_job", "confinement", "derivation_files",
-           "derivations_in", "error_record", "import_file", "plan", "polish", "qualified", "source_text", "sources_of"]
+__all__ = ["Audit", "ChildStartError", "InProcess", "Job", "build", "check_job", "confinement", "default_children",
+           "derivation_files", "derivations_in", "error_record", "import_file", "plan", "polish", "qualified", "source_text", "sources_of"]
 
 
 # ---- the user's files ---------------------------------------------------------------------------
@@ -333,26 +334,27 @@ def check_job(job: Job, code, cfg, sink, done=()) -> list[dict]:
     return recs
 
 
-def check_in_child(child: Child, jobs: list[Job], sink, cfg, done=()) -> list[dict]:
-    """A session job (properties.session): `jobs` checked with the functions running in `child`."""
-    records = []
-    code = InChild(child)
-    for job in jobs:
-        if job.key in child.load_errors and not job.skip:
-            recs = [polish(error_record(job, first_cell(job, cfg, "import"), child.load_errors[job.key]), job)]
+def check_in_children(children: list[Child], jobs: list[Job], sink, cfg, done=()) -> list[dict]:
+    """A session job (properties.session): `jobs` checked with the functions running in `children`,
+    each child a lane of its own (gradaudit/_lanes.py)."""
+    codes = {id(c): InChild(c) for c in children}
+
+    def check(one: Child, job: Job, out) -> list[dict]:
+        if job.key in one.load_errors and not job.skip:
+            recs = [polish(error_record(job, first_cell(job, cfg, "import"), one.load_errors[job.key]), job)]
             for r in recs:
-                sink.write(r)
-        else:
-            recs = check_job(job, code, cfg, sink, done)
-        records += recs
-    return records
+                out.write(r)
+            return recs
+        return check_job(job, codes[id(one)], cfg, out, done)
+
+    return run_lanes(children, jobs, check, sink)
 
 
 def check_in_fresh_child(sources: list[Source], conf: Confinement, jobs: list[Job], verbose: bool, sink, cfg,
                          done=()) -> list[dict]:
     """A session job for a `--workers` process or a shard: a child of its own."""
     with handled_signals(), Child(conf, sources, verbose=verbose) as child:
-        return check_in_child(child, jobs, sink, cfg, done)
+        return check_in_children([child], jobs, sink, cfg, done)
 
 
 # ---- `gradaudit audit PATH` ---------------------------------------------------------------------------
@@ -380,6 +382,7 @@ class Audit:
         self.sources, self.convention, self.conf, self.folder, self.verbose = sources, convention, conf, folder, verbose
         self.judge_cfg = judge_cfg  # the run's RunConfig: this process sets itself up while the child starts
         self.child = Child(conf, sources, verbose=verbose)
+        self.lanes: list[Child] = []  # the children of the other lanes
         self._signals = handled_signals()
         # what a notebook or notes held that cannot run (IPython syntax, pseudo-code), and why
         self.notes = [f"{Path(s.path).name}: {m}" for s in sources
@@ -391,7 +394,8 @@ class Audit:
 
     def __exit__(self, *exc):
         try:
-            self.child.close()
+            for child in (self.child, *self.lanes):
+                child.close()
         finally:
             self._signals.__exit__(*exc)
 
@@ -430,13 +434,16 @@ class Audit:
         have = {n for n in desc.get("functions") or () if isinstance(n, str)}
         return located_functions(src, desc, [n for n in FORWARD_ARGS if n in have])
 
-    def session_jobs(self, jobs: list[Job], *, workers: int = 1, sharded: bool = False):
-        """The audit as session jobs: all of it in this audit's child, or one chunk per worker (one
-        function per job when sharded), each with a child of its own."""
+    def session_jobs(self, jobs: list[Job], *, workers: int = 1, sharded: bool = False, children: int = 1):
+        """The audit as session jobs: all of it in this audit's child (and, with `children` > 1 and more
+        than one function to check, in as many children, one lane each: gradaudit/_lanes.py), or one
+        chunk per worker (one function per job when sharded), each with a child of its own."""
         if not jobs:
             return []
         if not (sharded or workers > 1):
-            return [(Path(self.sources[0].path).name, functools.partial(check_in_child, self.child, jobs))]
+            self.lanes += more_children(self.child, children, sum(not j.skip and j.key not in self.child.load_errors
+                                                                  for j in jobs))
+            return [(Path(self.sources[0].path).name, functools.partial(check_in_children, [self.child, *self.lanes], jobs))]
         self.child.close()  # each worker process or shard job starts its own
         chunks = [[j] for j in jobs] if sharded else [jobs[i::workers] for i in range(workers)]
         return [(c[0].target if len(c) == 1 else f"{len(c)} functions",

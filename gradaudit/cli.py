@@ -312,7 +312,8 @@ def cmd_audit(args) -> int:
                 what = "cs231n-named functions" if args.convention else "@gradaudit.derivation functions"
                 print(f"gradaudit audit: no {what} in {clean(str(path))}" + (f"; {clean('; '.join(hints))}" if hints
                                                                               else ""), file=sys.stderr)
-        session_jobs = run.session_jobs(jobs, workers=args.workers or 1, sharded=bool(args.shard))
+        session_jobs = run.session_jobs(jobs, workers=args.workers or 1, sharded=bool(args.shard),
+                                        children=args.children or audit.default_children(args.workers or 1))
         # cells per session job, as session_jobs makes them: one job per function when sharded (else
         # the shard selection does not apply and only the sum counts); a file that cannot be imported: one
         per = [1 if j.skip or j.op == "(import)" else len(j.cells(cfg)) for j in jobs]

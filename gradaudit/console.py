@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import traceback
 
 __all__ = ["Interrupted", "handled_signals", "internal_error", "out", "raise_if_interrupted", "say", "show_warning",
@@ -71,10 +72,13 @@ def interrupt(signum, frame):
 def raise_if_interrupted() -> None:
     """A stop a signal asked for whose Interrupted Python swallowed (raised in a __del__ or a weakref
     callback): raised here. The audit calls it before every request to its child; SIGALRM, 50 ms
-    after the swallowing, wherever the run is."""
+    after the swallowing, wherever the run is. In a thread other than the main one (which the signal
+    interrupted itself), any stop asked for is raised."""
     if _stopping["lost"]:
         _stopping["lost"] = False
         raise Interrupted(_stopping["signum"])
+    if _stopping["signum"] is not None and threading.current_thread() is not threading.main_thread():
+        raise Interrupted(_stopping["signum"])  # a lane of the audit (gradaudit/_lanes.py) stops too
 
 
 def redeliver(signum, frame):

@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="check only the functions whose names match EXPR, as pytest -k does: a substring "
                           "(case-insensitive), or names joined with and/or/not and parentheses "
                           "(-k conv, -k \"batchnorm and not spatial\")")
+    aud.add_argument("--children", type=int, default=None, metavar="N",
+                     help="audit children, each checking one function at a time while the judge works for the "
+                          "others (default: 2 on two or more cores, 1 with --workers or --shard); each imports "
+                          "the audited files: with 1 their import-time code runs once")
     aud.add_argument("--memory-limit", default="4G", metavar="SIZE",
                      help="address space the audited code may use in its child process, beyond what the harness "
                           "maps there (default 4G)")
@@ -193,6 +197,12 @@ def validate(args) -> tuple[int, int] | None:
     touched; returns the parsed --shard."""
     if getattr(args, "workers", 1) < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if getattr(args, "children", None) is not None and args.children < 1:
+        raise UsageError(f"--children must be at least 1, got {args.children}")
+    several = getattr(args, "workers", 1) > 1 or getattr(args, "shard", None)
+    if getattr(args, "children", None) not in (None, 1) and several:
+        raise UsageError("--children is the lanes of one judge process: with --workers or --shard each "
+                         "process has one child")
     if args.force and not args.resume:
         raise UsageError("--force only makes sense with --resume")
     shard = parse_shard(getattr(args, "shard", None))

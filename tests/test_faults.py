@@ -193,13 +193,16 @@ def test_a_rejected_option_touches_nothing(tmp_path, earlier, capsys, bad, needl
     assert not fresh.exists()  # nor is a new folder made
 
 
-def test_an_audit_checks_its_options_before_importing_the_file(tmp_path, capsys):
+@pytest.mark.parametrize("bad, needle", [
+    (["--shard", "3/2"], "--shard 3/2"), (["--children", "0"], "--children must be at least 1"),
+    (["--children", "2", "--workers", "2"], "--children is the lanes of one judge process"),
+])
+def test_an_audit_checks_its_options_before_importing_the_file(tmp_path, capsys, bad, needle):
     marker = tmp_path / "imported"
     f = tmp_path / "layers.py"
     f.write_text(f"open({str(marker)!r}, 'w').close()\ndef relu_forward(x):\n    return x, x\n")
-    assert main(["audit", str(f), "--convention", "cs231n", *CHEAP, "--shard", "3/2",
-                 "--report", str(tmp_path / "r")]) == 2
-    one_line_error(capsys.readouterr().err, "--shard 3/2")
+    assert main(["audit", str(f), "--convention", "cs231n", *CHEAP, *bad, "--report", str(tmp_path / "r")]) == 2
+    one_line_error(capsys.readouterr().err, needle)
     assert not marker.exists() and not (tmp_path / "r").exists()
 
 
