@@ -14,6 +14,7 @@
 
     python benchmarks/audit_child.py --json                         # round trips only (~1 minute)
     python benchmarks/audit_child.py --notes 3 --baseline /work/main  # and the notes audit, 3 rounds each
+    python benchmarks/audit_child.py --notes 2 --in-process --one-child  # against one process, and one child
     python benchmarks/audit_child.py --count                         # and the notes audit's requests, by kind
     python benchmarks/audit_child.py --verdicts /tmp/before --seed 7  # the same verdicts as another checkout?
 
@@ -213,7 +214,8 @@ def request_counts(notes: Path, report: Path) -> dict:
         _remote.Child._answered_ahead = ahead
     t0 = time.perf_counter()
     try:
-        gradaudit_main(["audit", str(notes), "--profile", "ci", "--report", str(report), "--quiet"])
+        # one child: the CPU read at its close is that of the one child (a lane's would count both)
+        gradaudit_main(["audit", str(notes), "--profile", "ci", "--report", str(report), "--quiet", "--children", "1"])
     finally:
         _remote.Child._receive, _remote.Child._send, _remote.Child.close = plain, plain_send, plain_close
         if plain_ahead is not None:
@@ -253,6 +255,9 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to time the notes audit in")
     ap.add_argument("--in-process", action="store_true",
                     help="time the notes' same checks run in one process (gradaudit.check), alternated with the audit")
+    ap.add_argument("--one-child", action="store_true",
+                    help="also time this checkout's audit with --children 1 (one lane: the audit before lanes), alternated")
+    ap.add_argument("--workers", type=int, default=None, help="--workers N for the audits (not the in-process checks)")
     ap.add_argument("--no-warm", action="store_true", help="skip the warm-up audit (the JAX caches are warm already)")
     ap.add_argument("--count", action="store_true", help="count the notes audit's requests to the child, by kind")
     ap.add_argument("--verdicts", type=Path, default=None, help="another checkout: the same verdicts with --seed?")
@@ -266,8 +271,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             out["notes_requests"] = request_counts(notes_copy(Path(d)), Path(d) / "count")
     if args.notes:
-        checkouts = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {}),
+        checkouts = {"this": ROOT, **({"one_child": ROOT} if args.one_child else {}),
+                     **({"baseline": args.baseline.resolve()} if args.baseline else {}),
                      **({"in_process": ROOT} if args.in_process else {})}
+        workers = ["--workers", str(args.workers)] if args.workers else []
         with tempfile.TemporaryDirectory() as d:
             notes = notes_copy(Path(d))
             def timed(name, where, report):
@@ -275,7 +282,7 @@ def main() -> None:
                     w, c, cells = in_process_checks(where, report, notes)
                     out.setdefault("in_process_cells", len(cells))
                     return w, c
-                return notes_audit(where, report, notes)
+                return notes_audit(where, report, notes, *workers, *(["--children", "1"] if name == "one_child" else []))
 
             for name, where in checkouts.items() if not args.no_warm else ():  # warm each one's JAX cache
                 timed(name, where, Path(d) / f"warm-{name}")
@@ -293,6 +300,10 @@ def main() -> None:
                                            for k in ("wall", "cpu")}
             ratios = [round(t / b, 2) for t, b in zip(this["wall"], base["wall"])]  # pair by pair
             out["notes_audit_wall_ratio"] = {"pairs": ratios, "median": statistics.median(ratios)}
+        if args.one_child:  # what the lanes change: this audit over the same with one child
+            this, one = out["notes_audit_s"]["this"], out["notes_audit_s"]["one_child"]
+            ratios = [round(t / b, 2) for t, b in zip(this["wall"], one["wall"])]
+            out["lanes_vs_one_child_wall_ratio"] = {"pairs": ratios, "median": statistics.median(ratios)}
         if args.in_process:  # the child's cost at the same features: the audit over its checks in one process
             this, alone = out["notes_audit_s"]["this"], out["notes_audit_s"]["in_process"]
             ratios = [round(t / b, 2) for t, b in zip(this["wall"], alone["wall"])]
