@@ -74,12 +74,13 @@ def run_lanes(children: list[Child], jobs: list, check, sink) -> list[dict]:
     the other lanes' jobs under way are done; one in this thread (a signal's Interrupted) at once."""
     queue, lock = collections.deque(jobs), threading.Lock()
     stop, cut = threading.Event(), threading.Event()  # no new job; nothing more recorded
-    gate, done, failed = _Gate(sink, cut, lock), {}, []
+    gate, done, failed, ready = _Gate(sink, cut, lock), {}, [], set()
 
     def lane(child: Child, first: bool) -> None:
         try:
             if not first:
                 child.ensure()
+                ready.add(id(child))
             while not stop.is_set():
                 with lock:
                     if not queue:
@@ -102,6 +103,9 @@ def run_lanes(children: list[Child], jobs: list, check, sink) -> list[dict]:
         t.start()
     try:
         lane(children[0], True)
+        for c in children[1:]:
+            if id(c) not in ready:  # still starting once every job is taken (an import that hangs there): not waited for
+                _kill(c)
         for t in helpers:
             t.join()
     except BaseException:

@@ -286,3 +286,25 @@ def test_sigterm_stops_both_lanes_kills_both_children_and_records_nothing_agains
     finally:
         p.kill()
         shutil.rmtree(started, ignore_errors=True)
+
+
+def test_a_second_child_whose_import_hangs_does_not_hold_the_audit_up(tmp_path):
+    seen = Path(tempfile.mkdtemp(prefix="gradaudit-test-lanes-seen-"))  # somewhere the children may write
+    seen.chmod(0o777)
+    f = tmp_path / "layers.py"
+    f.write_text(textwrap.dedent(LAYERS.format(count=str(seen))) + textwrap.dedent("""
+        if len(os.listdir({seen!r})) > 1:  # the second import: it hangs
+            import time
+            time.sleep(600)
+        """.format(seen=str(seen))))
+    try:
+        t0 = time.monotonic()
+        r = _audit(f, tmp_path / "rep", "--children", "2", "--timeout", "300")
+        took = time.monotonic() - t0
+        imports = len(list(seen.iterdir()))
+    finally:
+        shutil.rmtree(seen, ignore_errors=True)
+    assert imports == 2 and r.returncode == 1, (imports, r.returncode, r.stderr[-2000:])
+    assert took < 120, took  # not the second child's 300 s start-up deadline
+    assert {x["target"] for x in r.records} == {"relu_backward", "affine_backward", "softmax_loss"}
+    assert {x["status"] for x in r.records if x["target"] != "relu_backward"} <= {"pass", "kink"}
