@@ -84,7 +84,7 @@ def module_independent_draws():
     (an audit's lanes) share one switch: on while any of them searches."""
     try:
         from hypothesis.internal.conjecture import providers
-        providers._get_local_constants, providers.Constants, providers.CONSTANTS_CACHE.cache  # noqa: B018
+        providers._get_local_constants, providers.Constants, providers.CONSTANTS_CACHE.cache  # noqa: B018  (still there?)
     except (ImportError, AttributeError):
         yield
         return
@@ -93,7 +93,8 @@ def module_independent_draws():
             _DRAWS["get"] = providers._get_local_constants
             empty = providers.Constants()
             providers._get_local_constants = lambda: empty
-            providers.CONSTANTS_CACHE.cache.clear()  # the permitted constants per choice kind, cached with the local ones
+            # the permitted constants per choice kind, cached with the local ones of earlier searches
+            providers.CONSTANTS_CACHE.cache.clear()
         _DRAWS["searching"] += 1
     try:
         yield

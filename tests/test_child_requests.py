@@ -227,7 +227,7 @@ def test_frames_the_judge_does_not_use_are_dropped_and_the_random_state_rewound(
     def forward_then_backward(ahead: bool):
         with E._global_stream(77):
             if ahead:
-                E._PLAN["now"] = E.RunPlan("float64", ("x",), 0, None, True, None, (("torch", "cpu"),))
+                E._RUN.plan = E.RunPlan("float64", ("x",), 0, None, True, None, (("torch", "cpu"),))
             _, cache = target.forward(x.copy())
             assert (code.child.ahead is not None) == ahead
             return target.backward(np.full(3, 3.0), cache)  # not the upstream gradient of dout_seed 0
