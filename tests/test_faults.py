@@ -425,8 +425,10 @@ def _stop_an_audit(tmp_path, sig) -> Path:
     f = tmp_path / "layers.py"
     f.write_text(AUDITED)
     report = tmp_path / "r"
+    # one lane: the two functions are checked one after the other, so a signal sent once the first has
+    # records lands mid-run (two lanes can finish both before it: the run would not be stopped at all)
     w = Watched("audit", f, "--convention", "cs231n", "--oracles", "numeric", "--dtypes", "float64",
-                "--profile", "dev", "--report", report)
+                "--profile", "dev", "--report", report, "--children", "1")
     assert w.wait_for(lambda: n_lines(report) >= 1), w.finish()
     w.note()
     w.proc.send_signal(sig)
