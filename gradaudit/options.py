@@ -197,10 +197,10 @@ def validate(args) -> tuple[int, int] | None:
     touched; returns the parsed --shard."""
     if getattr(args, "workers", 1) < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    if getattr(args, "children", None) is not None and args.children < 1:
-        raise UsageError(f"--children must be at least 1, got {args.children}")
-    several = getattr(args, "workers", 1) > 1 or getattr(args, "shard", None)
-    if getattr(args, "children", None) not in (None, 1) and several:
+    children = getattr(args, "children", None)
+    if children is not None and children < 1:
+        raise UsageError(f"--children must be at least 1, got {children}")
+    if children not in (None, 1) and (getattr(args, "workers", 1) > 1 or getattr(args, "shard", None)):
         raise UsageError("--children is the lanes of one judge process: with --workers or --shard each "
                          "process has one child")
     if args.force and not args.resume:

@@ -84,17 +84,16 @@ def module_independent_draws():
     (an audit's lanes) share one switch: on while any of them searches."""
     try:
         from hypothesis.internal.conjecture import providers
-        providers._get_local_constants, providers.Constants, providers.CONSTANTS_CACHE.cache  # noqa: B018  (still there?)
+        empty, cache = providers.Constants(), providers.CONSTANTS_CACHE.cache
+        providers._get_local_constants  # noqa: B018  (the switch itself: AttributeError if it moved)
     except (ImportError, AttributeError):
         yield
         return
     with _DRAWS["lock"]:
         if _DRAWS["searching"] == 0:
             _DRAWS["get"] = providers._get_local_constants
-            empty = providers.Constants()
             providers._get_local_constants = lambda: empty
-            # the permitted constants per choice kind, cached with the local ones of earlier searches
-            providers.CONSTANTS_CACHE.cache.clear()
+            cache.clear()  # the permitted constants per choice kind, cached with the local ones of earlier searches
         _DRAWS["searching"] += 1
     try:
         yield
@@ -103,7 +102,7 @@ def module_independent_draws():
             _DRAWS["searching"] -= 1
             if _DRAWS["searching"] == 0:
                 providers._get_local_constants = _DRAWS.pop("get")
-                providers.CONSTANTS_CACHE.cache.clear()
+                cache.clear()
 
 
 _DRAWS: dict = {"lock": threading.Lock(), "searching": 0}

@@ -94,8 +94,8 @@ def _global_stream(seed: int | None, here: bool = True):
 
 
 class _RunState(threading.local):
-    """This thread's run under way: an audit judges one search per thread, each with its own child
-    (gradaudit/audit.py, `lanes`), whose generators follow this thread's streams alone."""
+    """This thread's run under way: an audit's lanes search in threads of their own, each with its own
+    child (gradaudit/_lanes.py), whose generators follow that thread's streams alone."""
 
     stream: tuple[int, int] | None = None  # (seed, epoch) of the global random stream now
     epoch = 0  # streams begun in this thread: a new stream differs from the last even for the same seed
@@ -209,8 +209,8 @@ def run_target(target: Target, case: Case, dtype: str, douts=None, dout_seed: in
     second = stream is not None and not _is_reference(spec, target)
     # the second call's stream is the next _global_stream after this run's own: epoch + 2
     _RUN.plan = RunPlan(dtype, tuple(case.arrays), dout_seed, None if douts is None else tuple(douts),
-                           not forward_only, (stream ^ SECOND_STREAM, _RUN.epoch + 2) if second else None,
-                           tuple(sides))
+                        not forward_only, (stream ^ SECOND_STREAM, _RUN.epoch + 2) if second else None,
+                        tuple(sides))
     try:
         return _run_target(target, case, dtype, douts, dout_seed, spec, stream, forward_only, second)
     finally:
