@@ -75,12 +75,13 @@ _directions_cached = functools.lru_cache(maxsize=32)(_draw_directions)
 
 
 def vjp(forward, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str,
-        directions: int = DIRECTIONS, out0=None) -> OracleResult:
+        directions: int = DIRECTIONS, out0=None, step_scale: float = 1.0) -> OracleResult:
     """Finite differences of `forward(*arrays, **params) -> out` (NumPy). `out0`: its output at
     exactly these float64 inputs, when the caller has it (a float64 cell's own forward): it spares
-    one forward here."""
+    one forward here. `step_scale`: steps that many times `step_for`'s (a point where the forward
+    curves sharply within one step: properties/evaluate.py, `judge_side`)."""
     return _vjp(forward, arrays, params, douts, device=device, directions=directions, out0=out0,
-                full_jacobian_max=FULL_JACOBIAN_MAX_ELEMENTS)
+                full_jacobian_max=FULL_JACOBIAN_MAX_ELEMENTS, step_scale=step_scale)
 
 
 def vjp_projected(forward, arrays: dict, params: dict, douts: tuple, *, dtype: str, device: str,
@@ -92,7 +93,7 @@ def vjp_projected(forward, arrays: dict, params: dict, douts: tuple, *, dtype: s
 
 
 def _vjp(forward, arrays: dict, params: dict, douts: tuple, *, device: str, directions: int, out0,
-         full_jacobian_max: int) -> OracleResult:
+         full_jacobian_max: int, step_scale: float = 1.0) -> OracleResult:
     check_available(device)
     if directions < 1:
         raise ValueError(f"numeric: directions must be at least 1, got {directions}")
@@ -110,7 +111,7 @@ def _vjp(forward, arrays: dict, params: dict, douts: tuple, *, device: str, dire
     # quotient divides it by the step. That is this oracle's absolute noise floor.
     outs0 = as_tuple(forward(*xs.values(), **params) if out0 is None else out0)
     magnitude = float(sum(np.sum(np.abs(np.asarray(o, dtype=np.float64) * d)) for o, d in zip(outs0, ds)))
-    h_min = min((float(step_for(x).min(initial=STEP)) for x in xs.values()), default=STEP)
+    h_min = step_scale * min((float(step_for(x).min(initial=STEP)) for x in xs.values()), default=STEP)
     noise = 8 * np.finfo(np.float64).eps * magnitude / h_min
 
     total = sum(a.size for a in xs.values())
@@ -121,14 +122,14 @@ def _vjp(forward, arrays: dict, params: dict, douts: tuple, *, device: str, dire
         all_dirs = dict(zip(xs, _directions(tuple(x.shape for x in xs.values()), directions)))
     for n, x in xs.items():
         if total <= full_jacobian_max:
-            steps[n] = step_for(x).reshape(-1)
+            steps[n] = step_scale * step_for(x).reshape(-1)
             for i in range(x.size):
                 for sign in (1, -1):
                     moved = x.copy()
                     moved.reshape(-1)[i] += sign * steps[n][i]
                     points.append({**xs, n: moved})
         else:
-            steps[n] = STEP * max(1.0, float(np.abs(x).max(initial=0.0)))
+            steps[n] = step_scale * STEP * max(1.0, float(np.abs(x).max(initial=0.0)))
             for u in all_dirs[n]:
                 points += [{**xs, n: x + steps[n] * u}, {**xs, n: x - steps[n] * u}]
     values = iter(g(points))
@@ -140,7 +141,7 @@ def _vjp(forward, arrays: dict, params: dict, douts: tuple, *, device: str, dire
             grads[n] = Projection(dirs=all_dirs[n], values=np.array(
                 [(next(values) - next(values)) / (2 * steps[n]) for _ in range(directions)]))
     projected = total > full_jacobian_max
-    return OracleResult(out=None, grads=grads, info={"step": STEP, "noise": noise,
+    return OracleResult(out=None, grads=grads, info={"step": step_scale * STEP, "noise": noise,
                                                      "directions": directions if projected else None})
 
 

@@ -75,3 +75,51 @@ def test_one_random_direction_alone_still_flags_each_planted_affine_bug(name, se
         numeric.DIRECTIONS = real
     assert {g.dirs.shape[0] for g in verdict.result.grads.values()} == {1}
     assert verdict.status == "fail", verdict.message
+
+
+# ---- a point where the forward curves sharply within one step -----------------------------------------
+
+def _row_norm(wrong: bool):
+    import gradaudit
+
+    @gradaudit.derivation
+    def row_norm(xp, x: ("N", "D")):
+        return x / xp.sqrt(xp.sum(x * x, axis=1, keepdims=True) + 1e-8)
+
+    @row_norm.backward
+    def row_norm_backward(dout, x):
+        n = np.sqrt((x * x).sum(axis=1, keepdims=True) + 1e-8)
+        y = x / n
+        dx = (dout - y * (dout * y).sum(axis=1, keepdims=True)) / n
+        return 2 * dx if wrong else dx
+
+    return row_norm
+
+
+@pytest.mark.parametrize("wrong", [False, True], ids=["right", "twice"])
+def test_finite_differences_that_truncate_at_a_sharp_point_are_taken_again_with_a_smaller_step(wrong):
+    """x/|x| at |x| ~ 1e-4: central differences at the default step (~6e-6) are off by ~1e-3 relative
+    (truncation), so they alone disagree with a right backward that torch matches. Taken again at a
+    tenth of the step they agree; a wrong backward stays a fail (torch fails it too)."""
+    from properties.evaluate import REFINED, evaluate
+    from properties.spec import Case
+
+    d = _row_norm(wrong)
+    x = np.array([[7e-5, -2e-5, 3e-5], [0.5, -1.0, 2.0]])
+    douts = (np.array([[1.0, 0.5, -0.3], [0.2, -0.1, 0.4]]),)
+    plain = numeric.vjp(d.target().oracle_forward("numeric"), {"x": x}, {}, douts, dtype="float64", device="cpu")
+    refined = numeric.vjp(d.target().oracle_forward("numeric"), {"x": x}, {}, douts, dtype="float64", device="cpu",
+                          step_scale=0.1)
+    n = np.sqrt((x * x).sum(axis=1, keepdims=True) + 1e-8)
+    exact = (douts[0] - (x / n) * (douts[0] * x / n).sum(axis=1, keepdims=True)) / n
+    off, off_refined = np.abs(plain.grads["x"] - exact).max(), np.abs(refined.grads["x"] - exact).max()
+    assert off > 1.0 and off_refined < off / 50  # truncation: the step squared
+    ev = evaluate(d.spec(), d.target(), Case({"x": x}, {}), "float64", [("torch", "cpu"), ("numeric", "cpu")],
+                  douts=douts)
+    torch_side, numeric_side = ev.sides[("torch", "cpu")], ev.sides[("numeric", "cpu")]
+    if wrong:
+        assert torch_side.status == numeric_side.status == "fail", numeric_side.message
+        assert REFINED not in numeric_side.notes
+    else:
+        assert torch_side.status == "pass" and numeric_side.status == "pass", numeric_side.message
+        assert numeric_side.notes == [REFINED]
